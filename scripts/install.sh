@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what port25-enforcer needs on Debian 12, as root, idempotently:
+# the system packages (kernel tools, the libnetfilter_queue headers that the
+# netfilterqueue binding compiles against) and a virtual environment in .venv
+# holding the project in editable mode with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install.sh: run as root (it installs Debian packages): sudo $0" >&2
+    exit 2
+fi
+
+packages=(
+    python3 python3-venv python3-dev gcc make pkg-config
+    libnetfilter-queue-dev libnfnetlink-dev
+    iproute2 iptables ipset nftables conntrack procps
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+echo "install.sh: ready: .venv/bin/enforcer --help"
