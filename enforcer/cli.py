@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from . import __version__, ops
 from .declarative import converge, read_document
+from .demo import run_demo
 from .errors import UserError
 from .inventory import RUNNING, Inventory
 from .policy import decide, find_source, judge_pulled, verdict_for
@@ -29,10 +31,10 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 class Context:
-    def __init__(self, state_path: str):
+    def __init__(self, state_path: str, argv: list[str]):
         self.state_path = state_path
         self._profiles: dict[str, Profile] = {}
-        self.command = "enforcer " + " ".join(sys.argv[1:])
+        self.command = " ".join(["enforcer", *argv])  # recorded in the audit log
 
     def store(self, create: bool = False) -> Store:
         return Store(self.state_path, create=create)
@@ -84,7 +86,7 @@ def show_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 @click.pass_context
 def cli(ctx: click.Context, state_path: str) -> None:
     """Make a Linux lab gateway block outbound SMTP (TCP 25) the way Azure's platform does."""
-    ctx.obj = Context(state_path)
+    ctx.obj = Context(state_path, ctx.obj or [])
 
 
 # ---------------------------------------------------------------- apply
@@ -512,12 +514,32 @@ def profile_cmd(c: Context, profile_id: str | None, as_json: bool) -> None:
                  ] for k in p.kinds.values()])
 
 
+# ---------------------------------------------------------------- lab
+
+
+@cli.group()
+def lab() -> None:
+    """The example lab."""
+
+
+@lab.command("demo")
+@click.option("--lab", "lab_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The lab file (default: vagrant/lab.yml of this checkout).")
+def lab_demo(lab_file: Path | None) -> None:
+    """Judge every lab resource on 25, 465 and 587 against the spec, then walk the exemption story.
+    Uses a throw-away state; exits non-zero if any outcome differs from the spec."""
+    code = run_demo(lab_file, console)
+    if code:
+        raise SystemExit(code)
+
+
 # ---------------------------------------------------------------- entry point
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        cli.main(args=argv, prog_name="enforcer", standalone_mode=False)
+        cli.main(args=argv, prog_name="enforcer", standalone_mode=False, obj=argv)
     except UserError as e:
         click.echo(f"enforcer: error: {e}", err=True)
         return 2
@@ -533,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
     return 0
 
 
