@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +21,7 @@ from .declarative import converge, read_document
 from .demo import run_demo
 from .errors import UserError
 from .inventory import RUNNING, Inventory
-from .policy import decide, find_source, judge_pulled, verdict_for
+from .policy import decide, judge_pulled, verdict_for
 from .profile import Profile, available_profiles, load_profile
 from .store import DEFAULT_STATE, Store
 

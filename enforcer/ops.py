@@ -224,7 +224,7 @@ def add_subnet(inv: Inventory, profile: Profile, vnet_name: str, name: str, pref
 
 def remove_subnet(inv: Inventory, profile: Profile, vnet_name: str, name: str) -> Result:
     """Removing a subnet completes an add-and-remove cycle: the resources in the VNet's delegated subnets then
-    pull their subscription's current policy (rule 6)."""
+    pull their subscription's current policy (rule 6), also those not running, which start with it."""
     vnet = inv.vnet(vnet_name)
     if vnet.subnet(name) is None:
         raise UserError(f"virtual network '{vnet_name}' has no subnet '{name}'")
@@ -237,7 +237,7 @@ def remove_subnet(inv: Inventory, profile: Profile, vnet_name: str, name: str) -
     resources = dict(inv.resources)
     refreshed = []
     for r in inv.resources.values():
-        if r.vnet == vnet_name and r.state == RUNNING and inv.in_delegated_subnet(r):
+        if r.vnet == vnet_name and inv.in_delegated_subnet(r):  # running or not: the policy is the subnet's
             fresh = pull(inv.subscriptions[r.subscription])
             if fresh != r.pulled:
                 resources[r.name] = replace(r, pulled=fresh)
