@@ -6,7 +6,9 @@ Every user mistake becomes one line on stderr and exit status 2, with the state 
 
 from __future__ import annotations
 
+import grp
 import ipaddress
+import logging
 import json
 import sys
 from dataclasses import asdict
@@ -24,6 +26,7 @@ from .inventory import RUNNING, Inventory
 from .policy import decide, judge_pulled, verdict_for
 from .profile import Profile, available_profiles, load_profile
 from .store import DEFAULT_STATE, Store
+from .control import DEFAULT_SOCKET, ask
 
 # Piped output is not cut to 80 columns: scripts and logs get whole rows (or use --json).
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -465,10 +468,11 @@ def audit(c: Context, limit: int, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--socket", "socket_path", default=DEFAULT_SOCKET, show_default=True, help="The daemon's socket.")
 @json_option
 @pass_ctx
-def status(c: Context, as_json: bool) -> None:
-    """A summary of the state."""
+def status(c: Context, socket_path: str, as_json: bool) -> None:
+    """A summary of the state, and the running daemon's live view."""
     store = c.store()
     inv, generation = store.read()
     profile = c.profile(inv.profile)
@@ -479,12 +483,32 @@ def status(c: Context, as_json: bool) -> None:
            "subscriptions": len(inv.subscriptions), "vnets": len(inv.vnets), "resources": len(inv.resources),
            "running": len(running), "port25_allowed": len(allowed), "port25_blocked": len(running) - len(allowed),
            "pending_restart": pending, "internal_prefixes": list(inv.internal_prefixes)}
+    live = ask(socket_path, {"cmd": "status"})
+    doc["daemon"] = live if live is not None else {"ok": False, "error": f"not running (no answer on {socket_path})"}
     if as_json:
         return emit_json(doc)
     if not store.exists:
         click.echo(f"state: {store.path} (none yet: start with enforcer apply FILE)")
     for key, value in doc.items():
-        click.echo(f"{key:17} {', '.join(value) if isinstance(value, list) else value}")
+        if key != "daemon":
+            click.echo(f"{key:17} {', '.join(value) if isinstance(value, list) else value}")
+    show_daemon(doc["daemon"])
+
+
+def show_daemon(live: dict) -> None:
+    if not live.get("ok"):
+        click.echo(f"{'daemon':17} {live.get('error')}")
+        return
+    click.echo(f"{'daemon':17} running {live['uptime_s']} s, {live['backend']} backend, queues "
+               f"{', '.join(map(str, live['queues']))}, table generation {live['generation']}, "
+               f"when down: {live['when_down']}, queue full: {live['queue_full']}")
+    for q, d in live["kernel_queues"].items():
+        click.echo(f"{'queue ' + q:17} waiting {d.get('waiting', '?')}, dropped when full "
+                   f"{d.get('queue_dropped', '?')}, failed to send {d.get('user_dropped', '?')}")
+    click.echo(f"{'malformed':17} {live['malformed']}; rules put back {live['rule_repairs']} time(s)")
+    if live["verdicts"]:
+        show_table("SYNs judged", ["subscription", "verdict", "reason code", "count"],
+                   [[v["subscription"], v["verdict"], v["code"], str(v["count"])] for v in live["verdicts"]])
 
 
 @cli.command("profile")
@@ -511,6 +535,47 @@ def profile_cmd(c: Context, profile_id: str | None, as_json: bool) -> None:
     show_table("resource kinds", ["kind", "name", "port 25"],
                [[k.id, k.name, "follows its subscription" if k.follows_subscription else "never",
                  ] for k in p.kinds.values()])
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+@cli.command()
+@click.option("--backend", type=click.Choice(["auto", "iptables", "nftables"]), default="auto", show_default=True,
+              help="Kernel rules: native nftables where the kernel has the queue expression, else iptables.")
+@click.option("--queue", "queue_num", type=click.IntRange(0, 65535), default=25, show_default=True,
+              help="The (first) NFQUEUE number.")
+@click.option("--queues", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Queues balanced across worker processes, one per queue.")
+@click.option("--when-down", type=click.Choice(["block", "allow"]), default="block", show_default=True,
+              help="What port 25 SYNs meet while the daemon is down (killed, crashed) and its rules remain.")
+@click.option("--queue-full", type=click.Choice(["drop", "accept"]), default="drop", show_default=True,
+              help="What the kernel does with a SYN when the queue is full.")
+@click.option("--queue-length", type=click.IntRange(16, 1 << 20), default=4096, show_default=True,
+              help="Packets the kernel keeps waiting per queue.")
+@click.option("--socket-buffer", type=click.IntRange(1 << 16, 1 << 30), default=4 << 20, show_default=True,
+              help="Receive buffer of the queue's netlink socket, bytes.")
+@click.option("--socket", "socket_path", default=DEFAULT_SOCKET, show_default=True, help="The control socket.")
+@click.option("--socket-group", default=None, help="A group that may also use the control socket.")
+@click.option("--metrics", default=None, metavar="ADDRESS:PORT", help="Serve Prometheus metrics there.")
+@click.option("--check-interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
+              help="Seconds between checks that our rules are still in place.")
+@pass_ctx
+def run(c: Context, backend, queue_num, queues, when_down, queue_full, queue_length, socket_buffer, socket_path,
+        socket_group, metrics, check_interval) -> None:
+    """Run the enforcer daemon: judge forwarded port 25 SYNs through NFQUEUE."""
+    from .daemon import Daemon, Options
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if socket_group:
+        try:
+            grp.getgrnam(socket_group)
+        except KeyError:
+            raise UserError(f"--socket-group {socket_group!r}: no such group; create it or leave it out") from None
+    opts = Options(c.state_path, backend, queue_num, queues, when_down, queue_full, queue_length, socket_buffer,
+                   socket_path, socket_group, metrics, check_interval)
+    code = Daemon(opts).run()
+    if code:
+        raise SystemExit(code)
 
 
 # ---------------------------------------------------------------- lab

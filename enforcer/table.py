@@ -13,8 +13,23 @@ from .inventory import Inventory, is_prefix
 from .policy import UNKNOWN_SOURCE, judge
 from .profile import Profile
 
-Entry = tuple  # (allow: bool, resource: str | None, subscription: str | None, code: str)
-UNKNOWN: Entry = (False, None, None, UNKNOWN_SOURCE)
+class Entry:
+    """What the table says of one source. Shared by all addresses of a resource; hashed by identity, so that
+    the packet path can count hits per entry cheaply."""
+
+    __slots__ = ("allow", "resource", "subscription", "code")
+
+    def __init__(self, allow: bool, resource: str | None, subscription: str | None, code: str):
+        self.allow, self.resource, self.subscription, self.code = allow, resource, subscription, code
+
+    def __iter__(self):
+        return iter((self.allow, self.resource, self.subscription, self.code))
+
+    def __repr__(self) -> str:
+        return f"Entry{tuple(self)!r}"
+
+
+UNKNOWN = Entry(False, None, None, UNKNOWN_SOURCE)
 
 
 def pack(address: str) -> bytes:
@@ -61,7 +76,7 @@ def compile_table(inv: Inventory, profile: Profile, generation: int = 0) -> Verd
         if verdict is None:
             allow, code, decider = judge(inv, profile, r)
             verdict = verdicts[key] = (allow, code, decider.subscription)
-        entry = (verdict[0], r.name, verdict[2], verdict[1])
+        entry = Entry(verdict[0], r.name, verdict[2], verdict[1])
         for a in r.addresses:
             if is_prefix(a):
                 net = ipaddress.ip_network(a)
