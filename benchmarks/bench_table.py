@@ -9,7 +9,8 @@ whole inventory on every call, far too slow for 1M), then measures:
 
   compile    compile_table(inv, profile), GC enabled as in the daemon; best of 3 (2 runs at 1M, 1 with --quick)
   bytes/VM   tracemalloc around compile_table only (a separate, untimed run), memory still held by the table / N
-  lookup     median ns of table.lookup(key), timed in batches of 1,000 with perf_counter_ns
+  lookup     median ns of table.judge(key), the packet path's lookup (exact dict, then prefixes), timed in
+             batches of 1,000 with perf_counter_ns
   get        median ns of a raw table.exact.get(key), what the packet path will call
   floor      median ns of get() on a plain dict of the same keys and one shared value: the cost of any dict that
              size on this machine, which no change to the table can go below
@@ -186,7 +187,7 @@ def time_batch(fn, batch: list[bytes]) -> float:
 
 
 def measure_lookups(table, k4, k6, base: dict, b4, b6, lookups: int, rounds: int, rng: random.Random) -> dict:
-    """Median ns per call of table.lookup, table.exact.get, the 1,000-entry baseline's get and the floor's get.
+    """Median ns per call of table.judge, table.exact.get, the 1,000-entry baseline's get and the floor's get.
 
     The floor is a plain dict holding the table's keys with one shared value: what any dict of this size costs on
     this machine. The kinds run in alternating blocks of BLOCK batches (not batch by batch: a batch over a large
@@ -194,7 +195,7 @@ def measure_lookups(table, k4, k6, base: dict, b4, b6, lookups: int, rounds: int
     and the one cold batch at the start of each block does not move the median.
     """
     floor = dict.fromkeys(table.exact, UNKNOWN)
-    kinds = (("base", base.get, b4, b6), ("lookup", table.lookup, k4, k6), ("get", table.exact.get, k4, k6),
+    kinds = (("base", base.get, b4, b6), ("lookup", table.judge, k4, k6), ("get", table.exact.get, k4, k6),
              ("floor", floor.get, k4, k6))
     samples: dict[str, list[float]] = {name: [] for name, *_ in kinds}
     per_round = lookups // rounds
@@ -225,7 +226,7 @@ def measure_slow_paths(table, rng: random.Random, count: int = 60_000) -> dict:
     assert all(table.lookup(k) is UNKNOWN for k in unknown[:200])
     out = {}
     for label, keys in (("prefix", inside), ("unknown", unknown)):
-        out[label] = statistics.median(time_batch(table.lookup, b) for b in batches(fresh(keys)))
+        out[label] = statistics.median(time_batch(table.judge, b) for b in batches(fresh(keys)))
     return out
 
 

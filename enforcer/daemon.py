@@ -6,6 +6,7 @@ because of us), READY=1 is sent only after both, and a clean stop removes exactl
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -102,14 +103,24 @@ class Snapshot:
         self.table = compile_table(self.inv, self.profile, generation)
         return self.table
 
-    def explain(self, entry) -> str:
-        r = self.inv.resources.get(entry.resource) if entry.resource else None
+    def explain(self, resource: str | None) -> str:
+        r = self.inv.resources.get(resource) if resource else None
         if r is None:
             return "the source address belongs to no registered resource"
         return verdict_for(self.inv, self.profile, r).reason
 
 
-def _worker_main(queue_num: int, conn, opts: Options, snapshot: Snapshot) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """A worker must not outlive its daemon (killed with SIGKILL, say): it would go on judging with a stale
+    table, and --when-down would never apply."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _worker_main(queue_num: int, conn, opts: Options, snapshot: Snapshot, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
     # a fresh connection: SQLite handles must not cross fork()
     snapshot.store = Store(opts.state)
     judge = Judge(snapshot.table)
@@ -156,7 +167,7 @@ class Daemon:
         self.store.close()  # reopened after the fork, in parent and children alike
         for q in range(self.opts.queue, self.opts.queue + self.opts.queues):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(q, child, self.opts, self.snapshot),
+            proc = ctx.Process(target=_worker_main, args=(q, child, self.opts, self.snapshot, os.getpid()),
                                name=f"enforcer-queue-{q}", daemon=True)
             proc.start()
             if not parent.poll(15):

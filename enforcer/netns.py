@@ -89,18 +89,29 @@ class Topology:
 
     def up(self) -> None:
         try:
-            for name in self.namespaces():
-                netns.create(name)
+            for name in (self.gateway.namespace, self.internet.namespace):
+                self._create(name)
             sysctl(self.gateway.namespace, {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
-            for name in self.namespaces():
-                with NetNS(name) as ns:
-                    ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
             self._wire_internet()
             for host in self.vms.values():
+                self._create(host.namespace)
                 self._wire_vm(host)
         except BaseException:
             self.down()
             raise
+
+    def attach(self, name: str, addresses: list[str]) -> Host:
+        """Add a VM to a topology that is up already."""
+        host = self.add_vm(name, addresses)
+        self._create(host.namespace)
+        self._wire_vm(host)
+        return host
+
+    @staticmethod
+    def _create(name: str) -> None:
+        netns.create(name)
+        with NetNS(name) as ns:
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
 
     def _wire_internet(self) -> None:
         inet, gw = self.internet, self.gateway

@@ -73,7 +73,8 @@ class Store:
     # ------------------------------------------------------------ opening
 
     def _connect(self) -> sqlite3.Connection:
-        cx = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        # the daemon reads from a thread other than the one that opened it, never from two at once
+        cx = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
         cx.execute("PRAGMA busy_timeout = 30000")
         return cx
 

@@ -6,16 +6,18 @@ registered as prefixes (scale sets) resolve by longest-prefix match only after t
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import socket
 
-from .inventory import Inventory, is_prefix
+from .inventory import Inventory
 from .policy import UNKNOWN_SOURCE, judge
 from .profile import Profile
 
 class Entry:
-    """What the table says of one source. Shared by all addresses of a resource; hashed by identity, so that
-    the packet path can count hits per entry cheaply."""
+    """What the table says of a source. The exact dict shares one Entry among all sources judged alike (its
+    resource is None: the names live in `owners`), so that the packet path touches a handful of hot objects
+    and counts hits per entry by identity."""
 
     __slots__ = ("allow", "resource", "subscription", "code")
 
@@ -38,19 +40,20 @@ def pack(address: str) -> bytes:
 
 
 class VerdictTable:
-    __slots__ = ("exact", "_prefixes", "generation")
+    """exact: packed host address -> shared Entry (the packet path); owners: packed host address -> resource
+    name (logs, lookup()); prefixes: per address length and prefix length, network -> Entry naming its
+    resource (scale sets), searched longest first only after the exact dict misses."""
 
-    def __init__(self, exact: dict[bytes, Entry], prefixes: dict[int, dict[int, dict[int, Entry]]],
-                 generation: int = 0):
+    __slots__ = ("exact", "owners", "_prefixes", "generation")
+
+    def __init__(self, exact: dict[bytes, Entry], owners: dict[bytes, str],
+                 prefixes: dict[int, dict[int, dict[int, Entry]]], generation: int = 0):
         self.exact = exact
-        # address length in bytes -> prefix length -> network as int -> entry; lengths longest first
+        self.owners = owners
         self._prefixes = {alen: dict(sorted(by_len.items(), reverse=True)) for alen, by_len in prefixes.items()}
         self.generation = generation
 
-    def lookup(self, source: bytes) -> Entry:
-        entry = self.exact.get(source)
-        if entry is not None:
-            return entry
+    def _prefix_entry(self, source: bytes) -> Entry:
         by_len = self._prefixes.get(len(source))
         if by_len:
             value = int.from_bytes(source, "big")
@@ -61,6 +64,18 @@ class VerdictTable:
                     return entry
         return UNKNOWN
 
+    def judge(self, source: bytes) -> Entry:
+        """The verdict for a source, as the packet path takes it (the resource may be None: see owners)."""
+        entry = self.exact.get(source)
+        return entry if entry is not None else self._prefix_entry(source)
+
+    def lookup(self, source: bytes) -> Entry:
+        """The verdict for a source, naming its resource."""
+        entry = self.exact.get(source)
+        if entry is None:
+            return self._prefix_entry(source)
+        return Entry(entry.allow, self.owners[source], entry.subscription, entry.code)
+
     def __len__(self) -> int:
         return len(self.exact) + sum(len(n) for by_len in self._prefixes.values() for n in by_len.values())
 
@@ -68,21 +83,33 @@ class VerdictTable:
 def compile_table(inv: Inventory, profile: Profile, generation: int = 0) -> VerdictTable:
     """Judge every resource once (memoised on what judge() depends on) and index its addresses."""
     exact: dict[bytes, Entry] = {}
+    owners: dict[bytes, str] = {}
     prefixes: dict[int, dict[int, dict[int, Entry]]] = {}
-    verdicts: dict[tuple, tuple[bool, str, str]] = {}
-    for r in inv.resources.values():
-        key = (r.subscription, r.kind, r.state, r.egress, r.pulled)
-        verdict = verdicts.get(key)
-        if verdict is None:
-            allow, code, decider = judge(inv, profile, r)
-            verdict = verdicts[key] = (allow, code, decider.subscription)
-        entry = Entry(verdict[0], r.name, verdict[2], verdict[1])
-        for a in r.addresses:
-            if is_prefix(a):
-                net = ipaddress.ip_network(a)
-                alen = 4 if net.version == 4 else 16
-                prefixes.setdefault(alen, {}).setdefault(net.prefixlen, {})[
-                    int(net.network_address) >> (alen * 8 - net.prefixlen)] = entry
-            else:
-                exact[pack(a)] = entry
-    return VerdictTable(exact, prefixes, generation)
+    verdicts: dict[tuple, Entry] = {}    # what judge() depends on -> the shared Entry
+    inet_pton, AF_INET, AF_INET6 = socket.inet_pton, socket.AF_INET, socket.AF_INET6
+    collecting = gc.isenabled()
+    gc.disable()  # a million new objects would trigger collections that walk only them, for nothing
+    try:
+        for r in inv.resources.values():
+            p = r.pulled  # its fields, not the Pulled itself, whose dataclass __hash__ runs Python code
+            key = (r.subscription, r.kind, r.state, r.egress, p and p.type, p and p.exempt)
+            shared = verdicts.get(key)
+            if shared is None:
+                allow, code, decider = judge(inv, profile, r)
+                shared = verdicts[key] = Entry(allow, None, decider.subscription, code)
+            name = r.name
+            for a in r.addresses:
+                if "/" in a:
+                    net = ipaddress.ip_network(a)
+                    alen = 4 if net.version == 4 else 16
+                    prefixes.setdefault(alen, {}).setdefault(net.prefixlen, {})[
+                        int(net.network_address) >> (alen * 8 - net.prefixlen)] = \
+                        Entry(shared.allow, name, shared.subscription, shared.code)
+                else:
+                    k = inet_pton(AF_INET6 if ":" in a else AF_INET, a)
+                    exact[k] = shared
+                    owners[k] = name
+    finally:
+        if collecting:
+            gc.enable()
+    return VerdictTable(exact, owners, prefixes, generation)

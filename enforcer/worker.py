@@ -54,14 +54,14 @@ class Judge:
             table = self.table
             entry = table.exact.get(key)
             if entry is None:
-                entry = table.lookup(key)
+                entry = table.judge(key)
             hits = self.hits
             hits[entry] = hits.get(entry, 0) + 1
             if entry.allow:
                 pkt.accept()
             else:
                 pkt.drop()
-                self.drops.append((entry, p[:80]))
+                self.drops.append((table, key, p[:80]))
         except Exception:  # noqa: BLE001 - the loop must survive anything; count it and decide
             self.errors += 1
             try:
@@ -108,7 +108,7 @@ class DropLog:
     """One structured line per blocked connection attempt, deduplicated per flow (SYN retransmissions)."""
 
     def __init__(self, explain, window: float = 60.0, out=None):
-        self.explain = explain          # Entry -> reason sentence
+        self.explain = explain          # resource name or None -> reason sentence
         self.window = window
         self.seen: collections.OrderedDict = collections.OrderedDict()
         self.out = out or sys.stderr
@@ -117,20 +117,21 @@ class DropLog:
         written = 0
         now = time.monotonic()
         while drops:
-            entry, head = drops.popleft()
+            table, key, head = drops.popleft()
             f = flow(head)
-            key = f or head[:40]
-            last = self.seen.get(key)
+            seen_key = f or head[:40]
+            last = self.seen.get(seen_key)
             if last is not None and now - last < self.window:
                 continue
-            self.seen[key] = now
-            self.seen.move_to_end(key)
+            self.seen[seen_key] = now
+            self.seen.move_to_end(seen_key)
             while len(self.seen) > 20000:
                 self.seen.popitem(last=False)
+            entry = table.lookup(key)
             src, dst, sport, dport = f or ("?", "?", 0, 0)
             record = {"event": "blocked", "resource": entry.resource or "unknown", "subscription":
                       entry.subscription, "source": src, "destination": dst, "port": dport, "source_port": sport,
-                      "code": entry.code, "reason": self.explain(entry)}
+                      "code": entry.code, "reason": self.explain(entry.resource)}
             self.out.write(json.dumps(record, sort_keys=True) + "\n")
             written += 1
         self.out.flush()
@@ -190,7 +191,12 @@ def serve_queue(queue_num: int, judge: Judge, conn, max_len: int, sock_len: int,
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
                 if command == "reload":
-                    table = reload(arg)
+                    try:
+                        table = reload(arg)
+                    except Exception as e:  # noqa: BLE001 - keep judging with the table we have
+                        log.error("queue %d: reload failed, keeping generation %d: %s", queue_num,
+                                  judge.table.generation, e)
+                        table = None
                     if table is not None:
                         judge.table = table
                         counters.retire()
