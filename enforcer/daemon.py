@@ -192,10 +192,12 @@ class Daemon:
         generation = self.store.generation()
         if generation == self.generation and not self.reload_requested:
             return
-        self.reload_requested = False
+        forced, self.reload_requested = self.reload_requested, False
         inv, generation = self.store.read()
         for w in self.workers:
-            self.ask_worker(w, "reload", generation)
+            # a forced reload (SIGHUP, enforcer reload) recompiles even the same generation: profiles may
+            # have changed on disk
+            self.ask_worker(w, "reload", -1 if forced else generation)
         spec = self._spec(inv)
         if spec != self.spec:
             self.backend.install(spec)

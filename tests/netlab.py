@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -51,33 +51,39 @@ class NetLab:
         self.procs.append(sink)
         assert sink.stdout.readline().strip() == "ready", "the SMTP sink did not start"
 
-    def start_daemon(self, *options: str, wait: bool = True) -> subprocess.Popen:
-        """Start `enforcer run` in the gateway namespace and wait for its READY=1 (sd_notify)."""
-        notify_path = tempfile.mktemp(prefix="p25notify-", dir="/tmp")
+    def start_daemon(self, *options: str, env: dict | None = None) -> subprocess.Popen:
+        """Start `enforcer run` in the gateway namespace and wait for its READY=1 (sd_notify); every message it
+        sends to its notify socket is kept in self.notified."""
+        notify_path = str(self.workdir / f"notify-{len(self.procs)}.sock")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)
-        env = {**os.environ, "NOTIFY_SOCKET": notify_path}
+        notify.settimeout(0.2)
+        self.notified: list[str] = []
+        ready = threading.Event()
+
+        def collect():
+            while True:
+                try:
+                    message = notify.recv(4096).decode()
+                except socket.timeout:
+                    if self.daemon is None or self.daemon.poll() is not None:
+                        break
+                    continue
+                self.notified.append(message)
+                if "READY=1" in message:
+                    ready.set()
+            notify.close()
+
         log = open(self.daemon_log, "a")
         self.daemon = run_in(self.topology.gateway.namespace,
                              [sys.executable, "-m", "enforcer.cli", "--state", str(self.state), "run",
                               "--socket", self.socket, *options],
-                             env=env, stdout=log, stderr=subprocess.STDOUT)
+                             env={**os.environ, "NOTIFY_SOCKET": notify_path, **(env or {})},
+                             stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(self.daemon)
-        if wait:
-            notify.settimeout(30)
-            try:
-                while True:
-                    message = notify.recv(4096).decode()
-                    if "READY=1" in message:
-                        break
-            except socket.timeout:
-                raise AssertionError(f"the daemon sent no READY=1:\n{self.daemon_log.read_text()}") from None
-            finally:
-                notify.close()
-                os.unlink(notify_path)
-        else:
-            notify.close()
-            os.unlink(notify_path)
+        threading.Thread(target=collect, daemon=True).start()
+        if not ready.wait(30):
+            raise AssertionError(f"the daemon sent no READY=1:\n{self.daemon_log.read_text()}")
         return self.daemon
 
     def stop_daemon(self, sig: int = signal.SIGTERM) -> int:

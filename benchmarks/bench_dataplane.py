@@ -1,0 +1,888 @@
+"""Benchmark of the data plane: SYN verdicts per second at the NFQUEUE, and the connect() latency it adds.
+
+A report, not a test: it always exits 0 once it has run (1 if the lab cannot be built, 2 on bad options).
+
+    .venv/bin/python benchmarks/bench_dataplane.py [--seconds S] [--reps R] [--quick] [--variants nohits,lean]
+
+Needs root. It builds one namespace topology with enforcer.netns.Topology (a VM, a gateway that forwards, an
+internet host; addresses only from 198.18.0.0/15 and 2001:db8::/32):
+
+    VM <tag>-0 eth0 198.18.x.y/32 ──── gateway <tag>-gw ──── internet <tag>-inet eth0 198.19.252.25/24
+
+and, in the same run, measures:
+
+  1. worker     SYN verdicts/s of enforcer.worker.Judge, over a table compiled from 100,000 registered VMs (the
+                synthetic fleet of bench_table.py), bound with enforcer.worker.bind_queue exactly as the daemon
+                binds it (max_len 4096, sock_len 4 MiB, copy range 128, queue-full drops); the generator's
+                source address is one of the registered VMs, one that is allowed on 25.
+  2. accept-all the same, for a bare netfilterqueue consumer whose callback does only pkt.accept(), bound the same
+                way (bind_queue, same queue options) on a second queue number.
+  3. no queue   the forwarding rate of the same SYNs with no NFQUEUE rule at all.
+  4. latency    p50/p99 of a TCP connect() from the VM to a listener on port 25 in the internet namespace, through
+                the gateway, with the worker's queue rule in place vs with no rule; sequential connects at idle, in
+                blocks alternating between the two.
+
+The queue rule is the project's own: IptablesBackend().install(RuleSpec(queue, 1, (25,), (), bypass=False)),
+installed by a small agent process inside the gateway namespace; configurations 1 and 2 differ only in the queue
+number the rule names. Both consumers are child processes started in the gateway namespace with
+enforcer.netns.run_in, both bound for the whole run (the idle one waits in recv()), pinned to the last CPU.
+
+The generator is a raw-socket sender (IPPROTO_RAW) in the VM namespace, pinned to CPU 0: prebuilt SYNs to
+198.19.252.25:25 with 16,384 different source ports (distinct flows), sent in a loop bounded by count and time.
+During the throughput phases the internet namespace drops TCP to port 25 in raw PREROUTING, so that no reply
+comes back; what is measured is verdicts per second at the queue.
+
+Verdicts are counted in the consumer's namespace at the start and end of each saturated window, from the
+kernel's per-queue counters in /proc/net/netfilter/nfnetlink_queue (read by the consumer itself: verdicts =
+packets handed to the socket (id_sequence) - user_dropped - still waiting), which costs the callbacks nothing,
+so the bare consumer's callback really does only pkt.accept(); the worker's own count (the sum of Judge.hits,
+malformed and errors) is read at the same moments and printed alongside as a cross-check. The rate is that count
+over the wall time of the window. Kernel queue drops (queue full: field 6; socket buffer full: field 7) are
+reported per window: a window with no drops was not saturated, and its rate is only a lower bound.
+Configurations run interleaved (the order rotates each repetition); each reports its median over repetitions.
+
+With --variants, extra consumers run in the same rotation (not part of the default run):
+  nohits   Judge with the hit counting removed (everything else identical)
+  lean     the Judge changes proposed in the report (see lean_judge_class)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import random
+import select
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+
+VMS = 100_000
+SEED = 25
+INTERNET4 = "198.19.252.25"   # inside bench_table's reserved 198.19.240.0/20, in no scale set, not an appliance
+PORT = 25
+FLOWS = 16_384
+QUEUE_WORKER, QUEUE_ACCEPT = 25, 26           # 25: the daemon's default queue number
+VARIANT_QUEUES = {"nohits": 27, "lean": 28}
+MAX_LEN, SOCK_LEN, FAIL_OPEN = 4096, 4 * 1024 * 1024, False   # the daemon's defaults (enforcer.daemon.Options)
+TARGET_RATIO = 0.90
+WARMUP = 1.0          # seconds of sending before a window opens (the queue fills, caches warm)
+TAIL = 0.3            # seconds the sender keeps going after the window closes
+CHILD_TIMEOUT = 60.0  # any answer from a child, at most
+
+
+# ---------------------------------------------------------------- children (each runs this file with --role)
+
+
+def die_with_parent() -> None:
+    """A child must not outlive the benchmark (killed with SIGKILL, say)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def pin(cpu: int) -> None:
+    if cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            pass
+
+
+def say(obj) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def queue_line(queue_num: int, path: str = "/proc/net/netfilter/nfnetlink_queue") -> list[int] | None:
+    """The kernel's counters of one queue: [queue, portid, waiting, mode, range, queue_dropped, user_dropped,
+    id_sequence, 1]; None when the queue is not bound."""
+    try:
+        with open(path) as f:
+            for line in f:
+                fields = [int(x) for x in line.split()]
+                if fields and fields[0] == queue_num:
+                    return fields
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def nohits_judge_class():
+    """Judge without the hit counting: the only difference to enforcer.worker.Judge.__call__."""
+    from enforcer.worker import Judge
+
+    class NoHitsJudge(Judge):
+        __slots__ = ()
+
+        def __call__(self, pkt) -> None:
+            try:
+                p = pkt.get_payload()
+                first = p[0] if p else 0
+                if first >> 4 == 4 and len(p) >= 20 and (first & 15) >= 5:
+                    key = p[12:16]
+                elif first >> 4 == 6 and len(p) >= 40:
+                    key = p[8:24]
+                else:
+                    self.malformed += 1
+                    pkt.accept() if self.default_allow else pkt.drop()
+                    return
+                table = self.table
+                entry = table.exact.get(key)
+                if entry is None:
+                    entry = table.judge(key)
+                if entry.allow:
+                    pkt.accept()
+                else:
+                    pkt.drop()
+                    self.drops.append((table, key, p[:80]))
+            except Exception:  # noqa: BLE001
+                self.errors += 1
+                try:
+                    pkt.accept() if self.default_allow else pkt.drop()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    return NoHitsJudge
+
+
+def lean_judge_class():
+    """The Judge changes proposed in the report, as a subclass: one header check for the common case (IPv4, no
+    bounds arithmetic beyond what slicing already does), the hit count kept in a per-Entry slot of a plain list
+    instead of a dict keyed by Entry, and bound-method lookups cut down."""
+    from enforcer.worker import Judge
+
+    class LeanJudge(Judge):
+        __slots__ = ()
+
+        def __call__(self, pkt) -> None:
+            try:
+                p = pkt.get_payload()
+                first = p[0] if p else 0
+                if 0x45 <= first <= 0x4f:       # IPv4 with a valid header length (>= 20 bytes of header)
+                    key = p[12:16]
+                    if len(key) != 4:
+                        raise ValueError
+                elif first >> 4 == 6 and len(p) >= 40:
+                    key = p[8:24]
+                else:
+                    self.malformed += 1
+                    pkt.accept() if self.default_allow else pkt.drop()
+                    return
+                table = self.table
+                entry = table.exact.get(key) or table.judge(key)
+                hits = self.hits
+                try:
+                    hits[entry] += 1
+                except KeyError:
+                    hits[entry] = 1
+                if entry.allow:
+                    pkt.accept()
+                else:
+                    pkt.drop()
+                    self.drops.append((table, key, p[:80]))
+            except Exception:  # noqa: BLE001
+                self.errors += 1
+                try:
+                    pkt.accept() if self.default_allow else pkt.drop()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    return LeanJudge
+
+
+def role_consumer(args) -> int:
+    """Bind a queue in this (the gateway's) namespace and give verdicts until told to stop.
+
+    stdin commands: "mark" -> {"t", "own", "q"} (own: the worker's own verdict count, None for accept-all),
+    "quit" -> final line and exit. Ends by itself after args.lifetime seconds."""
+    die_with_parent()
+    from enforcer.worker import Judge, bind_queue
+
+    built = {}
+    if args.kind == "accept":
+        def callback(pkt):
+            pkt.accept()
+        judge = None
+    else:
+        from bench_table import build_inventory
+        from enforcer.profile import load_profile
+        from enforcer.table import compile_table, pack
+        t0 = time.perf_counter()
+        inv = build_inventory(args.vms, args.seed)
+        table = compile_table(inv, load_profile("azure"))
+        del inv
+        built = {"seconds": round(time.perf_counter() - t0, 2), "entries": len(table),
+                 "source_verdict": list(table.lookup(pack(args.source)))}
+        cls = {"worker": Judge, "nohits": nohits_judge_class(), "lean": lean_judge_class()}[args.kind]
+        judge = callback = cls(table)
+    pin(args.cpu)
+    try:
+        nfq = bind_queue(args.queue, callback, MAX_LEN, SOCK_LEN, FAIL_OPEN)
+    except OSError as e:
+        say({"error": str(e)})
+        return 1
+
+    def own() -> int | None:
+        if judge is None:
+            return None
+        return sum(dict(judge.hits).values()) + judge.malformed + judge.errors
+
+    main_ident = threading.main_thread().ident
+    stopping = threading.Event()
+
+    def control() -> None:
+        for line in sys.stdin:
+            command = line.strip()
+            if command == "mark":
+                say({"t": time.monotonic(), "own": own(), "q": queue_line(args.queue)})
+            elif command == "quit":
+                break
+        stopping.set()
+        signal.pthread_kill(main_ident, signal.SIGTERM)
+
+    def lifetime() -> None:
+        if not stopping.wait(args.lifetime):
+            signal.pthread_kill(main_ident, signal.SIGTERM)
+
+    def on_term(signum, frame):
+        raise SystemExit(0)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    threading.Thread(target=control, daemon=True).start()
+    threading.Thread(target=lifetime, daemon=True).start()
+    say({"ready": True, "pid": os.getpid(), "table": built})
+    try:
+        nfq.run()
+    except SystemExit:
+        pass
+    finally:
+        nfq.unbind()
+    say({"final": True, "own": own(), "errors": judge.errors if judge else 0,
+         "malformed": judge.malformed if judge else 0})
+    return 0
+
+
+def role_agent(args) -> int:
+    """Rules in this namespace, on request. stdin: "install Q" (the project's queue rule, queue Q), "remove",
+    "run ARGV-as-JSON"; answers one JSON line each. Removes the project's rules when stdin closes."""
+    die_with_parent()
+    from enforcer.rules import IptablesBackend, RuleSpec
+    backend = IptablesBackend()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent cleans up and closes our stdin
+    signal.signal(signal.SIGTERM, lambda s, f: sys.exit(0))
+    deadline = time.monotonic() + args.lifetime
+    try:
+        backend.check_tools()
+        say({"ready": True, "pid": os.getpid()})
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([sys.stdin], [], [], 1.0)
+            if not ready:
+                continue
+            line = sys.stdin.readline()
+            if not line:
+                break
+            command, _, arg = line.strip().partition(" ")
+            try:
+                if command == "install":
+                    spec = RuleSpec(int(arg), 1, (PORT,), (), False)
+                    backend.install(spec)
+                    say({"ok": backend.installed(spec)})
+                elif command == "remove":
+                    backend.remove()
+                    say({"ok": True})
+                elif command == "run":
+                    done = subprocess.run(json.loads(arg), capture_output=True, text=True, timeout=30)
+                    say({"ok": done.returncode == 0, "out": done.stdout, "err": done.stderr})
+                else:
+                    say({"ok": False, "err": f"unknown command {command!r}"})
+            except Exception as e:  # noqa: BLE001 - answer, the parent decides
+                say({"ok": False, "err": str(e)})
+    finally:
+        try:
+            backend.remove()
+        except Exception:  # noqa: BLE001
+            pass
+    return 0
+
+
+def checksum(data: bytes) -> int:
+    if len(data) & 1:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def syn_packets(src: str, dst: str, port: int, flows: int, seed: int) -> list[bytes]:
+    """Whole IPv4 SYNs (IP header + 20 bytes of TCP), one per source port; the kernel fills the IP id, total
+    length and header checksum of an IPPROTO_RAW send."""
+    rng = random.Random(seed)
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    out = []
+    for i in range(flows):
+        sport = 1024 + i
+        tcp = struct.pack("!HHIIBBHHH", sport, port, rng.getrandbits(32), 0, 5 << 4, 0x02, 64240, 0, 0)
+        csum = checksum(s + d + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp)) + tcp)
+        tcp = tcp[:16] + struct.pack("!H", csum) + tcp[18:]
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, socket.IPPROTO_TCP, 0, s, d)
+        out.append(ip + tcp)
+    return out
+
+
+def role_sender(args) -> int:
+    """Blast the prebuilt SYNs from this (the VM's) namespace: starts on "go", stops after args.seconds or
+    args.max_packets, whichever comes first."""
+    die_with_parent()
+    pin(args.cpu)
+    packets = syn_packets(args.source, args.dst, PORT, FLOWS, args.seed)
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+    s.connect((args.dst, 0))
+    send = s.send
+    chunks = [packets[i:i + 1024] for i in range(0, len(packets), 1024)]
+    say({"ready": True, "pid": os.getpid()})
+    ready, _, _ = select.select([sys.stdin], [], [], CHILD_TIMEOUT)
+    if not ready or sys.stdin.readline().strip() != "go":
+        return 1
+    sent = errors = 0
+    t0 = time.monotonic()
+    end = t0 + args.seconds
+    monotonic = time.monotonic
+    while sent < args.max_packets:
+        for chunk in chunks:
+            try:
+                for p in chunk:
+                    send(p)
+            except OSError:
+                errors += 1  # ENOBUFS and the like: the rest of the chunk is skipped, not counted
+                continue
+            sent += len(chunk)
+        if monotonic() >= end:
+            break
+    say({"sent": sent, "seconds": time.monotonic() - t0, "errors": errors})
+    return 0
+
+
+def role_listener(args) -> int:
+    """Accept on port 25 and close at once (the SMTP-ish server of the latency test); ends when stdin closes or
+    after args.lifetime."""
+    die_with_parent()
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((args.dst, PORT))
+    srv.listen(1024)
+    say({"ready": True, "pid": os.getpid()})
+    deadline = time.monotonic() + args.lifetime
+    accepted = 0
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([srv, sys.stdin], [], [], 1.0)
+        if sys.stdin in ready and not sys.stdin.readline():
+            break
+        if srv in ready:
+            c, _ = srv.accept()
+            c.close()
+            accepted += 1
+    say({"accepted": accepted})
+    return 0
+
+
+def role_connector(args) -> int:
+    """args.count sequential connect()s to the listener, each timed; one untimed connect first."""
+    die_with_parent()
+    pin(args.cpu)
+    times, failures = [], 0
+    perf = time.perf_counter
+    for i in range(args.count + 1):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.settimeout(3.0)
+        try:
+            t0 = perf()
+            c.connect((args.dst, PORT))
+            dt = perf() - t0
+            if i:
+                times.append(dt * 1e6)
+        except OSError:
+            failures += 1
+        finally:
+            c.close()
+    say({"us": times, "failures": failures})
+    return 0
+
+
+# ---------------------------------------------------------------- the parent
+
+
+class Child:
+    """A child process in a namespace, spoken to in JSON lines over its stdin/stdout."""
+
+    def __init__(self, name: str, namespace: str, argv: list[str], log_dir: str):
+        from enforcer.netns import run_in
+        self.name = name
+        self.log_path = os.path.join(log_dir, f"{name}.log")
+        self.log = open(self.log_path, "wb")
+        self.proc = run_in(namespace, [sys.executable, os.path.abspath(__file__), *argv],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, bufsize=0)
+        self.buf = b""
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def read(self, timeout: float = CHILD_TIMEOUT) -> dict:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"{self.name}: no answer within {timeout:.0f} s{self.tail()}")
+            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    raise RuntimeError(f"{self.name} exited ({self.proc.poll()}){self.tail()}")
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def ask(self, line: str, timeout: float = CHILD_TIMEOUT) -> dict:
+        self.send(line)
+        return self.read(timeout)
+
+    def tail(self) -> str:
+        try:
+            self.log.flush()
+            with open(self.log_path, "rb") as f:
+                text = f.read()[-2000:].decode(errors="replace").strip()
+            return f":\n{text}" if text else ""
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 5.0) -> None:
+        p = self.proc
+        if p.poll() is None:
+            try:
+                p.stdin.close()
+            except OSError:
+                pass
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                p.terminate()
+                try:
+                    p.wait(grace)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(grace)
+        self.log.close()
+
+
+def dev_counters(pid: int, ifname: str) -> tuple[int, int, int]:
+    """(rx packets, tx packets, tx dropped) of an interface in the namespace of process pid."""
+    with open(f"/proc/{pid}/net/dev") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name.strip() == ifname:
+                v = [int(x) for x in rest.split()]
+                return v[1], v[9], v[11]
+    raise RuntimeError(f"no interface {ifname} in the namespace of {pid}")
+
+
+def softnet_drops() -> int:
+    """Packets dropped because a CPU's input backlog was full (all CPUs; /proc/net/softnet_stat column 2)."""
+    try:
+        with open("/proc/net/softnet_stat") as f:
+            return sum(int(line.split()[1], 16) for line in f)
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def pick_source(n: int, seed: int):
+    """Build the synthetic fleet and pick the generator's source: a running VM with one IPv4 address, allowed
+    on 25 by the compiled table. Returns (address, resource name, entry, table size, build seconds)."""
+    from bench_table import build_inventory
+    from enforcer.profile import load_profile
+    from enforcer.table import compile_table, pack
+    t0 = time.perf_counter()
+    inv = build_inventory(n, seed)
+    table = compile_table(inv, load_profile("azure"))
+    seconds = time.perf_counter() - t0
+    rng = random.Random(seed)
+    names = [name for name in inv.resources if name.startswith("vm-")]
+    for _ in range(10_000):
+        r = inv.resources[rng.choice(names)]
+        if len(r.addresses) != 1 or ":" in r.addresses[0] or not r.addresses[0].startswith("198.18."):
+            continue
+        if r.addresses[0] in ("198.18.0.1",):
+            continue
+        entry = table.lookup(pack(r.addresses[0]))
+        if entry.allow:
+            return r.addresses[0], r.name, entry, len(table), seconds
+    raise RuntimeError("no allowed IPv4 VM found in the synthetic fleet")
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tag = f"p25b{uuid.uuid4().hex[:6]}"
+        self.children: list[Child] = []
+        self.log_dir = tempfile.mkdtemp(prefix="p25bench-")
+        self.topology = None
+        self.gw_agent = self.inet_agent = None
+        self.consumers: dict[str, Child] = {}
+        self.cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+        multi = len(self.cpus) >= 2
+        self.sender_cpu = self.cpus[0] if multi else -1
+        self.consumer_cpu = self.cpus[-1] if multi else -1
+
+    def child(self, name: str, namespace: str, *argv: str) -> Child:
+        c = Child(name, namespace, list(argv), self.log_dir)
+        self.children.append(c)
+        return c
+
+    # ------------------------------------------------------------ lab
+
+    def up(self, source: str) -> None:
+        from enforcer.netns import Topology
+        self.topology = Topology(self.tag, [INTERNET4])
+        self.topology.add_vm("gen", [source])
+        self.topology.up()
+        self.gw = self.topology.gateway.namespace
+        self.inet = self.topology.internet.namespace
+        self.vm = self.topology.vms["gen"].namespace
+        life = str(self.args.lifetime)
+        self.gw_agent = self.child("gw-agent", self.gw, "--role", "agent", "--lifetime", life)
+        self.inet_agent = self.child("inet-agent", self.inet, "--role", "agent", "--lifetime", life)
+        for agent in (self.gw_agent, self.inet_agent):
+            agent.read()
+        kinds = ["worker", "accept", *self.args.variants]
+        queues = {"worker": QUEUE_WORKER, "accept": QUEUE_ACCEPT, **VARIANT_QUEUES}
+        for kind in kinds:
+            self.consumers[kind] = self.child(
+                f"consumer-{kind}", self.gw, "--role", "consumer", "--kind", kind, "--queue", str(queues[kind]),
+                "--vms", str(self.args.vms), "--seed", str(self.args.seed), "--source", source,
+                "--cpu", str(self.consumer_cpu), "--lifetime", life)
+        self.queues = queues
+        self.ready = {kind: c.read(120) for kind, c in self.consumers.items()}
+        for kind, r in self.ready.items():
+            if "error" in r:
+                raise RuntimeError(f"consumer {kind}: {r['error']}")
+
+    def rule(self, config: str) -> None:
+        """Install the project's queue rule naming this configuration's queue, or remove it (no queue)."""
+        if config == "none":
+            answer = self.gw_agent.ask("remove")
+        else:
+            answer = self.gw_agent.ask(f"install {self.queues[config]}")
+        if not answer.get("ok"):
+            raise RuntimeError(f"rule for {config}: {answer}")
+
+    def inet_drop(self, on: bool) -> None:
+        argv = ["iptables", "-w", "-t", "raw", "-A" if on else "-D", "PREROUTING", "-p", "tcp", "--dport",
+                str(PORT), "-j", "DROP"]
+        answer = self.inet_agent.ask("run " + json.dumps(argv))
+        if not answer.get("ok"):
+            raise RuntimeError(f"internet drop rule: {answer}")
+
+    def down(self) -> None:
+        for c in reversed(self.children):
+            try:
+                c.stop()
+            except Exception:  # noqa: BLE001 - keep cleaning
+                pass
+        if self.topology is not None:
+            from enforcer.netns import remove_tagged
+            remove_tagged(self.tag)
+
+    # ------------------------------------------------------------ throughput
+
+    def throughput_phase(self, config: str, source: str) -> dict:
+        a = self.args
+        self.rule(config)
+        consumer = self.consumers.get(config)
+        sender = self.child(f"sender-{config}", self.vm, "--role", "sender", "--source", source, "--dst", INTERNET4,
+                            "--seconds", str(WARMUP + a.seconds + TAIL), "--max-packets", str(a.max_packets),
+                            "--seed", str(a.seed), "--cpu", str(self.sender_cpu))
+        try:
+            sender.read()
+            sender.send("go")
+            time.sleep(WARMUP)
+            m0 = self.mark(consumer, sender.proc.pid)
+            time.sleep(a.seconds)
+            m1 = self.mark(consumer, sender.proc.pid)
+            done = sender.read(a.seconds + WARMUP + TAIL + 30)
+        finally:
+            sender.stop()
+        # let the queue drain before the next phase so that it starts from empty
+        if consumer is not None:
+            for _ in range(50):
+                q = consumer.ask("mark")["q"]
+                if q and q[2] == 0:
+                    break
+                time.sleep(0.05)
+        wall = m1["t"] - m0["t"]
+        row = {"config": config, "wall": wall,
+               "offered": (m1["vm_tx"] - m0["vm_tx"]) / wall,
+               "forwarded": (m1["fwd"] - m0["fwd"]) / wall,
+               "sender_rate": done["sent"] / done["seconds"], "sender_errors": done["errors"],
+               "backlog_drops": m1["softnet"] - m0["softnet"]}
+        if consumer is not None:
+            q0, q1 = m0["c"]["q"], m1["c"]["q"]
+            cwall = m1["c"]["t"] - m0["c"]["t"]
+            # verdicts given in the window: messages the kernel handed to the socket, minus the ones it could not
+            # (socket buffer full), minus the change in packets still waiting for a verdict
+            verdicts = (q1[7] - q0[7]) - (q1[6] - q0[6]) - (q1[2] - q0[2])
+            row.update(verdicts=verdicts, rate=verdicts / cwall, cwall=cwall, queue_dropped=q1[5] - q0[5],
+                       user_dropped=q1[6] - q0[6], waiting=(q0[2], q1[2]))
+            if m0["c"]["own"] is not None:
+                row["own"] = m1["c"]["own"] - m0["c"]["own"]
+            row["saturated"] = row["queue_dropped"] + row["user_dropped"] > 0
+        else:
+            row["rate"] = row["forwarded"]
+            row["saturated"] = None
+        return row
+
+    def mark(self, consumer: Child | None, sender_pid: int) -> dict:
+        m = {"c": consumer.ask("mark") if consumer is not None else None}
+        m["t"] = time.monotonic()
+        m["fwd"] = dev_counters(self.gw_agent.proc.pid, "inet")[1]
+        m["vm_tx"] = dev_counters(sender_pid, "eth0")[1]
+        m["softnet"] = softnet_drops()
+        return m
+
+    # ------------------------------------------------------------ latency
+
+    def latency(self, blocks: int, per_block: int) -> dict:
+        listener = self.child("listener", self.inet, "--role", "listener", "--dst", INTERNET4,
+                              "--lifetime", str(self.args.lifetime))
+        listener.read()
+        out: dict[str, list[float]] = {"worker": [], "none": []}
+        failures = {"worker": 0, "none": 0}
+        try:
+            for b in range(blocks):
+                order = ("worker", "none") if b % 2 == 0 else ("none", "worker")
+                for config in order:
+                    self.rule(config)
+                    conn = self.child(f"connect-{config}-{b}", self.vm, "--role", "connector", "--dst", INTERNET4,
+                                      "--count", str(per_block), "--cpu", str(self.sender_cpu))
+                    try:
+                        r = conn.read(per_block * 4 + 30)
+                    finally:
+                        conn.stop()
+                    out[config] += r["us"]
+                    failures[config] += r["failures"]
+        finally:
+            listener.stop()
+        return {"us": out, "failures": failures}
+
+
+def machine() -> str:
+    import netfilterqueue
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    except OSError:
+        pass
+    return (f"nproc {os.cpu_count()} ({model}); kernel {platform.release()} {platform.version()}; python "
+            f"{sys.version.split()[0]} ({sys.executable}); netfilterqueue "
+            f"{getattr(netfilterqueue, '__version__', '?')}")
+
+
+def busy_note() -> str:
+    """Other CPU-hungry processes right now: a shared machine makes the numbers noisy."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return ""
+    return f"load average (1 min) before the run: {load:.2f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=None, help="length of each saturated window (default 4, "
+                    "quick 1.5)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions of each configuration (default 3, quick 2)")
+    ap.add_argument("--connects", type=int, default=None, help="timed connects per configuration (default 400, "
+                    "quick 150)")
+    ap.add_argument("--quick", action="store_true", help="shorter windows, fewer repetitions and connects")
+    ap.add_argument("--variants", default="", help="extra consumers, comma-separated: nohits, lean")
+    ap.add_argument("--vms", type=int, default=VMS, help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--max-packets", type=int, default=50_000_000, help=argparse.SUPPRESS)
+    ap.add_argument("--lifetime", type=float, default=900.0, help=argparse.SUPPRESS)
+    # the children
+    ap.add_argument("--role", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--kind", default="worker", help=argparse.SUPPRESS)
+    ap.add_argument("--queue", type=int, default=QUEUE_WORKER, help=argparse.SUPPRESS)
+    ap.add_argument("--source", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--dst", default=INTERNET4, help=argparse.SUPPRESS)
+    ap.add_argument("--cpu", type=int, default=-1, help=argparse.SUPPRESS)
+    ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.role:
+        return {"consumer": role_consumer, "agent": role_agent, "sender": role_sender,
+                "listener": role_listener, "connector": role_connector}[args.role](args)
+
+    args.seconds = args.seconds or (1.5 if args.quick else 4.0)
+    args.reps = args.reps or (2 if args.quick else 3)
+    args.connects = args.connects or (150 if args.quick else 400)
+    args.variants = [v for v in (x.strip() for x in args.variants.split(",")) if v]
+    unknown = [v for v in args.variants if v not in VARIANT_QUEUES]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANT_QUEUES)}")
+    if os.geteuid() != 0:
+        print("bench_dataplane: needs root (network namespaces, iptables, NFQUEUE)", file=sys.stderr)
+        return 1
+
+    print(f"machine: {machine()}")
+    print(f"command: {' '.join([os.path.relpath(sys.executable)] + sys.argv)}")
+    print(busy_note())
+    configs = ["worker", "accept", *args.variants, "none"]
+    print(f"windows of {args.seconds:g} s after {WARMUP:g} s of warm-up; {args.reps} repetitions of "
+          f"{', '.join(configs)}, order rotating; {args.connects} connects per latency configuration")
+    sys.stdout.flush()
+
+    t_all = time.perf_counter()
+    source, vm_name, entry, entries, built = pick_source(args.vms, args.seed)
+    print(f"table: {args.vms:,} registered VMs, {entries:,} entries, built+compiled in {built:.1f} s; generator "
+          f"source {source} = {vm_name}: {tuple(entry)}")
+
+    bench = Bench(args)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    for s in previous:
+        signal.signal(s, on_term)
+    rows: list[dict] = []
+    lat = None
+    try:
+        bench.up(source)
+        print(f"lab: tag {bench.tag}; gateway {bench.gw}, internet {bench.inet} ({INTERNET4}), VM {bench.vm} "
+              f"({source}); sender on CPU {bench.sender_cpu}, consumers on CPU {bench.consumer_cpu}; logs in "
+              f"{bench.log_dir}")
+        for kind, r in bench.ready.items():
+            t = r.get("table") or {}
+            if t:
+                print(f"  consumer {kind}: queue {bench.queues[kind]}, table of {t['entries']:,} entries built in "
+                      f"{t['seconds']} s, source judged {tuple(t['source_verdict'])}")
+            else:
+                print(f"  consumer {kind}: queue {bench.queues[kind]}, callback pkt.accept()")
+        print()
+        bench.inet_drop(True)
+        print(f"{'rep':>3} {'config':<8} {'verdicts/s':>11} {'own count':>10} {'forwarded/s':>12} {'offered/s':>10} "
+              f"{'q-drops':>8} {'u-drops':>8} {'waiting':>11} {'backlog':>8}  window")
+        for rep in range(args.reps):
+            order = configs[rep % len(configs):] + configs[:rep % len(configs)]
+            for config in order:
+                row = bench.throughput_phase(config, source)
+                row["rep"] = rep
+                rows.append(row)
+                own = f"{row['own']:,}" if "own" in row else "-"
+                if config == "none":
+                    verdicts = "-"
+                    q = u = w = "-"
+                else:
+                    verdicts = f"{row['rate']:,.0f}"
+                    q, u, w = f"{row['queue_dropped']:,}", f"{row['user_dropped']:,}", f"{row['waiting'][0]}->" \
+                                                                                      f"{row['waiting'][1]}"
+                flag = "" if row["saturated"] in (None, True) else "  NOT SATURATED (no queue drops)"
+                if "own" in row and abs(row["own"] - row["verdicts"]) > max(50, 0.01 * row["verdicts"]):
+                    flag += f"  (own count differs from the kernel's {row['verdicts']:,})"
+                print(f"{rep:>3} {config:<8} {verdicts:>11} {own:>10} {row['forwarded']:>12,.0f} "
+                      f"{row['offered']:>10,.0f} {q:>8} {u:>8} {w:>11} {row['backlog_drops']:>8,}  "
+                      f"{row['wall']:.2f} s{flag}")
+                sys.stdout.flush()
+        bench.inet_drop(False)
+        bench.rule("none")
+
+        blocks = 8 if args.connects >= 200 else 4
+        per_block = max(1, args.connects // blocks)
+        lat = bench.latency(blocks, per_block)
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        bench.down()
+        for s, h in previous.items():
+            signal.signal(s, h)
+        from pyroute2 import netns
+        left = [n for n in netns.listnetns() if n.startswith(f"{bench.tag}-")]
+        print(f"\ncleanup: namespaces of {bench.tag} left: {left or 'none'}")
+
+    # ------------------------------------------------------------ summary
+    print()
+    print("summary (median over repetitions; min..max in brackets)")
+    med: dict[str, float] = {}
+    print(f"  {'config':<24} {'verdicts/s':>26} {'forwarded/s':>12} {'offered/s':>10} {'queue drops':>12} "
+          f"{'saturated':>10}")
+    names = {"worker": "worker (Judge)", "accept": "accept-all", "nohits": "Judge without hit count",
+             "lean": "Judge, proposed changes", "none": "no queue (forwarding)"}
+    for config in configs:
+        rs = [r for r in rows if r["config"] == config]
+        rates = [r["rate"] for r in rs]
+        med[config] = statistics.median(rates)
+        sat = "-" if config == "none" else f"{sum(1 for r in rs if r['saturated'])}/{len(rs)}"
+        drops = "-" if config == "none" else f"{sum(r['queue_dropped'] + r['user_dropped'] for r in rs):,}"
+        print(f"  {names[config]:<24} {med[config]:>10,.0f} [{min(rates):>6,.0f}..{max(rates):>6,.0f}] "
+              f"{statistics.median(r['forwarded'] for r in rs):>12,.0f} "
+              f"{statistics.median(r['offered'] for r in rs):>10,.0f} {drops:>12} {sat:>10}")
+    ratio = med["worker"] / med["accept"]
+    per_rep = [next(r["rate"] for r in rows if r["rep"] == i and r["config"] == "worker") /
+               next(r["rate"] for r in rows if r["rep"] == i and r["config"] == "accept") for i in range(args.reps)]
+    print()
+    print(f"  worker / accept-all        {ratio:.3f}  (per repetition: {', '.join(f'{x:.3f}' for x in per_rep)}); "
+          f"target >= {TARGET_RATIO:.2f}: {'PASS' if ratio >= TARGET_RATIO else 'FAIL'}")
+    for v in args.variants:
+        print(f"  {v} / accept-all{'':<{13 - len(v)}} {med[v] / med['accept']:.3f}   {v} / worker {med[v] / med['worker']:.3f}")
+    print(f"  worker / no queue          {med['worker'] / med['none']:.3f}")
+    print(f"  accept-all / no queue      {med['accept'] / med['none']:.3f}")
+    none_rows = [r for r in rows if r["config"] == "none"]
+    if all(r["forwarded"] >= 0.97 * r["offered"] for r in none_rows):
+        print("  (no queue forwarded everything offered: that rate is the one-process generator's, a lower bound "
+              "of the kernel's)")
+    us_per = {c: 1e6 / med[c] for c in ("worker", "accept")}
+    print(f"  per verdict: worker {us_per['worker']:.2f} us, accept-all {us_per['accept']:.2f} us on the consumer "
+          f"CPU: the Judge costs {us_per['worker'] - us_per['accept']:.2f} us more per SYN")
+    if lat is not None:
+        print()
+        print(f"  connect() latency at idle, us ({per_block} x {blocks} blocks alternating)")
+        print(f"  {'config':<24} {'n':>5} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>9} {'failures':>9}")
+        for config in ("none", "worker"):
+            us = lat["us"][config]
+            print(f"  {names[config] if config != 'worker' else 'worker queue rule':<24} {len(us):>5} "
+                  f"{percentile(us, 0.5):>8.1f} {percentile(us, 0.9):>8.1f} {percentile(us, 0.99):>8.1f} "
+                  f"{max(us) if us else float('nan'):>9.1f} {lat['failures'][config]:>9}")
+        w, n = lat["us"]["worker"], lat["us"]["none"]
+        print(f"  added by the queue: p50 {percentile(w, 0.5) - percentile(n, 0.5):+.1f} us, p99 "
+              f"{percentile(w, 0.99) - percentile(n, 0.99):+.1f} us")
+    print(f"\ntotal {time.perf_counter() - t_all:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
