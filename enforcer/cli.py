@@ -9,8 +9,10 @@ from __future__ import annotations
 import grp
 import ipaddress
 import logging
+import os
 import json
 import sys
+import tomllib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -540,7 +542,48 @@ def profile_cmd(c: Context, profile_id: str | None, as_json: bool) -> None:
 # ---------------------------------------------------------------- the daemon
 
 
+DEFAULT_CONFIG = "/etc/enforcer/enforcer.toml"
+# config file key -> `enforcer run` parameter (values are checked by the parameter's own click type)
+CONFIG_KEYS = {"backend": "backend", "queue": "queue_num", "queues": "queues", "when_down": "when_down",
+               "queue_full": "queue_full", "queue_length": "queue_length", "socket_buffer": "socket_buffer",
+               "socket": "socket_path", "socket_group": "socket_group", "metrics": "metrics",
+               "check_interval": "check_interval"}
+
+
+def read_config(ctx: click.Context, path: str | None) -> dict:
+    """The config file's settings, each validated like the command-line option it stands for."""
+    if path is None:
+        if not os.path.exists(DEFAULT_CONFIG):
+            return {}
+        path = DEFAULT_CONFIG
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the config: {e.strerror}; check the path") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML: {e}; fix the syntax") from None
+    params = {p.name: p for p in ctx.command.params}
+    settings = {}
+    for key, value in doc.items():
+        if key == "state":
+            if not isinstance(value, str) or not value:
+                raise UserError(f"{path}: state: expected a path; write state = \"/var/lib/enforcer/state.db\"")
+            settings["state"] = value
+            continue
+        if key not in CONFIG_KEYS:
+            raise UserError(f"{path}: unknown key '{key}'; use one of: state, {', '.join(CONFIG_KEYS)}")
+        param = params[CONFIG_KEYS[key]]
+        try:
+            settings[param.name] = param.type.convert(value, param, ctx)
+        except click.BadParameter as e:
+            raise UserError(f"{path}: {key}: {e.message.rstrip('.')}; fix it or remove the key") from None
+    return settings
+
+
 @cli.command()
+@click.option("--config", "config_path", default=None, metavar="PATH",
+              help=f"Settings file (default {DEFAULT_CONFIG} when it exists); options given here override it.")
 @click.option("--backend", type=click.Choice(["auto", "iptables", "nftables"]), default="auto", show_default=True,
               help="Kernel rules: native nftables where the kernel has the queue expression, else iptables.")
 @click.option("--queue", "queue_num", type=click.IntRange(0, 65535), default=25, show_default=True,
@@ -560,22 +603,49 @@ def profile_cmd(c: Context, profile_id: str | None, as_json: bool) -> None:
 @click.option("--metrics", default=None, metavar="ADDRESS:PORT", help="Serve Prometheus metrics there.")
 @click.option("--check-interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
               help="Seconds between checks that our rules are still in place.")
-@pass_ctx
-def run(c: Context, backend, queue_num, queues, when_down, queue_full, queue_length, socket_buffer, socket_path,
-        socket_group, metrics, check_interval) -> None:
+@click.pass_context
+def run(ctx: click.Context, config_path: str | None, **options) -> None:
     """Run the enforcer daemon: judge forwarded port 25 SYNs through NFQUEUE."""
     from .daemon import Daemon, Options
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    if socket_group:
+    c: Context = ctx.obj
+    settings = read_config(ctx, config_path)
+    for name, value in settings.items():
+        if name == "state":
+            if ctx.parent.get_parameter_source("state_path") == click.core.ParameterSource.DEFAULT:
+                c.state_path = value
+        elif ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT:
+            options[name] = value
+    if options["socket_group"]:
         try:
-            grp.getgrnam(socket_group)
+            grp.getgrnam(options["socket_group"])
         except KeyError:
-            raise UserError(f"--socket-group {socket_group!r}: no such group; create it or leave it out") from None
-    opts = Options(c.state_path, backend, queue_num, queues, when_down, queue_full, queue_length, socket_buffer,
-                   socket_path, socket_group, metrics, check_interval)
+            raise UserError(f"socket group {options['socket_group']!r}: no such group; create it "
+                            "(groupadd) or leave it out") from None
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    o = options
+    opts = Options(c.state_path, o["backend"], o["queue_num"], o["queues"], o["when_down"], o["queue_full"],
+                   o["queue_length"], o["socket_buffer"], o["socket_path"], o["socket_group"], o["metrics"],
+                   o["check_interval"])
     code = Daemon(opts).run()
     if code:
         raise SystemExit(code)
+
+
+@cli.group()
+def service() -> None:
+    """The systemd service."""
+
+
+@service.command("install")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"), show_default=True,
+              help="Install below this directory instead of / (for packaging).")
+@click.option("--executable", default=None, help="The enforcer executable ExecStart runs (default: this one).")
+@click.option("--force", is_flag=True, help="Replace a unit file that differs.")
+def service_install(root: Path, executable: str | None, force: bool) -> None:
+    """Install systemd/enforcer.service and /etc/enforcer/enforcer.toml (never overwriting the config)."""
+    from .service import install
+    for line in install(root, executable, force):
+        click.echo(line)
 
 
 # ---------------------------------------------------------------- lab

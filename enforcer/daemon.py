@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -237,7 +238,8 @@ class Daemon:
                     if now >= next_check:
                         self.check_rules()
                         next_check = now + self.opts.check_interval
-                except UserError as e:
+                except (UserError, sqlite3.Error, OSError, TimeoutError) as e:
+                    # keep judging with the table we have; the next round tries again
                     log.error("%s", e)
                 dead = [p.name for _, p, _, _ in self.workers if not p.is_alive()]
                 if dead:

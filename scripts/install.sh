@@ -14,7 +14,8 @@ fi
 packages=(
     python3 python3-venv python3-dev gcc make pkg-config
     libnetfilter-queue-dev libnfnetlink-dev
-    iproute2 iptables ipset nftables conntrack procps
+    iproute2 iptables ipset nftables conntrack procps systemd
+    vagrant shellcheck
 )
 missing=()
 for p in "${packages[@]}"; do
