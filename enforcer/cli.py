@@ -10,6 +10,7 @@ import grp
 import ipaddress
 import logging
 import os
+import subprocess
 import json
 import sys
 import tomllib
@@ -448,6 +449,39 @@ def check(c: Context, source: str, destination: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--to", "destination", required=True, metavar="ADDRESS[:PORT]", help="Port 25 unless given.")
+@click.option("--in", "host", default=None, metavar="VM", help="Send from this host of the namespace lab.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("/run/enforcer-lab"), show_default=True, help="The namespace lab's directory.")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True)
+@json_option
+def probe(destination: str, host: str | None, directory: Path, timeout: float, as_json: bool) -> None:
+    """Send one TCP SYN and report SYN-ACK, RST or silence, with the time it took (scapy; needs root)."""
+    from .probe import describe, probe as send_probe
+    address, port = parse_destination(destination)
+    if os.geteuid() != 0:
+        raise UserError("enforcer probe sends a raw SYN and needs root; run it with sudo")
+    if host is None:
+        result = send_probe(address, port, timeout)
+    else:
+        from .lab import lab_record
+        from .netns import run_in
+        record = lab_record(directory)
+        namespace = {**record["hosts"], "gateway": record["gateway"], "internet": record["internet"]}.get(host)
+        if namespace is None:
+            raise UserError(f"no lab host '{host}'; see: enforcer lab status")
+        proc = run_in(namespace, [sys.executable, "-m", "enforcer.probe", address, str(port), "--timeout",
+                                  str(timeout), "--json"], stdout=subprocess.PIPE, text=True)
+        out, _ = proc.communicate(timeout=timeout + 60)
+        if proc.returncode != 0:
+            raise UserError(f"the probe failed inside {host}'s namespace")
+        result = json.loads(out)
+    if as_json:
+        return emit_json(result)
+    click.echo(describe(result))
+
+
+@cli.command()
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
 @json_option
 @pass_ctx
@@ -656,13 +690,78 @@ def lab() -> None:
     """The example lab."""
 
 
+lab_dir_option = click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+                              default=Path("/run/enforcer-lab"), show_default=True,
+                              help="Where the lab keeps its state, logs and record.")
+lab_file_option = click.option("--lab", "lab_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                               help="The lab file (default: vagrant/lab.yml of this checkout).")
+
+
 @lab.command("demo")
-@click.option("--lab", "lab_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The lab file (default: vagrant/lab.yml of this checkout).")
-def lab_demo(lab_file: Path | None) -> None:
-    """Judge every lab resource on 25, 465 and 587 against the spec, then walk the exemption story.
-    Uses a throw-away state; exits non-zero if any outcome differs from the spec."""
-    code = run_demo(lab_file, console)
+@lab_file_option
+@click.option("--timeout", type=click.FloatRange(0.5, 30), default=2.5, show_default=True,
+              help="Seconds an SMTP attempt waits before it counts as a time-out (a silent drop).")
+def lab_demo(lab_file: Path | None, timeout: float) -> None:
+    """Build the lab in network namespaces, start the enforcer on its gateway, try real SMTP deliveries from
+    every resource to 25, 465 and 587, compare with the spec, walk the exemption story, tear down.
+    Needs root; exits non-zero if any outcome differs from the spec."""
+    code = run_demo(lab_file, console, timeout)
+    if code:
+        raise SystemExit(code)
+
+
+@lab.command("up")
+@lab_file_option
+@lab_dir_option
+@click.option("--no-daemon", is_flag=True, help="Do not start the enforcer on the gateway.")
+def lab_up_cmd(lab_file: Path | None, directory: Path, no_daemon: bool) -> None:
+    """Build the lab of the lab file in network namespaces, with its SMTP server and the enforcer."""
+    from .lab import lab_up
+    record = lab_up(lab_file, directory, daemon=not no_daemon)
+    click.echo(f"lab up: {len(record['hosts'])} hosts from {record['lab_file']}; state {record['state']}")
+    click.echo(f"try: enforcer lab exec shop-web -- python3 -m enforcer.smtptry {record['internet_addresses'][0]} 25")
+    click.echo(f"     enforcer --state {record['state']} diagnose devtest-lab")
+    click.echo(f"     enforcer --state {record['state']} status --socket {record['socket']}")
+
+
+@lab.command("down")
+@lab_dir_option
+def lab_down_cmd(directory: Path) -> None:
+    """Remove everything `lab up` made (also after a crash of `lab up`)."""
+    from .lab import lab_down
+    gone = lab_down(directory)
+    click.echo(f"lab down: removed {len(gone)} namespace(s)" if gone else "lab down: nothing was up")
+
+
+@lab.command("status")
+@lab_dir_option
+@json_option
+def lab_status_cmd(directory: Path, as_json: bool) -> None:
+    """What the lab has up: hosts, namespaces, the daemon."""
+    from .control import ask
+    from .lab import lab_record, netns_names
+    record = lab_record(directory)
+    present = set(netns_names())
+    hosts = {name: {"namespace": ns, "up": ns in present, "addresses": record["addresses"][name]}
+             for name, ns in record["hosts"].items()}
+    live = ask(record["socket"], {"cmd": "status"})
+    doc = {**record, "hosts": hosts, "daemon_status": live or {"ok": False, "error": "not running"}}
+    if as_json:
+        return emit_json(doc)
+    click.echo(f"lab from {record['lab_file']}; state {record['state']}")
+    show_table("Lab hosts", ["host", "namespace", "up", "addresses"],
+               [[n, h["namespace"], "yes" if h["up"] else "NO", " ".join(h["addresses"])] for n, h in hosts.items()])
+    show_daemon(doc["daemon_status"])
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@lab_dir_option
+@click.argument("host")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def lab_exec_cmd(directory: Path, host: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside a lab host's namespace: enforcer lab exec VM -- COMMAND."""
+    from .lab import lab_exec
+    code = lab_exec(directory, host, list(command))
     if code:
         raise SystemExit(code)
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 from pyroute2 import NetNS, netns
@@ -139,30 +141,61 @@ class Topology:
             with NetNS(host.namespace) as v:
                 vi = v.link_lookup(ifname="eth0")[0]
                 v.link("set", index=vi, state="up")
-                v.route("add", dst=f"{GATEWAY4}/32", oif=vi, scope=253)
-                v.route("add", dst="0.0.0.0/0", gateway=GATEWAY4, oif=vi)
-                v.route("add", dst="::/0", gateway=GATEWAY6, oif=vi)
                 for address in host.addresses:
                     six = ":" in address
                     v.addr("add", index=vi, address=address, prefixlen=128 if six else 32,
                            flags=IFA_F_NODAD if six else 0)
                     g.route("add", dst=f"{address}/{128 if six else 32}", oif=gi)
+                # prefsrc: host addresses are /32 and /128, so name the source (raw senders such as scapy
+                # cannot infer it from an on-link prefix)
+                first4 = next((a for a in host.addresses if ":" not in a), None)
+                first6 = next((a for a in host.addresses if ":" in a), None)
+                v.route("add", dst=f"{GATEWAY4}/32", oif=vi, scope=253, **({"prefsrc": first4} if first4 else {}))
+                v.route("add", dst="0.0.0.0/0", gateway=GATEWAY4, oif=vi, **({"prefsrc": first4} if first4 else {}))
+                v.route("add", dst="::/0", gateway=GATEWAY6, oif=vi, **({"prefsrc": first6} if first6 else {}))
 
     def down(self) -> None:
         remove_tagged(self.tag)
 
 
-def remove_tagged(tag: str) -> list[str]:
-    """Remove every namespace whose name starts with `<tag>-` (processes inside die with their namespace's
-    last reference; callers stop their own processes first)."""
-    gone = []
-    for name in netns.listnetns():
-        if name.startswith(f"{tag}-"):
+def pids_in(name: str) -> list[int]:
+    """The processes whose network namespace is the named one."""
+    try:
+        target = os.stat(f"/run/netns/{name}").st_ino
+    except OSError:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
             try:
-                netns.remove(name)
-                gone.append(name)
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == target:
+                    found.append(int(entry))
             except OSError:
                 pass
+    return found
+
+
+def remove_tagged(tag: str) -> list[str]:
+    """Stop every process inside, then remove, every namespace whose name starts with `<tag>-`: what a lab
+    made, also after a crash that left no record of it."""
+    names = [n for n in netns.listnetns() if n.startswith(f"{tag}-")]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [pid for n in names for pid in pids_in(n) if pid != os.getpid()]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while pids and time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+            time.sleep(0.05)
+    gone = []
+    for name in names:
+        try:
+            netns.remove(name)
+            gone.append(name)
+        except OSError:
+            pass
     return gone
 
 

@@ -238,17 +238,3 @@ def test_two_cli_processes_at_once_lose_nothing(lab):
     names = {r["name"] for r in lab.json("vm", "list")}
     assert {f"burst-{i}" for i in range(8)} <= names
 
-
-def test_lab_demo_matches_the_spec(cli):
-    out = cli("lab", "demo")
-    assert "every outcome matches the spec" in out
-    assert out.count("as the spec says") == len(DOC["resources"])
-
-
-def test_lab_demo_fails_when_an_outcome_differs(cli, tmp_path):
-    doc = yaml.safe_load(LAB.read_text())
-    doc["lab"]["expect"]["shop-web"] = "allowed"        # a wrong expectation must make the demo fail
-    wrong = tmp_path / "wrong.yml"
-    wrong.write_text(yaml.safe_dump(doc))
-    out = cli("lab", "demo", "--lab", str(wrong), expect=1)
-    assert "1 outcome(s) differ from the spec" in out

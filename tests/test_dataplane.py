@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -18,7 +17,6 @@ import yaml
 from conftest import LAB
 from enforcer.control import ask
 from enforcer.netns import can_build_namespaces, run_in
-from enforcer.store import Store
 from enforcer.cli import main as cli_main
 from netlab import NetLab, as_user, wait_for
 
@@ -44,22 +42,12 @@ def netlab(tmp_path):
 
 
 def live(lab: NetLab) -> dict:
-    answer = ask(lab.socket, {"cmd": "status"})
-    assert answer and answer["ok"], answer
-    return answer
-
-
-def synced(lab: NetLab) -> float:
-    """Wait until the daemon runs the state's current generation; returns how long that took."""
-    started = time.monotonic()
-    target = Store(lab.state).generation()
-    assert wait_for(lambda: live(lab)["generation"] == target, timeout=5), "the daemon did not pick up the change"
-    return time.monotonic() - started
+    return lab.live()
 
 
 def change(lab: NetLab, *args: str) -> float:
     assert lab.cli(*args) == 0, args
-    return synced(lab)
+    return lab.wait_synced()
 
 
 V4, V6 = DOC["lab"]["internet"]["addresses"]

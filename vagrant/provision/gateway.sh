@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# The lab's gateway. Run as root by the Vagrantfile; idempotent, safe to run again.
+#   gateway.sh setup     install the project from /vagrant-project (scripts/install.sh), turn on IPv4 and IPv6
+#                        forwarding for good (/etc/sysctl.d), install the enforcer service, apply lab.yml's
+#                        inventory and start the service
+#   gateway.sh network   add the addresses Vagrant does not configure (IPv6, further prefixes) and masquerade
+#                        the VNets toward the internet network (Vagrant runs this at every `vagrant up`;
+#                        p25-lab-network.service after a reboot)
+#   gateway.sh [all]     both
+# Facts from the Vagrantfile, in the environment:
+#   P25_NAME, P25_LINKS  this machine, and its interfaces with their addresses (see add_addresses below)
+#   P25_NAT_OUT          the IPv4 address of the interface facing the internet network
+#   P25_VNET_PREFIXES    the VNets' prefixes, masqueraded toward the internet network
+#   P25_GATEWAY, P25_INTERNET  this gateway's addresses and the internet host's
+set -euo pipefail
+
+ME=gateway.sh
+PROJECT=/vagrant-project
+LAB="$PROJECT/vagrant/lab.yml"
+ENFORCER="$PROJECT/.venv/bin/enforcer"
+NAT_CHAIN=P25-LAB-NAT
+: "${P25_NAME:?set by the Vagrantfile}" "${P25_LINKS:?set by the Vagrantfile}"
+: "${P25_NAT_OUT:?set by the Vagrantfile}" "${P25_VNET_PREFIXES:?set by the Vagrantfile}"
+: "${P25_GATEWAY:=}" "${P25_INTERNET:=}"
+# The gateway routes nothing itself: it has an interface on every network.
+: "${P25_VIA4=}" "${P25_VIA6=}" "${P25_ROUTES4=}" "${P25_ROUTES6=}"
+
+# ---- common: the same in gateway.sh, internet.sh and vm.sh (tests/test_vagrant.py checks it) ----
+log() { printf '%s: %s\n' "$ME" "$*"; }
+
+# Writes stdin to the file $1 unless it already holds exactly that; sets CHANGED=1 when it wrote.
+CHANGED=""
+write_if_changed() {
+    local tmp
+    tmp=$(mktemp)
+    cat >"$tmp"
+    if [ -f "$1" ] && cmp -s "$tmp" "$1"; then
+        rm -f "$tmp"
+    else
+        install -D -m 0644 "$tmp" "$1"
+        rm -f "$tmp"
+        CHANGED=1
+    fi
+}
+
+# The interface holding the IPv4 address $1 (Vagrant configured it); at boot, waits for it up to a minute.
+dev_with() {
+    local i dev
+    for ((i = 0; i < 60; i++)); do
+        dev=$(ip -o -4 addr show | awk -v a="$1" '{ split($4, p, "/"); if (p[1] == a) { print $2; exit } }')
+        if [ -n "$dev" ]; then
+            printf '%s\n' "$dev"
+            return 0
+        fi
+        sleep 1
+    done
+    echo "$ME: no interface holds $1 (a Vagrant private network); try: vagrant reload $P25_NAME" >&2
+    return 1
+}
+
+# P25_LINKS: one word per interface, "IPV4/LEN,ADDRESS/LEN,...": the address Vagrant configured, which
+# finds the interface, then the addresses to add to it. LINK_DEV: the first interface.
+LINK_DEV=""
+add_addresses() {
+    local link dev address
+    local -a addresses
+    for link in $P25_LINKS; do
+        IFS=, read -r -a addresses <<<"$link"
+        dev=$(dev_with "${addresses[0]%/*}")
+        LINK_DEV=${LINK_DEV:-$dev}
+        for address in "${addresses[@]:1}"; do
+            if [[ $address == *:* ]]; then
+                ip -6 addr replace "$address" dev "$dev" nodad
+            else
+                ip -4 addr replace "$address" dev "$dev"
+            fi
+        done
+        log "$dev: ${addresses[*]}"
+    done
+}
+
+# The lab's ranges (P25_ROUTES4, P25_ROUTES6) through the gateway's address on this machine's network
+# (P25_VIA4, P25_VIA6: empty when this machine has no IPv6 address). The default route stays Vagrant's.
+add_routes() {
+    local route
+    for route in $P25_ROUTES4; do
+        ip -4 route replace "$route" via "$P25_VIA4" dev "$LINK_DEV"
+    done
+    if [ -n "$P25_VIA6" ]; then
+        for route in $P25_ROUTES6; do
+            ip -6 route replace "$route" via "$P25_VIA6" dev "$LINK_DEV"
+        done
+    fi
+    log "routes: $P25_ROUTES4 via $P25_VIA4${P25_VIA6:+; $P25_ROUTES6 via $P25_VIA6}"
+}
+
+# Vagrant runs the network part at every `vagrant up` (its own network setup drops what it did not
+# configure); this installs the script and its facts, and a unit that runs it after a reboot from inside.
+persist() {
+    local var
+    install -D -m 0755 "$0" /usr/local/sbin/p25-lab-network
+    for var in "${!P25_@}"; do
+        printf '%s="%s"\n' "$var" "${!var}"
+    done | write_if_changed /etc/default/p25-lab-network
+    CHANGED=""
+    write_if_changed /etc/systemd/system/p25-lab-network.service <<'UNIT'
+[Unit]
+Description=port25-enforcer lab: this machine's lab addresses and routes
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+EnvironmentFile=/etc/default/p25-lab-network
+Environment=P25_AT_BOOT=1
+ExecStart=/usr/local/sbin/p25-lab-network network
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    if [ -n "$CHANGED" ]; then
+        systemctl daemon-reload
+    fi
+    systemctl enable --quiet p25-lab-network.service
+}
+# ---- end of common ----
+
+# Masquerades the VNets toward the internet network, from a chain of our own rebuilt whole (so a renamed
+# interface or a removed VNet leaves nothing behind).
+masquerade() {
+    local out cmd prefix
+    out=$(dev_with "$P25_NAT_OUT")
+    for cmd in iptables ip6tables; do
+        "$cmd" -w -t nat -n -L "$NAT_CHAIN" >/dev/null 2>&1 || "$cmd" -w -t nat -N "$NAT_CHAIN"
+        "$cmd" -w -t nat -F "$NAT_CHAIN"
+        "$cmd" -w -t nat -C POSTROUTING -j "$NAT_CHAIN" 2>/dev/null || "$cmd" -w -t nat -A POSTROUTING -j "$NAT_CHAIN"
+    done
+    for prefix in $P25_VNET_PREFIXES; do
+        if [[ $prefix == *:* ]]; then cmd=ip6tables; else cmd=iptables; fi
+        "$cmd" -w -t nat -A "$NAT_CHAIN" -s "$prefix" -o "$out" -j MASQUERADE
+    done
+    log "masquerading $P25_VNET_PREFIXES toward $out"
+}
+
+network() {
+    if ! command -v iptables >/dev/null; then
+        echo "$ME: iptables is missing; run first: $ME setup" >&2
+        exit 1
+    fi
+    add_addresses
+    masquerade
+    if [ -z "${P25_AT_BOOT:-}" ]; then
+        persist
+    fi
+}
+
+setup() {
+    local was_active=""
+    if [ ! -x "$PROJECT/scripts/install.sh" ]; then
+        echo "$ME: $PROJECT/scripts/install.sh is missing; sync the project: vagrant rsync gateway" >&2
+        exit 1
+    fi
+    "$PROJECT/scripts/install.sh"
+
+    write_if_changed /etc/sysctl.d/60-p25-lab-forwarding.conf <<'CONF'
+# port25-enforcer lab: the gateway routes the VNets to the internet network
+net.ipv4.ip_forward = 1
+net.ipv6.conf.all.forwarding = 1
+CONF
+    sysctl --quiet --load=/etc/sysctl.d/60-p25-lab-forwarding.conf
+    # The queue and the NFQUEUE target, loaded here and at boot (the service itself may not load modules).
+    printf 'nfnetlink_queue\nxt_NFQUEUE\n' | write_if_changed /etc/modules-load.d/p25-enforcer.conf
+    modprobe -a nfnetlink_queue xt_NFQUEUE
+
+    # --force replaces the unit when the project's template changed; /etc/enforcer/enforcer.toml is never
+    # overwritten.
+    "$ENFORCER" service install --force
+    "$ENFORCER" apply "$LAB"
+
+    if systemctl is-active --quiet enforcer; then
+        was_active=1
+    fi
+    systemctl enable --now enforcer
+    if [ -n "$was_active" ]; then
+        systemctl restart enforcer # a new provisioning run may bring new code or a new unit
+    fi
+    sleep 2
+    if ! systemctl is-active --quiet enforcer; then
+        journalctl -u enforcer -n 30 --no-pager >&2 || true
+        echo "$ME: the enforcer service did not start (its log is above)" >&2
+        exit 1
+    fi
+    "$ENFORCER" status || true
+}
+
+case ${1:-all} in
+    setup) setup ;;
+    network) network ;;
+    all)
+        setup
+        network
+        ;;
+    *)
+        echo "usage: $ME [setup|network|all]" >&2
+        exit 2
+        ;;
+esac
+if [ -z "${P25_AT_BOOT:-}" ]; then
+    log "ready: gateway $P25_GATEWAY; internet $P25_INTERNET"
+fi
