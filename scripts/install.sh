@@ -15,7 +15,7 @@ packages=(
     python3 python3-venv python3-dev gcc make pkg-config
     libnetfilter-queue-dev libnfnetlink-dev
     iproute2 iptables ipset nftables conntrack procps systemd
-    vagrant shellcheck
+    vagrant vagrant-libvirt shellcheck
 )
 missing=()
 for p in "${packages[@]}"; do

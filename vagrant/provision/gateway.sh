@@ -156,7 +156,7 @@ network() {
 }
 
 setup() {
-    local was_active=""
+    local -a start
     if [ ! -x "$PROJECT/scripts/install.sh" ]; then
         echo "$ME: $PROJECT/scripts/install.sh is missing; sync the project: vagrant rsync gateway" >&2
         exit 1
@@ -179,14 +179,13 @@ CONF
     "$ENFORCER" apply "$LAB"
 
     if systemctl is-active --quiet enforcer; then
-        was_active=1
+        systemctl enable --quiet enforcer
+        start=(systemctl restart enforcer) # this run may have brought new code or a new unit
+    else
+        start=(systemctl enable --now enforcer)
     fi
-    systemctl enable --now enforcer
-    if [ -n "$was_active" ]; then
-        systemctl restart enforcer # a new provisioning run may bring new code or a new unit
-    fi
-    sleep 2
-    if ! systemctl is-active --quiet enforcer; then
+    # Type=notify: this waits for the daemon's READY=1 (its rules are in place) or its failure
+    if ! "${start[@]}" || ! systemctl is-active --quiet enforcer; then
         journalctl -u enforcer -n 30 --no-pager >&2 || true
         echo "$ME: the enforcer service did not start (its log is above)" >&2
         exit 1

@@ -121,6 +121,7 @@ UNIT
 # ---- end of common ----
 
 setup() {
+    local mta
     if [ ! -f "$PROJECT/enforcer/smtpsink.py" ]; then
         echo "$ME: $PROJECT/enforcer/smtpsink.py is missing; sync the project: vagrant rsync $P25_NAME" >&2
         exit 1
@@ -130,6 +131,12 @@ setup() {
         apt-get update
         apt-get install -y --no-install-recommends python3-aiosmtpd
     fi
+    # A distribution MTA would hold port 25 (Debian's exim4 listens on localhost's).
+    for mta in exim4 postfix; do
+        if systemctl cat "$mta.service" >/dev/null 2>&1; then
+            systemctl disable --now --quiet "$mta.service"
+        fi
+    done
     CHANGED=""
     write_if_changed /etc/systemd/system/p25-smtpsink.service <<UNIT
 [Unit]
@@ -157,7 +164,7 @@ UNIT
     systemctl enable --quiet p25-smtpsink.service
     # restarted at every run: a `vagrant rsync` may have brought a new smtpsink.py
     systemctl restart p25-smtpsink.service
-    sleep 1
+    sleep 2
     if ! systemctl is-active --quiet p25-smtpsink.service; then
         journalctl -u p25-smtpsink -n 30 --no-pager >&2 || true
         echo "$ME: the SMTP sink did not start (its log is above)" >&2
