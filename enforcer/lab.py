@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -254,10 +255,7 @@ def lab_down(directory: Path) -> list[str]:
     """Remove everything `lab up` made: processes, namespaces (and the rules inside them), the directory.
     Works from the namespaces' names alone, so also after a crash of `lab up`."""
     gone = remove_tagged(tag_for(directory))
-    if directory.exists():
-        for f in sorted(directory.rglob("*"), reverse=True):
-            f.unlink() if not f.is_dir() else f.rmdir()
-        directory.rmdir()
+    shutil.rmtree(directory, ignore_errors=True)
     return gone
 
 
