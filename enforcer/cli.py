@@ -25,7 +25,7 @@ from . import __version__, ops
 from .declarative import converge, read_document
 from .demo import run_demo
 from .errors import UserError
-from .inventory import RUNNING, Inventory
+from .inventory import RUNNING, Inventory, validate
 from .policy import decide, judge_pulled, verdict_for
 from .profile import Profile, available_profiles, load_profile
 from .store import DEFAULT_STATE, Store
@@ -51,7 +51,9 @@ class Context:
 
     def read(self) -> tuple[Inventory, Profile]:
         inv, _ = self.store().read()
-        return inv, self.profile(inv.profile)
+        profile = self.profile(inv.profile)
+        validate(inv, profile)  # a profile edited since the state was written would otherwise crash below
+        return inv, profile
 
     def change(self, operation, *args, **kwargs):
         """Run operation(inv, profile, *args) in one transaction; print its lines (or return its result)."""
@@ -512,6 +514,7 @@ def status(c: Context, socket_path: str, as_json: bool) -> None:
     store = c.store()
     inv, generation = store.read()
     profile = c.profile(inv.profile)
+    validate(inv, profile)
     running = [r for r in inv.resources.values() if r.state == RUNNING]
     allowed = [r.name for r in running if verdict_for(inv, profile, r).allow]
     pending = sorted(r.name for s in inv.subscriptions for r in ops.pending_restart(inv, profile, s))

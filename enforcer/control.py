@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from .errors import UserError
+
 DEFAULT_SOCKET = "/run/enforcer/control.sock"
 
 
@@ -46,19 +48,30 @@ class ControlServer:
             return True
         return self.gid is not None and (gid == self.gid or self.gid in _groups_of(pid))
 
+    def check_path(self) -> None:
+        """Refuse, before anything is set up, a socket path that cannot work."""
+        if len(str(self.path).encode()) > 107:
+            raise UserError(f"--socket {self.path}: longer than a Unix socket path may be (107 bytes)")
+        if self.path.exists() and not self.path.is_socket():
+            raise UserError(f"--socket {self.path}: a file that is not a socket is there; move it away")
+
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.is_socket():
-            self.path.unlink()  # a stale socket of a daemon that died; our queue bind proved none runs
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o117)
+        self.check_path()
         try:
-            sock.bind(str(self.path))
-        finally:
-            os.umask(old)
-        if self.gid is not None:
-            os.chown(self.path, -1, self.gid)
-        os.chmod(self.path, 0o660 if self.gid is not None else 0o600)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_socket():
+                self.path.unlink()  # a stale socket: preflight found no daemon answering on it
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o177)   # created 0600: nobody else in the window before chmod
+            try:
+                sock.bind(str(self.path))
+            finally:
+                os.umask(old)
+            if self.gid is not None:
+                os.chown(self.path, -1, self.gid, follow_symlinks=False)
+                os.chmod(self.path, 0o660)
+        except OSError as e:
+            raise UserError(f"cannot open the control socket {self.path}: {e.strerror}") from None
         sock.listen(16)
         self.sock = sock
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)

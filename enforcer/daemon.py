@@ -21,7 +21,7 @@ from pathlib import Path
 from . import __version__
 from .control import ControlServer, ask
 from .errors import UserError
-from .inventory import Inventory
+from .inventory import Inventory, validate
 from .policy import verdict_for
 from .profile import Profile, load_profile
 from .rules import RuleSpec, choose_backend
@@ -92,17 +92,21 @@ class Snapshot:
 
     def __init__(self, store: Store):
         self.store = store
-        self.inv, generation = store.read()
-        self.profile: Profile = load_profile(self.inv.profile)
-        self.table = compile_table(self.inv, self.profile, generation)
+        self.inv, self.profile, self.table = self._load()
+
+    def _load(self) -> tuple[Inventory, Profile, "object"]:
+        inv, generation = self.store.read()
+        profile = load_profile(inv.profile)
+        validate(inv, profile)
+        return inv, profile, compile_table(inv, profile, generation)
 
     def reload(self, generation: int):
+        """A new table, or None when `generation` is the one we run (-1 forces a recompile)."""
         if generation == self.table.generation:
             return None
-        self.inv, generation = self.store.read()
-        self.profile = load_profile(self.inv.profile)
-        self.table = compile_table(self.inv, self.profile, generation)
-        return self.table
+        inv, profile, table = self._load()   # all or nothing: a failure keeps the old three together
+        self.inv, self.profile, self.table = inv, profile, table
+        return table
 
     def explain(self, resource: str | None) -> str:
         r = self.inv.resources.get(resource) if resource else None
@@ -129,6 +133,48 @@ def _worker_main(queue_num: int, conn, opts: Options, snapshot: Snapshot, parent
                 snapshot.reload, snapshot.explain)
 
 
+class WorkerHandle:
+    """The daemon's end of one worker's pipe. Requests carry a sequence number, so that a reply that comes
+    after its request timed out is recognised and dropped instead of answering the next request."""
+
+    def __init__(self, queue: int, proc, conn, generation: int):
+        self.queue, self.proc, self.conn = queue, proc, conn
+        self.lock = threading.Lock()
+        self.seq = 0
+        self.generation = generation  # of the table it last reported
+
+    def send(self, command: str, arg=None) -> int:
+        self.seq += 1
+        self.conn.send((self.seq, command, arg))
+        return self.seq
+
+    def receive(self, seq: int, command: str, timeout: float):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.conn.poll(left):
+                raise TimeoutError(f"{self.proc.name} did not answer {command} within {timeout} s")
+            got, value = self.conn.recv()
+            if got == seq:
+                return value
+
+    def ask(self, command: str, arg=None, timeout: float = 10.0):
+        with self.lock:
+            return self.receive(self.send(command, arg), command, timeout)
+
+
+def ask_all(workers: list[WorkerHandle], command: str, arg=None, timeout: float = 120.0) -> list:
+    """Ask every worker at once (they work in parallel), then collect the answers."""
+    for w in workers:
+        w.lock.acquire()
+    try:
+        sent = [(w, w.send(command, arg)) for w in workers]
+        return [w.receive(seq, command, timeout) for w, seq in sent]
+    finally:
+        for w in workers:
+            w.lock.release()
+
+
 class Daemon:
     def __init__(self, opts: Options):
         self.opts = opts
@@ -136,7 +182,7 @@ class Daemon:
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.reload_requested = False
-        self.workers: list[tuple[int, multiprocessing.Process, object, threading.Lock]] = []
+        self.workers: list[WorkerHandle] = []
         self.rule_repairs = 0
         self.control = ControlServer(opts.socket_path, self.handle, opts.socket_group)
 
@@ -147,6 +193,7 @@ class Daemon:
             raise UserError("enforcer run needs root or CAP_NET_ADMIN (it binds NFQUEUE and installs rules); "
                             "run it as root or through systemd/enforcer.service")
         self.backend = choose_backend(self.opts.backend)
+        self.control.check_path()
         if ask(self.opts.socket_path, {"cmd": "status"}, timeout=2) is not None:
             raise UserError(f"another enforcer daemon answers on {self.opts.socket_path}; stop it or pass "
                             "--socket PATH")
@@ -157,10 +204,10 @@ class Daemon:
         self.store = store
         self.snapshot = Snapshot(store)
         self.generation = self.snapshot.table.generation
-        self.spec = self._spec(self.snapshot.inv)
+        self.spec = self._spec(self.snapshot.inv, self.snapshot.profile)
 
-    def _spec(self, inv: Inventory) -> RuleSpec:
-        return RuleSpec(self.opts.queue, self.opts.queues, tuple(sorted(self.snapshot.profile.restricted_ports)),
+    def _spec(self, inv: Inventory, profile: Profile) -> RuleSpec:
+        return RuleSpec(self.opts.queue, self.opts.queues, tuple(sorted(profile.restricted_ports)),
                         internal_prefixes(inv), self.opts.when_down == "allow")
 
     def start_workers(self) -> None:
@@ -176,16 +223,9 @@ class Daemon:
             status, detail = parent.recv()
             if status == "error":
                 raise UserError(f"{detail}; pick another --queue or stop the other consumer")
-            self.workers.append((q, proc, parent, threading.Lock()))
+            self.workers.append(WorkerHandle(q, proc, parent, self.generation))
+        self.snapshot = None  # the workers have their copies; the daemon itself needs no table
         self.store = Store(self.opts.state)
-
-    def ask_worker(self, worker, command: str, arg=None, timeout: float = 10.0):
-        _, proc, conn, lock = worker
-        with lock:
-            conn.send((command, arg))
-            if not conn.poll(timeout):
-                raise TimeoutError(f"{proc.name} did not answer {command}")
-            return conn.recv()[1]
 
     # ------------------------------------------------------------ the loop
 
@@ -195,14 +235,19 @@ class Daemon:
             return
         forced, self.reload_requested = self.reload_requested, False
         inv, generation = self.store.read()
-        for w in self.workers:
-            # a forced reload (SIGHUP, enforcer reload) recompiles even the same generation: profiles may
-            # have changed on disk
-            self.ask_worker(w, "reload", -1 if forced else generation)
-        spec = self._spec(inv)
+        profile = load_profile(inv.profile)  # a forced reload (SIGHUP) may follow an edited profile
+        # all workers compile at once; a forced reload recompiles even the same generation
+        answers = ask_all(self.workers, "reload", -1 if forced else generation)
+        for w, answer in zip(self.workers, answers):
+            w.generation = answer
+        spec = self._spec(inv, profile)
         if spec != self.spec:
             self.backend.install(spec)
             self.spec = spec
+        if any(a != generation for a in answers):
+            # a worker kept its table (its log says why): try again at the next round
+            self.reload_requested = forced
+            raise UserError(f"not every worker could load generation {generation} (they run {answers})")
         log.info("loaded state generation %d (%d resources)", generation, len(inv.resources))
         self.generation = generation
 
@@ -221,8 +266,8 @@ class Daemon:
             if self.opts.metrics:
                 from .metrics import serve_metrics
                 serve_metrics(self.opts.metrics, self)
-            signal.signal(signal.SIGTERM, lambda *_: self.stopping.set() or self.wake.set())
-            signal.signal(signal.SIGINT, lambda *_: self.stopping.set() or self.wake.set())
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
             signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
             notify("READY=1\nSTATUS=judging port 25 SYNs")
             log.info("port25-enforcer %s: %s backend, queue(s) %s, generation %d, when down: %s",
@@ -241,7 +286,7 @@ class Daemon:
                 except (UserError, sqlite3.Error, OSError, TimeoutError) as e:
                     # keep judging with the table we have; the next round tries again
                     log.error("%s", e)
-                dead = [p.name for _, p, _, _ in self.workers if not p.is_alive()]
+                dead = [w.proc.name for w in self.workers if not w.proc.is_alive()]
                 if dead:
                     log.error("worker %s died; stopping so that the service manager restarts us", ", ".join(dead))
                     return 1
@@ -257,18 +302,27 @@ class Daemon:
         self.reload_requested = True
         self.wake.set()
 
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
     def shutdown(self) -> None:
-        try:
-            self.backend.remove()
-        except UserError as e:
-            log.error("could not remove our rules: %s", e)
-        for _, proc, conn, _ in self.workers:
-            if proc.is_alive():
-                proc.terminate()
-        for _, proc, conn, _ in self.workers:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
+        """Stop the workers. Our rules go only on a requested stop: after a failure they stay, so that
+        --when-down decides what port 25 SYNs meet until the service manager has restarted us."""
+        if self.stopping.is_set():
+            try:
+                self.backend.remove()
+            except UserError as e:
+                log.error("could not remove our rules: %s", e)
+        else:
+            log.error("stopping after a failure; our rules stay in place (--when-down %s)", self.opts.when_down)
+        for w in self.workers:
+            if w.proc.is_alive():
+                w.proc.terminate()
+        for w in self.workers:
+            w.proc.join(5)
+            if w.proc.is_alive():
+                w.proc.kill()
         self.control.stop()
 
     # ------------------------------------------------------------ the live view
@@ -280,7 +334,7 @@ class Daemon:
         totals: dict[tuple, int] = {}
         malformed = errors = 0
         for w in self.workers:
-            s = self.ask_worker(w, "stats")
+            s = w.ask("stats")
             malformed += s["malformed"]
             errors += s["errors"]
             for sub, code, verdict, n in s["by"]:
@@ -290,6 +344,7 @@ class Daemon:
             "backend": self.backend.name, "queues": self.queue_list(), "generation": self.generation,
             "uptime_s": round(time.monotonic() - self.started, 1), "when_down": self.opts.when_down,
             "queue_full": self.opts.queue_full, "rule_repairs": self.rule_repairs,
+            "worker_generations": [w.generation for w in self.workers],
             "verdicts": [{"subscription": s, "code": c, "verdict": v, "count": n}
                          for (s, c, v), n in sorted(totals.items())],
             "malformed": malformed, "callback_errors": errors,

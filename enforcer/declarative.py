@@ -21,6 +21,8 @@ SUB_KEYS = {"name", "type", "exempt"}
 VNET_KEYS = {"name", "subscription", "prefixes", "subnets"}
 SUBNET_KEYS = {"name", "prefix", "delegated"}
 RES_KEYS = {"name", "subscription", "kind", "addresses", "vnet", "subnet", "mac", "egress", "state"}
+STRING_KEYS = {"name", "type", "subscription", "kind", "vnet", "subnet", "mac", "egress", "state", "prefix"}
+BOOL_KEYS = {"delegated", "exempt"}
 
 
 def read_document(path: str) -> dict:
@@ -53,6 +55,12 @@ def _items(path: str, doc: dict, key: str, allowed: set[str], required: set[str]
         missing = required - set(item)
         if missing:
             raise UserError(f"{where}: missing '{sorted(missing)[0]}'; add it")
+        for key, value in item.items():
+            if key in STRING_KEYS and value is not None and not isinstance(value, str):
+                raise UserError(f"{where}: {key}: expected a name, got {value!r}; write it as a string "
+                                f"(quote it: {key}: \"{value}\")")
+            if key in BOOL_KEYS and not isinstance(value, bool):
+                raise UserError(f"{where}: {key}: expected true or false, got {value!r}")
     return items
 
 
@@ -91,8 +99,8 @@ def converge(inv: Inventory, profile: Profile, doc: dict, path: str, prune: bool
         inv, more = result
         lines.extend(more)
 
-    internal = tuple(normalize_prefix(p) for p in _string_list(doc.get("internal_prefixes") or [],
-                                                               f"{path}: internal_prefixes"))
+    with _at(f"{path}: internal_prefixes"):
+        internal = tuple(normalize_prefix(p) for p in _string_list(doc.get("internal_prefixes") or [], "value"))
     if internal != inv.internal_prefixes:
         inv = inv.with_(internal_prefixes=internal)
         lines.append(f"internal prefixes: {', '.join(internal) or 'none'}")

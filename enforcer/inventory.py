@@ -164,8 +164,8 @@ def validate(inv: Inventory, profile: Profile) -> None:
         raise UserError(f"the inventory uses profile '{inv.profile}' but '{profile.id}' was loaded")
     for sub in inv.subscriptions.values():
         if sub.type not in profile.types:
-            raise UserError(f"subscription '{sub.name}' has type '{sub.type}', unknown to profile '{profile.id}'; "
-                            f"change it with: enforcer subscription set-type {sub.name} TYPE")
+            raise UserError(f"subscription '{sub.name}' has type '{sub.type}', which profile '{profile.id}' "
+                            f"({profile.source}) does not have; put the type back in the profile")
     for vnet in inv.vnets.values():
         if vnet.subscription not in inv.subscriptions:
             raise UserError(f"virtual network '{vnet.name}' names subscription '{vnet.subscription}', which does "
@@ -186,6 +186,9 @@ def validate(inv: Inventory, profile: Profile) -> None:
                             f"use one of: {', '.join(profile.kinds)}")
         if r.state not in STATES:
             raise UserError(f"resource '{r.name}' has state '{r.state}'; use one of: {', '.join(STATES)}")
+        if r.pulled is not None and r.pulled.type not in profile.types:
+            raise UserError(f"resource '{r.name}' pulled its policy under type '{r.pulled.type}', which profile "
+                            f"'{profile.id}' ({profile.source}) no longer has; put the type back in the profile")
         if r.state == RUNNING and r.pulled is None:
             raise UserError(f"resource '{r.name}' is running but never pulled a policy; start it again")
         if r.vnet is not None:

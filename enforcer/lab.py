@@ -218,6 +218,10 @@ def resources_of(doc: dict) -> dict[str, list[str]]:
                                                else [r["addresses"]])] for r in doc.get("resources") or []}
 
 
+LAB_FILES = ("lab.json", "state.db", "state.db-wal", "state.db-shm", "control.sock", "daemon.log", "notify-*.sock",
+             "mail")
+
+
 def record_path(directory: Path) -> Path:
     return directory / "lab.json"
 
@@ -227,6 +231,8 @@ def lab_up(lab_file: Path | None, directory: Path, daemon: bool = True) -> dict:
     if record_path(directory).exists() or any(n.startswith(f"{tag}-") for n in netns_names()):
         raise UserError("a lab is up already (see: enforcer lab status); take it down first: enforcer lab down")
     path, doc, internet, _ = read_lab(lab_file)
+    if directory.exists() and any(directory.iterdir()):
+        raise UserError(f"{directory} is not empty; give lab up a directory of its own: --dir DIR")
     directory.mkdir(parents=True, exist_ok=True)
     lab = NamespaceLab(directory, internet, tag=tag)
     try:
@@ -255,7 +261,18 @@ def lab_down(directory: Path) -> list[str]:
     """Remove everything `lab up` made: processes, namespaces (and the rules inside them), the directory.
     Works from the namespaces' names alone, so also after a crash of `lab up`."""
     gone = remove_tagged(tag_for(directory))
-    shutil.rmtree(directory, ignore_errors=True)
+    if record_path(directory).exists():  # only a directory `lab up` made, and only what it put there
+        for name in LAB_FILES:
+            target = directory / name
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                for f in directory.glob(name):
+                    f.unlink(missing_ok=True)
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # something else lives there too: leave it
     return gone
 
 

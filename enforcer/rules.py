@@ -62,16 +62,20 @@ class IptablesBackend:
         return (f"FORWARD -p tcp -m multiport --dports {ports} --tcp-flags SYN,ACK,RST,FIN SYN "
                 f"-m comment --comment {TAG} -j {self.chain}")
 
-    def render(self, spec: RuleSpec, version: int, jump_present: bool) -> str:
-        """The batch for one family: (re)define our chain whole, and add the jump unless it is there."""
-        lines = ["*mangle", f":{self.chain} - [0:0]"]
-        if not jump_present:
-            lines.append(f"-I {self._jump(spec)}")
-        for prefix in spec.family(version):
-            lines.append(f"-A {self.chain} -d {prefix} -j RETURN")
+    def chain_rules(self, spec: RuleSpec, version: int) -> list[str]:
+        """Our chain's rules, written the way iptables-save prints them (so that they can be compared)."""
+        rules = [f"-A {self.chain} -d {prefix} -j RETURN" for prefix in spec.family(version)]
         target = f"--queue-balance {spec.queue}:{spec.queue + spec.queues - 1}" if spec.queues > 1 \
             else f"--queue-num {spec.queue}"
-        lines.append(f"-A {self.chain} -j NFQUEUE {target}{' --queue-bypass' if spec.bypass else ''}")
+        return rules + [f"-A {self.chain} -j NFQUEUE {target}{' --queue-bypass' if spec.bypass else ''}"]
+
+    def render(self, spec: RuleSpec, version: int, old_jumps: list[str]) -> str:
+        """The batch for one family: our chain defined whole, the jump into it replaced (its ports may have
+        changed), in one transaction."""
+        lines = ["*mangle", f":{self.chain} - [0:0]"]
+        lines += ["-D" + jump[2:] for jump in old_jumps]
+        lines.append(f"-I {self._jump(spec)}")
+        lines += self.chain_rules(spec, version)
         lines.append("COMMIT")
         return "\n".join(lines) + "\n"
 
@@ -87,15 +91,17 @@ class IptablesBackend:
 
     def install(self, spec: RuleSpec) -> None:
         for version in (4, 6):
-            jumps = self._jumps(self._saved(version))
-            _run([self._tool(version, "restore"), "--noflush"], self.render(spec, version, bool(jumps)))
+            old_jumps = self._jumps(self._saved(version))
+            _run([self._tool(version, "restore"), "--noflush"], self.render(spec, version, old_jumps))
 
     def installed(self, spec: RuleSpec) -> bool:
-        """Both families have the jump and a queue rule in our chain."""
+        """Both families hold exactly one jump, for the right ports, and exactly our chain's rules."""
+        ports = f"--dports {','.join(map(str, spec.ports))} "
         for version in (4, 6):
             saved = self._saved(version)
-            if not self._jumps(saved) or not any(line.startswith(f"-A {self.chain}") and "NFQUEUE" in line
-                                                 for line in saved):
+            jumps = self._jumps(saved)
+            chain = [line for line in saved if line.startswith(f"-A {self.chain} ")]
+            if len(jumps) != 1 or ports not in jumps[0] or chain != self.chain_rules(spec, version):
                 return False
         return True
 

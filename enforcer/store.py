@@ -90,6 +90,7 @@ class Store:
                 from None
         if magic != SQLITE_MAGIC:
             raise self._refuse("is not an enforcer state database (not SQLite)")
+        self._check_owner()
         try:
             cx = self._connect()
             app_id = cx.execute("PRAGMA application_id").fetchone()[0]
@@ -112,9 +113,23 @@ class Store:
         if version < SCHEMA_VERSION:
             self._migrate()
 
+    def _check_owner(self) -> None:
+        """As root, refuse a state that another user owns or can write: the daemon would enforce what they
+        wrote, and the audit log would not say who."""
+        if os.geteuid() != 0:
+            return
+        st = self.path.stat()
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            raise self._refuse(f"is owned by uid {st.st_uid} or writable by others (mode {st.st_mode & 0o777:o}); "
+                               f"if it is yours: chown root {self.path} && chmod 600 {self.path}")
+
     def _create(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():  # an empty file: ours to fill only if it passes the owner check
+                self._check_owner()
+            else:
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             self._cx = self._connect()
         except (OSError, sqlite3.OperationalError) as e:
             raise UserError(f"cannot create the state {self.path}: {getattr(e, 'strerror', None) or e}; "

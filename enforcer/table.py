@@ -53,7 +53,8 @@ class VerdictTable:
         self._prefixes = {alen: dict(sorted(by_len.items(), reverse=True)) for alen, by_len in prefixes.items()}
         self.generation = generation
 
-    def _prefix_entry(self, source: bytes) -> Entry:
+    def prefix_entry(self, source: bytes) -> Entry:
+        """Longest-prefix match among prefix-registered sources, for when the exact dict misses."""
         by_len = self._prefixes.get(len(source))
         if by_len:
             value = int.from_bytes(source, "big")
@@ -67,13 +68,13 @@ class VerdictTable:
     def judge(self, source: bytes) -> Entry:
         """The verdict for a source, as the packet path takes it (the resource may be None: see owners)."""
         entry = self.exact.get(source)
-        return entry if entry is not None else self._prefix_entry(source)
+        return entry if entry is not None else self.prefix_entry(source)
 
     def lookup(self, source: bytes) -> Entry:
         """The verdict for a source, naming its resource."""
         entry = self.exact.get(source)
         if entry is None:
-            return self._prefix_entry(source)
+            return self.prefix_entry(source)
         return Entry(entry.allow, self.owners[source], entry.subscription, entry.code)
 
     def __len__(self) -> int:

@@ -54,14 +54,14 @@ class Judge:
             table = self.table
             entry = table.exact.get(key)
             if entry is None:
-                entry = table.judge(key)
+                entry = table.prefix_entry(key)
             hits = self.hits
             hits[entry] = hits.get(entry, 0) + 1
             if entry.allow:
                 pkt.accept()
             else:
                 pkt.drop()
-                self.drops.append((table, key, p[:80]))
+                self.drops.append((table, key, p))  # at most the 128 bytes the queue copies
         except Exception:  # noqa: BLE001 - the loop must survive anything; count it and decide
             self.errors += 1
             try:
@@ -182,28 +182,39 @@ def serve_queue(queue_num: int, judge: Judge, conn, max_len: int, sock_len: int,
     droplog = DropLog(explain)
     stop = threading.Event()
 
+    def answer(command: str, arg):
+        if command == "stats":
+            return counters.snapshot()
+        if command == "reload":
+            # the packet thread needs the GIL between packets while we compile: switch to it more often
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(0.0002)
+            try:
+                table = reload(arg)
+            except Exception as e:  # noqa: BLE001 - keep judging with the table we have
+                log.error("queue %d: reload failed, keeping generation %d: %s", queue_num,
+                          judge.table.generation, e)
+                table = None
+            finally:
+                sys.setswitchinterval(interval)
+            if table is not None:
+                judge.table = table
+                counters.retire()
+            return judge.table.generation
+        return None
+
     def control() -> None:
         while not stop.is_set():
-            if conn.poll(0.2):
-                try:
-                    command, arg = conn.recv()
-                except EOFError:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    return
-                if command == "reload":
-                    try:
-                        table = reload(arg)
-                    except Exception as e:  # noqa: BLE001 - keep judging with the table we have
-                        log.error("queue %d: reload failed, keeping generation %d: %s", queue_num,
-                                  judge.table.generation, e)
-                        table = None
-                    if table is not None:
-                        judge.table = table
-                        counters.retire()
-                    conn.send(("reloaded", judge.table.generation))
-                elif command == "stats":
-                    conn.send(("stats", counters.snapshot()))
-            droplog.drain(judge.drops)
+            try:
+                if conn.poll(0.2):
+                    seq, command, arg = conn.recv()
+                    conn.send((seq, answer(command, arg)))
+                droplog.drain(judge.drops)
+            except (EOFError, BrokenPipeError):  # the daemon is gone
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except Exception:  # noqa: BLE001 - a dead control thread would freeze the table unnoticed
+                log.exception("queue %d: control thread error", queue_num)
 
     thread = threading.Thread(target=control, name=f"queue-{queue_num}-control", daemon=True)
     thread.start()

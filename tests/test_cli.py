@@ -238,3 +238,30 @@ def test_two_cli_processes_at_once_lose_nothing(lab):
     names = {r["name"] for r in lab.json("vm", "list")}
     assert {f"burst-{i}" for i in range(8)} <= names
 
+
+
+@pytest.mark.parametrize("text, message", [
+    ("subscriptions: [{name: 123, type: ea}]", "name: expected a name, got 123"),
+    ("vnets: [{name: [a, b], subscription: s, prefixes: [198.18.7.0/24]}]", "name: expected a name"),
+    ("subscriptions: [{name: s, type: ea}]\nvnets: [{name: v, subscription: s, prefixes: [198.18.7.0/24], "
+     "subnets: [{name: x, prefix: 198.18.7.0/25, delegated: 'no'}]}]", "delegated: expected true or false"),
+    ("internal_prefixes: [198.18.7.1/24]", "internal_prefixes: invalid prefix"),
+])
+def test_inventory_values_of_the_wrong_kind_are_refused(cli, tmp_path, text, message):
+    bad = tmp_path / "bad.yml"
+    bad.write_text(text)
+    err = cli("apply", str(bad), expect=2)
+    assert message in err and str(bad) in err and "Traceback" not in err
+
+
+def test_a_profile_that_lost_a_type_gives_one_line(lab, tmp_path, monkeypatch):
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    text = (LAB.parent.parent / "policies" / "azure.toml").read_text()
+    start = text.index("[types.payg]")
+    end = text.index("[types.msdn]")
+    (policies / "azure.toml").write_text(text[:start] + text[end:])
+    monkeypatch.setenv("ENFORCER_POLICIES", str(policies))
+    for args in (("vm", "list"), ("status",), ("check", "--from", "shop-web", "--to", "198.19.25.25")):
+        err = lab(*args, expect=2)
+        assert "'payg'" in err and "put the type back in the profile" in err and err.count("\n") == 1

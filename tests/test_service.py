@@ -19,7 +19,7 @@ def test_installed_unit_passes_systemd_analyze_verify(tmp_path, capsys):
     text = unit.read_text()
     assert "Type=notify" in text and "WatchdogSec=" in text and "ExecReload=" in text
     assert "Restart=on-failure" in text and "NoNewPrivileges=yes" in text and "ProtectSystem=strict" in text
-    assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW" in text
+    assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_CHOWN" in text
     for d in ("StateDirectory=enforcer", "RuntimeDirectory=enforcer", "ConfigurationDirectory=enforcer"):
         assert d in text
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)

@@ -131,3 +131,21 @@ def test_concurrent_processes_lose_nothing(tmp_path):
     assert len(inv.resources) == writers * each
     assert generation == 1 + writers * each
     assert len(Store(path).audit(limit=1000)) == 1 + writers * each
+
+
+def test_new_state_is_private(tmp_path):
+    path = tmp_path / "state.db"
+    Store(path, create=True).change("add", add_sub("s1"))
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the owner check applies to root")
+@pytest.mark.parametrize("mode, uid", [(0o666, 0), (0o600, 65534)])
+def test_root_refuses_a_state_others_can_write(tmp_path, mode, uid):
+    path = tmp_path / "state.db"
+    path.touch()
+    os.chmod(path, mode)
+    os.chown(path, uid, -1)
+    with pytest.raises(UserError, match="owned by uid|writable by others"):
+        Store(path, create=True).change("add", add_sub("s1"))
+    assert path.read_bytes() == b""

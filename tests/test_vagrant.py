@@ -11,7 +11,6 @@ print the machines it defines and the facts their scripts get, one JSON line eac
 import ipaddress
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys

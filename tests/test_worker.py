@@ -129,13 +129,15 @@ SPEC = RuleSpec(25, 1, (25,), ("198.18.1.0/24", "2001:db8:1::/64"), bypass=False
 
 
 def test_iptables_rules_queue_only_pure_syns_past_internal_destinations():
-    v4 = IptablesBackend().render(SPEC, 4, jump_present=False)
+    v4 = IptablesBackend().render(SPEC, 4, old_jumps=[])
     assert "-I FORWARD -p tcp -m multiport --dports 25 --tcp-flags SYN,ACK,RST,FIN SYN" in v4
     assert "-m comment --comment port25-enforcer -j P25-ENFORCER" in v4
     assert v4.index("-d 198.18.1.0/24 -j RETURN") < v4.index("-j NFQUEUE --queue-num 25\n")
     assert "2001:db8" not in v4 and "*mangle" in v4 and "--queue-bypass" not in v4
-    v6 = IptablesBackend().render(RuleSpec(25, 2, (25,), SPEC.internal, bypass=True), 6, jump_present=True)
-    assert "-I FORWARD" not in v6                        # the jump is there already: not added twice
+    old = "-A FORWARD -p tcp -m multiport --dports 25,2525 -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j P25-ENFORCER"
+    v6 = IptablesBackend().render(RuleSpec(25, 2, (25,), SPEC.internal, bypass=True), 6, old_jumps=[old])
+    assert "-D FORWARD -p tcp -m multiport --dports 25,2525" in v6      # an old jump is replaced, not kept
+    assert v6.count("-I FORWARD") == 1
     assert "-d 2001:db8:1::/64 -j RETURN" in v6 and "--queue-balance 25:26 --queue-bypass" in v6
 
 
