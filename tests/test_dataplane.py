@@ -314,3 +314,22 @@ def test_nftables_rendering_is_accepted_by_nft(tmp_path):
         assert check.returncode == 0, err
     finally:
         netns.remove(name)
+
+
+def test_a_dead_worker_stops_the_daemon_and_leaves_the_rules(netlab):
+    """A failure is not a requested stop: the rules stay, so --when-down (block) decides until a restart."""
+    netlab.start_daemon()
+    workers = subprocess.run(["pgrep", "-P", str(netlab.daemon.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(workers[0]), signal.SIGKILL)
+    assert netlab.daemon.wait(30) == 1
+    assert "NFQUEUE" in netlab.project_rules()
+    assert netlab.smtp([("ea-vm", V4, 25)]) == ["timeout"]
+    assert "our rules stay in place" in netlab.daemon_log.read_text()
+
+
+def test_a_deleted_internal_destination_rule_is_put_back(netlab):
+    netlab.start_daemon("--check-interval", "0.3")
+    assert netlab.in_gateway(["iptables", "-t", "mangle", "-D", "P25-ENFORCER", "-d", "198.18.2.0/24",
+                              "-j", "RETURN"]).returncode == 0
+    assert wait_for(lambda: live(netlab)["rule_repairs"] >= 1, timeout=5)
+    assert "-A P25-ENFORCER -d 198.18.2.0/24 -j RETURN" in netlab.project_rules()
