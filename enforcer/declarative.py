@@ -182,13 +182,18 @@ def _converge_exemption(inv: Inventory, profile: Profile, s: dict, step) -> None
 
 
 def _prune(inv: Inventory, profile: Profile, doc: dict) -> ops.Result:
-    """Remove what the document does not name: resources (appliances last), then VNets, then subscriptions."""
+    """Remove what the document does not name: resources (appliances last), subnets, VNets, subscriptions."""
     lines = []
     named = {key: {str(x.get("name")) for x in doc.get(key) or []} for key in ("subscriptions", "vnets", "resources")}
     gone = [r for r in inv.resources.values() if r.name not in named["resources"]]
     for r in sorted(gone, key=lambda r: r.egress is None):
         inv, more = ops.remove_resource(inv, profile, r.name)
         lines += more
+    for v in doc.get("vnets") or []:
+        wanted = {str(sn.get("name")) for sn in v.get("subnets") or []}
+        for sn in [sn.name for sn in inv.vnets[str(v["name"])].subnets if sn.name not in wanted]:
+            inv, more = ops.remove_subnet(inv, profile, str(v["name"]), sn)
+            lines += more
     for v in [v for v in inv.vnets if v not in named["vnets"]]:
         inv, more = ops.remove_vnet(inv, profile, v)
         lines += more

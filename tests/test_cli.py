@@ -43,8 +43,11 @@ def test_apply_prune_removes_what_the_file_no_longer_names(lab, tmp_path):
     smaller.write_text(yaml.safe_dump(doc))
     lab("apply", str(smaller))
     assert "trial-vm" in {r["name"] for r in lab.json("vm", "list")}
-    assert "removed 'trial-vm'" in lab("apply", "--prune", str(smaller))
+    lab("vnet", "subnet-add", "hub", "extra", "198.18.1.240/28")
+    out = lab("apply", "--prune", str(smaller))
+    assert "removed 'trial-vm'" in out and "removed subnet 'extra' from 'hub'" in out
     assert "trial-vm" not in {r["name"] for r in lab.json("vm", "list")}
+    assert lab("apply", "--prune", str(smaller)).strip() == "no changes"
 
 
 def test_exemption_story_through_the_cli(lab):
