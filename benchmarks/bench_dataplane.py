@@ -2,14 +2,16 @@
 
 A report, not a test: it exits 0 once it has run (1 if the lab cannot be built or breaks, 130 on Ctrl-C).
 
-    .venv/bin/python benchmarks/bench_dataplane.py [--seconds S] [--reps R] [--quick] [--fifo P] [--variants ...]
+    .venv/bin/python benchmarks/bench_dataplane.py [--seconds S] [--reps R] [--quick] [--fifo P]
+    .venv/bin/python benchmarks/bench_dataplane.py --remove-stale     # after a run was killed with SIGKILL
 
 Needs root. It builds one namespace topology with enforcer.netns.Topology (a VM, a gateway that forwards, an
 internet host; addresses only from 198.18.0.0/15):
 
     VM <tag>-0 eth0 198.18.x.y/32 ──── gateway <tag>-gw ──── internet <tag>-inet eth0 198.19.252.25/24
 
-and, in the same run, measures:
+(all tagged p25b<6 hex digits>, removed at the end, also on an error, Ctrl-C or SIGTERM) and, in the same run,
+measures:
 
   1. worker     SYN verdicts/s of enforcer.worker.Judge over a table compiled from 100,000 registered VMs (the
                 synthetic fleet of bench_table.py), bound with enforcer.worker.bind_queue as the daemon binds it
@@ -30,9 +32,10 @@ rotating each repetition.
 
 The generator, in the VM namespace and pinned to CPU 0, sends prebuilt SYNs to 198.19.252.25:25 from 16,384
 source ports (distinct flows) through an AF_PACKET TX ring (one send() hands 256 frames to the kernel), bounded in
-count and time; --sender raw sends one packet per send() on an IPPROTO_RAW socket instead (about half the rate, not
-always enough to saturate a consumer). During the throughput windows the internet namespace drops TCP to port 25 in
-raw PREROUTING, so no reply comes back.
+count and time (--rate paces it; by default it sends as fast as it can, 1.5-2x what a consumer takes); --sender
+raw sends one packet per send() on an IPPROTO_RAW socket instead (about half the rate, not always enough to saturate
+a consumer). During the throughput windows the internet namespace drops TCP to port 25 in raw PREROUTING, so no
+reply comes back.
 
 Counting: at the start and end of each window the consumer reads, in its namespace, the kernel's counters of its
 queue in /proc/net/netfilter/nfnetlink_queue: verdicts = packets handed to the socket (id_sequence, field 8) -
@@ -47,20 +50,10 @@ CPU, so that other tasks cannot take that CPU from it (the kernel still keeps 5%
 idle time); the connector and the worker also run SCHED_FIFO in the latency phase. The rest of the time they run
 at normal priority; --fifo 0 measures at normal priority throughout. Each window also reports the consumer CPU's
 time: the consumer's own, softirq, other tasks', idle. A window is clean when the queue overflowed, still held
-packets at the end, and neither other tasks nor idle time took more than their share; summaries use the clean
-windows (all, if a configuration has none), and up to --extra repetitions are added while one has fewer than two.
-"per CPU-s" is verdicts per second of CPU time the consumer got.
-
-With --variants, extra consumers run in the same rotation (not part of the default run):
-  bound    Judge unchanged, the queue bound to the bound method judge.__call__ instead of the instance
-  nohits   Judge with the hit counting removed (everything else identical)
-  lean     the Judge changes proposed in the report (see lean_judge_class), bound as a bound method
-  min      the floor: payload[12:16], one dict lookup, the verdict; nothing else
-  tiny     min over a table holding only the generator's address (what the big dict costs in place)
-  payload  accept-all that also calls pkt.get_payload() (what copying the payload out costs)
-  worker2, accept2  a second, identical worker / accept-all process (how much two processes differ)
-  acceptbig  accept-all in a process that built the 100,000-VM table and holds it (what the process, not the
-           callback, costs)
+packets at the end, the generator offered at least 5% more than the consumer took, and neither other tasks nor
+idle time took more than their share; summaries use the clean windows (all, if a configuration has none), and up
+to --extra repetitions are added while one has fewer than two. "per CPU-s" is verdicts per second of CPU time the
+consumer got.
 """
 
 from __future__ import annotations
@@ -72,6 +65,7 @@ import os
 import platform
 import random
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -93,10 +87,10 @@ INTERNET4 = "198.19.252.25"   # inside bench_table's reserved 198.19.240.0/20, i
 PORT = 25
 FLOWS = 16_384
 QUEUE_WORKER, QUEUE_ACCEPT = 25, 26           # 25: the daemon's default queue number
-VARIANT_QUEUES = {"bound": 34, "nohits": 27, "lean": 28, "min": 29, "tiny": 30, "payload": 31, "worker2": 32, "accept2": 33, "acceptbig": 35}
 MAX_LEN, SOCK_LEN, FAIL_OPEN = 4096, 4 * 1024 * 1024, False   # the daemon's defaults (enforcer.daemon.Options)
 TARGET_RATIO = 0.90
 DISTURBED = 0.05      # a window where other tasks took more than this share of the consumer CPU
+AHEAD = 1.05          # a clean window: the generator offered at least this many times the verdict rate
 WARMUP = 0.5          # seconds of sending before a window opens (the queue fills, caches warm)
 TAIL = 5.0            # the sender's own deadline lies this far past the window's end (it is stopped at the end)
 CHILD_TIMEOUT = 60.0  # any answer from a child, at most
@@ -140,110 +134,6 @@ def queue_line(queue_num: int, path: str = "/proc/net/netfilter/nfnetlink_queue"
     return None
 
 
-def nohits_judge_class():
-    """Judge without the hit counting: the only difference to enforcer.worker.Judge.__call__."""
-    from enforcer.worker import Judge
-
-    class NoHitsJudge(Judge):
-        __slots__ = ()
-
-        def __call__(self, pkt) -> None:
-            try:
-                p = pkt.get_payload()
-                first = p[0] if p else 0
-                if first >> 4 == 4 and len(p) >= 20 and (first & 15) >= 5:
-                    key = p[12:16]
-                elif first >> 4 == 6 and len(p) >= 40:
-                    key = p[8:24]
-                else:
-                    self.malformed += 1
-                    pkt.accept() if self.default_allow else pkt.drop()
-                    return
-                table = self.table
-                entry = table.exact.get(key)
-                if entry is None:
-                    entry = table.judge(key)
-                if entry.allow:
-                    pkt.accept()
-                else:
-                    pkt.drop()
-                    self.drops.append((table, key, p[:80]))
-            except Exception:  # noqa: BLE001
-                self.errors += 1
-                try:
-                    pkt.accept() if self.default_allow else pkt.drop()
-                except Exception:  # noqa: BLE001
-                    pass
-
-    return NoHitsJudge
-
-
-def lean_judge_class():
-    """The Judge changes proposed in the report, as a subclass (role_consumer also binds the queue to the bound
-    method judge.__call__ rather than to the instance, the main proposed change): the header checks written as
-    one chained comparison per IP version, the same conditions as Judge's (0x45..0x4f is version 4 with IHL >= 5).
-    Verdicts and counters are the same as Judge's for every payload."""
-    from enforcer.worker import Judge
-
-    class LeanJudge(Judge):
-        __slots__ = ()
-
-        def __call__(self, pkt) -> None:
-            try:
-                p = pkt.get_payload()
-                first = p[0] if p else 0
-                if 0x45 <= first <= 0x4f and len(p) >= 20:     # IPv4, header length (IHL) 5 or more
-                    key = p[12:16]
-                elif 0x60 <= first <= 0x6f and len(p) >= 40:   # IPv6
-                    key = p[8:24]
-                else:
-                    self.malformed += 1
-                    pkt.accept() if self.default_allow else pkt.drop()
-                    return
-                table = self.table
-                entry = table.exact.get(key)
-                if entry is None:
-                    entry = table.judge(key)
-                hits = self.hits
-                hits[entry] = hits.get(entry, 0) + 1
-                if entry.allow:
-                    pkt.accept()
-                else:
-                    pkt.drop()
-                    self.drops.append((table, key, p[:80]))
-            except Exception:  # noqa: BLE001
-                self.errors += 1
-                try:
-                    pkt.accept() if self.default_allow else pkt.drop()
-                except Exception:  # noqa: BLE001
-                    pass
-
-    return LeanJudge
-
-
-def min_judge_class():
-    """The floor of any table lookup in Python: the source address cut out of the payload, one dict lookup, the
-    verdict. No header checks, no counting, no exception handling (benchmark only: it trusts the packet)."""
-    from enforcer.worker import Judge
-
-    class MinJudge(Judge):
-        __slots__ = ()
-
-        def __call__(self, pkt) -> None:
-            if self.table.exact[pkt.get_payload()[12:16]].allow:
-                pkt.accept()
-            else:
-                pkt.drop()
-
-    return MinJudge
-
-
-def payload_callback(pkt) -> None:
-    """accept-all that also takes the payload (netfilterqueue copies it into a new bytes object)."""
-    pkt.get_payload()
-    pkt.accept()
-
-
 def role_consumer(args) -> int:
     """Bind a queue in this (the gateway's) namespace and give verdicts until told to stop.
 
@@ -252,14 +142,8 @@ def role_consumer(args) -> int:
     die_with_parent()
     from enforcer.worker import Judge, bind_queue
 
-    built = {}
-    if args.kind in ("accept", "accept2"):
-        def callback(pkt):
-            pkt.accept()
-        judge = None
-    elif args.kind == "payload":
-        callback, judge = payload_callback, None
-    else:
+    built, judge = {}, None
+    if args.kind == "worker":
         from bench_table import build_inventory
         from enforcer.profile import load_profile
         from enforcer.table import compile_table, pack
@@ -269,24 +153,10 @@ def role_consumer(args) -> int:
         del inv
         built = {"seconds": round(time.perf_counter() - t0, 2), "entries": len(table),
                  "source_verdict": list(table.lookup(pack(args.source)))}
-        cls = {"worker": Judge, "worker2": Judge, "bound": Judge, "nohits": nohits_judge_class, "lean": lean_judge_class,
-               "min": min_judge_class, "tiny": min_judge_class, "acceptbig": Judge}[args.kind]
-        cls = cls if cls is Judge else cls()
-        if args.kind == "tiny":
-            # the floor again, over a table of one entry: what the size of the 100,000-VM dict costs in place
-            from enforcer.table import VerdictTable
-            key = pack(args.source)
-            table = VerdictTable({key: table.exact[key]}, {key: table.owners[key]}, {})
-            cls = min_judge_class()
-        judge = callback = cls(table)
-        if args.kind == "acceptbig":
-            keep = table    # noqa: F841 - held, never used: accept-all in a process that holds the 100,000-VM table
-
-            def callback(pkt):
-                pkt.accept()
-            judge = None
-        if args.kind in ("lean", "bound"):
-            callback = judge.__call__   # a bound method: a vectorcall, no slot_tp_call and argument tuple
+        judge = callback = Judge(table)
+    else:
+        def callback(pkt):
+            pkt.accept()
     pin(args.cpu)
     try:
         nfq = bind_queue(args.queue, callback, MAX_LEN, SOCK_LEN, FAIL_OPEN)
@@ -295,7 +165,7 @@ def role_consumer(args) -> int:
         return 1
 
     def own() -> int | None:
-        if judge is None or args.kind in ("nohits", "min", "tiny"):
+        if judge is None:
             return None
         return sum(dict(judge.hits).values()) + judge.malformed + judge.errors
 
@@ -435,7 +305,7 @@ def ring_sender(args, packets: list[bytes], end: float) -> dict:
     sent = busy = errors = 0
     t0 = time.monotonic()
     end += t0
-    monotonic, send, dontwait = time.monotonic, s.send, socket.MSG_DONTWAIT
+    monotonic, send, dontwait, rate = time.monotonic, s.send, socket.MSG_DONTWAIT, args.rate
     starts = range(0, nframes, RING_BATCH)
     try:
         while sent < args.max_packets:
@@ -454,6 +324,10 @@ def ring_sender(args, packets: list[bytes], end: float) -> dict:
                 except OSError:
                     errors += 1
                 sent += marked
+                if rate:
+                    ahead = t0 + sent / rate - monotonic()
+                    if ahead > 0.0005:
+                        time.sleep(ahead)
             if monotonic() >= end:
                 break
     finally:
@@ -726,10 +600,12 @@ def rt_throttle() -> float:
 def is_clean(row: dict) -> bool:
     """A queue window where the consumer had its CPU to itself and always had packets waiting: no other task
     above DISTURBED of its CPU, not idle beyond what SCHED_FIFO throttling leaves (sched_rt_runtime_us), packets
-    dropped because the queue was full, and some still waiting when the window closed."""
+    dropped because the queue was full, some still waiting when the window closed, and the generator ahead of the
+    consumer by AHEAD over the window."""
     if row["config"] == "none":
         return True
-    return row["other"] <= DISTURBED and row["idle"] <= row["idle_limit"] and row["saturated"] and row["waiting"][1] > 0
+    return (row["other"] <= DISTURBED and row["idle"] <= row["idle_limit"] and row["saturated"]
+            and row["waiting"][1] > 0 and row["offered"] >= AHEAD * row["rate"])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -744,7 +620,7 @@ def percentile(values: list[float], q: float) -> float:
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.tag = f"p25b{uuid.uuid4().hex[:6]}"
+        self.tag = f"{TAG_PREFIX}{uuid.uuid4().hex[:6]}"
         self.children: list[Child] = []
         self.log_dir = tempfile.mkdtemp(prefix="p25bench-")
         self.topology = None
@@ -780,11 +656,10 @@ class Bench:
         self.inet_agent = self.child("inet-agent", self.inet, "--role", "agent", "--lifetime", life)
         for agent in (self.gw_agent, self.inet_agent):
             agent.read()
-        kinds = ["worker", "accept", *self.args.variants]
-        queues = {"worker": QUEUE_WORKER, "accept": QUEUE_ACCEPT, **VARIANT_QUEUES}
-        for kind in kinds:
+        queues = {"worker": QUEUE_WORKER, "accept": QUEUE_ACCEPT}
+        for kind, queue in queues.items():
             self.consumers[kind] = self.child(
-                f"consumer-{kind}", self.gw, "--role", "consumer", "--kind", kind, "--queue", str(queues[kind]),
+                f"consumer-{kind}", self.gw, "--role", "consumer", "--kind", kind, "--queue", str(queue),
                 "--vms", str(self.args.vms), "--seed", str(self.args.seed), "--source", source,
                 "--cpu", str(self.consumer_cpu), "--lifetime", life)
         self.queues = queues
@@ -822,7 +697,6 @@ class Bench:
     # ------------------------------------------------------------ throughput
 
     def throughput_phase(self, config: str, source: str) -> dict:
-        a = self.args
         self.rule(config)
         consumer = self.consumers.get(config)
         if consumer is not None:
@@ -859,6 +733,7 @@ class Bench:
             sender = self.child(f"sender-{config}", self.vm, "--role", "sender", "--sender", a.sender,
                                 "--source", source, "--dst", INTERNET4, "--src-mac", self.vm_mac,
                                 "--dst-mac", self.gw_mac, "--seconds", str(WARMUP + a.seconds + TAIL),
+                                "--rate", str(a.rate),
                                 "--max-packets", str(a.max_packets), "--seed", str(a.seed),
                                 "--cpu", str(self.sender_cpu))
             hello = sender.read()
@@ -967,6 +842,23 @@ class Bench:
         return {"us": out, "failures": failures, "busy": busy, "wall": wall}
 
 
+TAG_PREFIX = "p25b"
+
+
+def stale_namespaces() -> list[str]:
+    """Namespaces left by a run that was killed (SIGKILL: no cleanup could run): this benchmark's tag, and no
+    process inside any more (a running benchmark always has some)."""
+    import re
+    from pyroute2 import netns
+    out = []
+    for name in netns.listnetns():
+        if re.fullmatch(TAG_PREFIX + r"[0-9a-f]{6}-(gw|inet|\d+)", name):
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+            if not pids:
+                out.append(name)
+    return out
+
+
 def machine() -> str:
     import netfilterqueue
     model = "?"
@@ -1004,15 +896,17 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="shorter windows, fewer repetitions and connects")
     ap.add_argument("--sender", choices=("ring", "raw"), default="ring", help="the generator: ring "
                     "(AF_PACKET TX ring, default) or raw (one send() per packet on an IPPROTO_RAW socket)")
-    ap.add_argument("--variants", default="", help="extra consumers, comma-separated: "
-                    "bound, nohits, lean, min, tiny, payload, worker2, accept2, acceptbig")
+    ap.add_argument("--rate", type=float, default=0, help="pace the ring generator at this many packets/s "
+                    "(default 0: as fast as it can)")
+    ap.add_argument("--remove-stale", action="store_true", help="remove the namespaces a killed run left behind, "
+                    "then exit")
     ap.add_argument("--vms", type=int, default=VMS, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--max-packets", type=int, default=50_000_000, help=argparse.SUPPRESS)
     ap.add_argument("--lifetime", type=float, default=900.0, help=argparse.SUPPRESS)
     # the children
     ap.add_argument("--role", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--kind", default="worker", help=argparse.SUPPRESS)
+    ap.add_argument("--kind", choices=("worker", "accept"), default="worker", help=argparse.SUPPRESS)
     ap.add_argument("--queue", type=int, default=QUEUE_WORKER, help=argparse.SUPPRESS)
     ap.add_argument("--source", default="", help=argparse.SUPPRESS)
     ap.add_argument("--dst", default=INTERNET4, help=argparse.SUPPRESS)
@@ -1029,18 +923,27 @@ def main(argv=None) -> int:
     args.reps = args.reps or (3 if args.quick else 6)
     args.connects = args.connects or (150 if args.quick else 400)
     args.extra = args.extra if args.extra is not None else (1 if args.quick else 2)
-    args.variants = [v for v in (x.strip() for x in args.variants.split(",")) if v]
-    unknown = [v for v in args.variants if v not in VARIANT_QUEUES]
-    if unknown:
-        ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANT_QUEUES)}")
     if os.geteuid() != 0:
         print("bench_dataplane: needs root (network namespaces, iptables, NFQUEUE)", file=sys.stderr)
         return 1
 
+    stale = stale_namespaces()
+    if args.remove_stale:
+        from pyroute2 import netns
+        for name in stale:
+            netns.remove(name)
+        print(f"removed {len(stale)} stale namespace(s){': ' + ', '.join(stale) if stale else ''}")
+        return 0
+
     print(f"machine: {machine()}")
     print(f"command: {' '.join([os.path.relpath(sys.executable)] + sys.argv)}")
     print(busy_note())
-    configs = ["worker", "accept", *args.variants, "none"]
+    if stale:
+        print(f"note: {len(stale)} namespace(s) left by a killed run ({', '.join(stale)}); --remove-stale removes them")
+    configs = ["worker", "accept", "none"]
+    # the children end by themselves after this long: well past the longest this run can take
+    args.lifetime = max(args.lifetime, 300 + 2 * (args.reps + args.extra) * len(configs) * (args.seconds + 3)
+                        + 0.05 * args.connects)
     print(f"windows of {args.seconds:g} s after {WARMUP:g} s of warm-up; {args.reps} repetitions of "
           f"{', '.join(configs)}, order rotating; {args.connects} connects per latency configuration")
     print(f"consumers: {'SCHED_FIFO ' + str(args.fifo) + ' during their windows' if args.fifo else 'normal priority'}; "
@@ -1069,11 +972,11 @@ def main(argv=None) -> int:
         signal.signal(s, on_term)
     rows: list[dict] = []
     lat = None
+    completed = False
     try:
         bench.up(source)
         print(f"lab: tag {bench.tag}; gateway {bench.gw}, internet {bench.inet} ({INTERNET4}), VM {bench.vm} "
-              f"({source}); sender on CPU {bench.sender_cpu}, consumers on CPU {bench.consumer_cpu}; logs in "
-              f"{bench.log_dir}")
+              f"({source}); sender on CPU {bench.sender_cpu}, consumers on CPU {bench.consumer_cpu}")
         for kind, r in bench.ready.items():
             t = r.get("table") or {}
             if t:
@@ -1116,6 +1019,8 @@ def main(argv=None) -> int:
                         flag += "  consumer CPU idle: not saturated all the time"
                     if row["waiting"][1] == 0:
                         flag += "  queue empty at the end mark"
+                    if row["offered"] < AHEAD * row["rate"]:
+                        flag += "  generator barely ahead of the consumer"
                 flag += "" if row["saturated"] in (None, True) else "  NOT SATURATED (no queue drops)"
                 if abs(row["wall"] - args.seconds) > 0.2:
                     flag += f"  window {row['wall']:.2f} s"
@@ -1132,6 +1037,7 @@ def main(argv=None) -> int:
         blocks = 8 if args.connects >= 200 else 4
         per_block = max(1, args.connects // blocks)
         lat = bench.latency(blocks, per_block)
+        completed = True
     except KeyboardInterrupt:
         if os.getpid() != main_pid:
             os._exit(1)   # Ctrl-C reached a fork of this process: leave the cleanup to the benchmark itself
@@ -1150,7 +1056,12 @@ def main(argv=None) -> int:
             signal.signal(s, h)
         from pyroute2 import netns
         left = [n for n in netns.listnetns() if n.startswith(f"{bench.tag}-")]
-        print(f"\ncleanup: namespaces of {bench.tag} left: {left or 'none'}")
+        if completed:
+            shutil.rmtree(bench.log_dir, ignore_errors=True)
+            logs = ""
+        else:
+            logs = f"; the children's stderr is kept in {bench.log_dir}"
+        print(f"\ncleanup: namespaces of {bench.tag} left: {left or 'none'}{logs}")
 
     # ------------------------------------------------------------ summary
     print()
@@ -1158,11 +1069,7 @@ def main(argv=None) -> int:
           f"{DISTURBED:.0%} of the consumer CPU); all windows if none is clean")
     med: dict[str, float] = {}
     per_cpu: dict[str, float] = {}
-    names = {"worker": "worker (Judge)", "accept": "accept-all", "nohits": "Judge without hit count",
-             "bound": "Judge, bound method",
-             "lean": "Judge, proposed changes", "min": "bare lookup (floor)", "tiny": "bare lookup, 1-entry dict",
-             "payload": "accept-all + get_payload", "worker2": "worker, second process",
-             "accept2": "accept-all, second process", "acceptbig": "accept-all holding the table", "none": "no queue (forwarding)"}
+    names = {"worker": "worker (Judge)", "accept": "accept-all", "none": "no queue (forwarding)"}
     print(f"  {'config':<24} {'verdicts/s':>10} {'[min..max]':>17} {'clean':>6} {'per CPU-s':>10} {'fwd/s':>9} "
           f"{'offered/s':>9} {'queue drops':>12} {'saturated':>9}")
     for config in configs:
@@ -1206,10 +1113,6 @@ def main(argv=None) -> int:
     if paired:
         print(f"      median of the clean pairs {statistics.median(paired):.3f}; per CPU-s "
               f"{per_cpu['worker'] / per_cpu['accept']:.3f}")
-    for v in args.variants:
-        print(f"  {v} / accept-all{'':<{13 - len(v)}} {med[v] / med['accept']:.3f}   ({v} / worker "
-              f"{med[v] / med['worker']:.3f}; per CPU-s {per_cpu[v] / per_cpu['accept']:.3f} and "
-              f"{per_cpu[v] / per_cpu['worker']:.3f})")
     print(f"  worker / no queue          {med['worker'] / med['none']:.3f}")
     print(f"  accept-all / no queue      {med['accept'] / med['none']:.3f}")
     none_rows = [r for r in rows if r["config"] == "none"]
