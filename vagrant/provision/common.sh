@@ -103,3 +103,19 @@ UNIT
     fi
     systemctl enable --quiet p25-lab-network.service
 }
+
+# Runs the part of the calling script named by $1: its setup(), its network(), or both ("all").
+run_parts() {
+    case $1 in
+        setup) setup ;;
+        network) network ;;
+        all)
+            setup
+            network
+            ;;
+        *)
+            echo "usage: $ME [setup|network|all]" >&2
+            exit 2
+            ;;
+    esac
+}

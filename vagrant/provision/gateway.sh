@@ -98,18 +98,7 @@ CONF
     "$ENFORCER" status || true
 }
 
-case ${1:-all} in
-    setup) setup ;;
-    network) network ;;
-    all)
-        setup
-        network
-        ;;
-    *)
-        echo "usage: $ME [setup|network|all]" >&2
-        exit 2
-        ;;
-esac
+run_parts "${1:-all}"
 if [ -z "${P25_AT_BOOT:-}" ]; then
     log "ready: gateway $P25_GATEWAY; internet $P25_INTERNET"
 fi
