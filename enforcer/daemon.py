@@ -26,7 +26,7 @@ from .policy import verdict_for
 from .profile import Profile, load_profile
 from .rules import RuleSpec, choose_backend
 from .store import Store
-from .table import compile_table
+from .table import VerdictTable, compile_table
 from .worker import Judge, serve_queue
 
 log = logging.getLogger("enforcer")
@@ -94,7 +94,7 @@ class Snapshot:
         self.store = store
         self.inv, self.profile, self.table = self._load()
 
-    def _load(self) -> tuple[Inventory, Profile, "object"]:
+    def _load(self) -> tuple[Inventory, Profile, VerdictTable]:
         inv, generation = self.store.read()
         profile = load_profile(inv.profile)
         validate(inv, profile)

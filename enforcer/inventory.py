@@ -98,7 +98,7 @@ class Inventory:
         subnet = self.vnets[r.vnet].subnet(r.subnet)
         return subnet is not None and subnet.delegated
 
-    def with_(self, **changes) -> "Inventory":
+    def with_(self, **changes) -> Inventory:
         return replace(self, **changes)
 
 

@@ -73,7 +73,7 @@ class NamespaceLab:
             while True:
                 try:
                     message = notify.recv(4096).decode()
-                except socket.timeout:
+                except TimeoutError:
                     if self.daemon is None or self.daemon.poll() is not None:
                         break
                     continue

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import smtplib
-import socket
 import time
 from email.message import EmailMessage
 
@@ -27,7 +26,7 @@ def attempt(destination: str, port: int, timeout: float, sender: str) -> dict:
         with smtplib.SMTP(destination, port, timeout=timeout) as smtp:
             smtp.send_message(msg)
         outcome, detail = "delivered", ""
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         outcome, detail = "timeout", ""
     except ConnectionRefusedError:
         outcome, detail = "refused", ""
