@@ -333,3 +333,12 @@ def test_a_deleted_internal_destination_rule_is_put_back(netlab):
                               "-j", "RETURN"]).returncode == 0
     assert wait_for(lambda: live(netlab)["rule_repairs"] >= 1, timeout=5)
     assert "-A P25-ENFORCER -d 198.18.2.0/24 -j RETURN" in netlab.project_rules()
+
+
+def test_sighup_recompiles(netlab):
+    """ExecReload sends SIGHUP: the workers recompile (a profile may have changed) and judging goes on."""
+    netlab.start_daemon()
+    netlab.daemon.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "loaded state generation" in netlab.daemon_log.read_text(), timeout=10)
+    assert netlab.daemon.poll() is None
+    assert netlab.smtp([("ea-vm", V4, 25), ("shop-web", V4, 25)]) == ["delivered", "timeout"]
