@@ -466,13 +466,9 @@ def probe(destination: str, host: str | None, directory: Path, timeout: float, a
     if host is None:
         result = send_probe(address, port, timeout)
     else:
-        from .lab import lab_record
+        from .lab import host_namespace
         from .netns import run_in
-        record = lab_record(directory)
-        namespace = {**record["hosts"], "gateway": record["gateway"], "internet": record["internet"]}.get(host)
-        if namespace is None:
-            raise UserError(f"no lab host '{host}'; see: enforcer lab status")
-        proc = run_in(namespace, [sys.executable, "-m", "enforcer.probe", address, str(port), "--timeout",
+        proc = run_in(host_namespace(directory, host), [sys.executable, "-m", "enforcer.probe", address, str(port), "--timeout",
                                   str(timeout), "--json"], stdout=subprocess.PIPE, text=True)
         out, _ = proc.communicate(timeout=timeout + 60)
         if proc.returncode != 0:

@@ -283,15 +283,21 @@ def lab_record(directory: Path) -> dict:
         raise UserError(f"no lab is up ({record_path(directory)} is missing); start one: enforcer lab up") from None
 
 
-def lab_exec(directory: Path, host: str, argv: list[str]) -> int:
+def host_namespace(directory: Path, host: str) -> str:
+    """The namespace of a host of the lab that is up in `directory`."""
     record = lab_record(directory)
     namespaces = {**record["hosts"], "gateway": record["gateway"], "internet": record["internet"]}
     if host not in namespaces:
         raise UserError(f"no lab host '{host}'; use one of: {', '.join(sorted(namespaces))}")
+    return namespaces[host]
+
+
+def lab_exec(directory: Path, host: str, argv: list[str]) -> int:
+    namespace = host_namespace(directory, host)
     if not argv:
         raise UserError("give the command after --: enforcer lab exec VM -- COMMAND")
     try:
-        proc = run_in(namespaces[host], argv)
+        proc = run_in(namespace, argv)
     except FileNotFoundError:
         raise UserError(f"command not found: {argv[0]}") from None
     return proc.wait()

@@ -38,18 +38,25 @@ def add_subscription(inv: Inventory, profile: Profile, name: str, type_word: str
                  [f"added subscription '{name}' ({t.name})"])
 
 
-def _repull_running(inv: Inventory, sub_name: str, include_delegated: bool = True) -> tuple[Inventory, list[str]]:
+def _repull_running(inv: Inventory, sub_name: str) -> tuple[Inventory, list[str]]:
     """The lab shortcut (--apply-now): every running resource of the subscription pulls the policy again."""
-    sub = inv.subscriptions[sub_name]
+    fresh = pull(inv.subscriptions[sub_name])
     changed = dict(inv.resources)
     names = []
     for r in inv.resources.values():
-        if r.subscription == sub_name and r.state == RUNNING and r.pulled != pull(sub):
-            if include_delegated or not inv.in_delegated_subnet(r):
-                changed[r.name] = replace(r, pulled=pull(sub))
-                names.append(r.name)
+        if r.subscription == sub_name and r.state == RUNNING and r.pulled != fresh:
+            changed[r.name] = replace(r, pulled=fresh)
+            names.append(r.name)
     lines = [f"applied now (lab shortcut) to running: {', '.join(names)}"] if names else []
     return inv.with_(resources=changed), lines
+
+
+def _reach_running(inv: Inventory, profile: Profile, sub_name: str, apply_now: bool) -> tuple[Inventory, list[str]]:
+    """After a change to a subscription: apply it to running resources now (the shortcut), or say which of
+    them keep their old policy until restarted."""
+    if apply_now:
+        return _repull_running(inv, sub_name)
+    return inv, _pending_lines(inv, profile, sub_name)
 
 
 def pending_restart(inv: Inventory, profile: Profile, sub_name: str) -> list[Resource]:
@@ -86,11 +93,8 @@ def set_type(inv: Inventory, profile: Profile, name: str, type_word: str, apply_
         new_sub = replace(new_sub, exempt=False, exempt_via=None)
         lines.append("its exemption ends: the new type is not exemptible")
     inv = inv.with_(subscriptions={**inv.subscriptions, name: new_sub})
-    if apply_now:
-        inv, more = _repull_running(inv, name)
-        lines += more
-    else:
-        lines += _pending_lines(inv, profile, name)
+    inv, more = _reach_running(inv, profile, name, apply_now)
+    lines += more
     return _done(inv, profile, lines)
 
 
@@ -142,11 +146,8 @@ def diagnose(inv: Inventory, profile: Profile, name: str, apply_now: bool = Fals
     else:
         outcome, eligible, blocked = "refused", False, True
         lines.append(f"port 25 is blocked and {t.name} subscriptions are never exempted; {profile.advice}")
-    if apply_now and outcome == "granted":
-        inv, more = _repull_running(inv, name)
-        lines += more
-    else:
-        lines += _pending_lines(inv, profile, name)
+    inv, more = _reach_running(inv, profile, name, apply_now and outcome == "granted")
+    lines += more
     validate(inv, profile)
     return inv, Diagnosis(name, t.name, blocked, eligible, outcome, tuple(lines))
 
@@ -164,11 +165,8 @@ def grant_exemption(inv: Inventory, profile: Profile, name: str, case: str, appl
         return inv, [f"subscription '{name}' is exempt already; nothing to do"]
     inv = inv.with_(subscriptions={**inv.subscriptions, name: replace(sub, exempt=True, exempt_via=f"case {case}")})
     lines = [f"subscription '{name}' is now exempt (support case {case})"]
-    if apply_now:
-        inv, more = _repull_running(inv, name)
-        lines += more
-    else:
-        lines += _pending_lines(inv, profile, name)
+    inv, more = _reach_running(inv, profile, name, apply_now)
+    lines += more
     return _done(inv, profile, lines)
 
 
@@ -178,11 +176,8 @@ def revoke_exemption(inv: Inventory, profile: Profile, name: str, apply_now: boo
         raise UserError(f"subscription '{name}' has no exemption to revoke; see: enforcer exemption list")
     inv = inv.with_(subscriptions={**inv.subscriptions, name: replace(sub, exempt=False, exempt_via=None)})
     lines = [f"revoked the exemption of subscription '{name}'"]
-    if apply_now:
-        inv, more = _repull_running(inv, name)
-        lines += more
-    else:
-        lines += _pending_lines(inv, profile, name)
+    inv, more = _reach_running(inv, profile, name, apply_now)
+    lines += more
     return _done(inv, profile, lines)
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 
 from .packet import flow
-from .table import UNKNOWN, VerdictTable
+from .table import VerdictTable
 
 log = logging.getLogger("enforcer.worker")
 
@@ -234,6 +234,3 @@ def serve_queue(queue_num: int, judge: Judge, conn, max_len: int, sock_len: int,
         stop.set()
         nfq.unbind()
         droplog.drain(judge.drops)
-
-
-__all__ = ["Judge", "Counters", "DropLog", "serve_queue", "bind_queue", "set_fail_open", "UNKNOWN"]
