@@ -51,7 +51,7 @@ Wants=network-online.target
 
 [Service]
 Environment=PYTHONPATH=$PROJECT
-ExecStart=/usr/bin/python3 -m enforcer.smtpsink --maildir /var/lib/p25-smtpsink/mail --port 25 --port 465 --port 587
+ExecStart=/usr/bin/python3 -m enforcer.lab.smtpsink --maildir /var/lib/p25-smtpsink/mail --port 25 --port 465 --port 587
 StateDirectory=p25-smtpsink
 Restart=on-failure
 RestartSec=2s

@@ -33,10 +33,10 @@ add_addresses
 add_routes
 if [ -z "${P25_AT_BOOT:-}" ]; then
     persist
-    # scapy, for `python3 -m enforcer.probe` from the synced folder
+    # scapy, for `python3 -m enforcer.lab.probe` from the synced folder
     if ! dpkg-query -W -f='${Status}' python3-scapy 2>/dev/null | grep -q "install ok installed"; then
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-scapy >/dev/null; } \
-            || log "could not install python3-scapy (no package mirror?); enforcer.probe will not run here"
+            || log "could not install python3-scapy (no package mirror?); enforcer.lab.probe will not run here"
     fi
     log "ready: $P25_NAME; the SMTP server: $P25_INTERNET (ports 25, 465, 587)"
 fi

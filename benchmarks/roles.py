@@ -1,0 +1,313 @@
+"""The child processes of the data-plane benchmark, each started by the parent inside a namespace as
+
+    python -m benchmarks.roles ROLE [options]
+
+and spoken to in JSON lines: commands on its stdin, one JSON object per line on its stdout (the first one says
+{"ready": true, "pid": ...} or {"error": ...}); its stderr goes to a log the parent keeps when a run fails.
+Every child dies with its parent (PR_SET_PDEATHSIG). The roles and their options:
+
+  consumer  --kind worker|accept --queue Q [--vms N --seed N --source ADDR] [--cpu C] [--lifetime S]
+            (gateway) binds queue Q as the daemon does and gives verdicts: kind worker with the project's
+            PacketCallback over the synthetic fleet's table of N VMs (--source: the address whose entry it
+            reports), kind accept with a callback that does only pkt.accept(). stdin: "mark" answers
+            {"t", "own", "q"} (own: the worker's own verdict count, null for accept; q: the kernel's counters of
+            the queue, null when unbound), "quit" or end of input stops it.
+  agent     [--lifetime S]
+            (gateway, internet) rules in its namespace: "install Q" (the project's queue rule naming queue Q),
+            "remove", "run ARGV-as-JSON"; answers {"ok", ...} to each. Removes the project's rules at the end.
+  sender    --source ADDR --dst ADDR [--sender ring|raw] [--src-mac MAC --dst-mac MAC] [--seconds S] [--rate R]
+            [--max-packets N] [--seed N] [--cpu C]
+            (VM) prebuilt SYNs to ADDR:25 from FLOWS source ports; starts on "go", stops after S seconds or
+            N packets, answers {"sent", "seconds", "errors", "busy"}. The ring sender needs both MACs (eth0's,
+            and the gateway's on the other end of the link).
+  listener  --address ADDR [--lifetime S]
+            (internet) accepts on ADDR:25 and closes at once; ends when its stdin closes.
+  connector --dst ADDR --count N [--cpu C] [--fifo P]
+            (VM) one untimed connect() to ADDR:25, then N timed ones, sequential; answers {"us", "failures"}.
+
+--cpu pins the process to one CPU (-1: no pinning); --lifetime bounds how long a long-lived child runs even if
+the parent never says goodbye; --fifo runs the connector SCHED_FIFO at that priority (0: normal priority).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from enforcer.dataplane.queue import bind_queue, kernel_queue_stats, run_until_signalled
+from enforcer.dataplane.worker import die_with_parent
+
+from .params import CHILD_TIMEOUT, FAIL_OPEN, FLOWS, PORT, QUEUE_LENGTH, SEED, SOCKET_BUFFER, VMS
+
+LIFETIME = 900.0
+
+
+def say(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def pin(cpu: int) -> None:
+    if cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            pass
+
+
+def wait_go() -> bool:
+    ready, _, _ = select.select([sys.stdin], [], [], CHILD_TIMEOUT)
+    return bool(ready) and sys.stdin.readline().strip() == "go"
+
+
+# ---------------------------------------------------------------- consumer
+
+
+def accept_all(pkt: Any) -> None:
+    pkt.accept()
+
+
+def worker_callback(vms: int, seed: int, source: str) -> tuple[Any, dict]:
+    """The project's packet callback over the synthetic fleet's table, and what to report of the table."""
+    from enforcer.core.table import pack
+    from enforcer.dataplane.callback import PacketCallback
+
+    from .fleet import compiled_fleet
+    inv, table, seconds = compiled_fleet(vms, seed)
+    del inv
+    built = {"seconds": round(seconds, 2), "entries": len(table), "source_verdict": list(table.lookup(pack(source)))}
+    return PacketCallback(table), built
+
+
+def stop_main_thread() -> None:
+    """run_until_signalled stops the queue on SIGTERM; a thread sends it to the main thread. (One sent before
+    run_until_signalled has installed its handler ends the process all the same, without the final line.)"""
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
+
+def consumer(args: argparse.Namespace) -> int:
+    die_with_parent()
+    cb, built = worker_callback(args.vms, args.seed, args.source) if args.kind == "worker" else (None, {})
+    pin(args.cpu)
+    try:
+        # a bound method, not the instance: what the daemon binds (see bind_queue)
+        nfq = bind_queue(args.queue, cb.__call__ if cb else accept_all, QUEUE_LENGTH, SOCKET_BUFFER, FAIL_OPEN)
+    except OSError as e:
+        say({"error": str(e)})
+        return 1
+
+    def own() -> int | None:
+        return None if cb is None else sum(dict(cb.hits).values()) + cb.malformed + cb.errors
+
+    def mark() -> dict:
+        stats = kernel_queue_stats().get(args.queue)
+        return {"t": time.monotonic(), "own": own(), "q": None if stats is None else dataclasses.asdict(stats)}
+
+    stopping = threading.Event()
+
+    def control() -> None:
+        for line in sys.stdin:
+            command = line.strip()
+            if command == "mark":
+                say(mark())
+            elif command == "quit":
+                break
+        stopping.set()
+        stop_main_thread()
+
+    def lifetime() -> None:
+        if not stopping.wait(args.lifetime):
+            stop_main_thread()
+
+    threading.Thread(target=control, daemon=True).start()
+    threading.Thread(target=lifetime, daemon=True).start()
+    say({"ready": True, "pid": os.getpid(), "table": built})
+    run_until_signalled(nfq)
+    say({"final": True, "own": own(), "errors": cb.errors if cb else 0, "malformed": cb.malformed if cb else 0})
+    return 0
+
+
+# ---------------------------------------------------------------- agent
+
+
+def agent_answer(backend: Any, command: str, arg: str) -> dict:
+    from enforcer.dataplane.rules import RuleSpec
+    if command == "install":
+        spec = RuleSpec(int(arg), 1, (PORT,), (), False)
+        backend.install(spec)
+        return {"ok": backend.installed(spec)}
+    if command == "remove":
+        backend.remove()
+        return {"ok": True}
+    if command == "run":
+        done = subprocess.run(json.loads(arg), capture_output=True, text=True, timeout=30)
+        return {"ok": done.returncode == 0, "out": done.stdout, "err": done.stderr}
+    return {"ok": False, "err": f"unknown command {command!r}"}
+
+
+def agent(args: argparse.Namespace) -> int:
+    from enforcer.dataplane.rules import IptablesBackend, RuleError
+    die_with_parent()
+    backend = IptablesBackend()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent cleans up and closes our stdin
+    signal.signal(signal.SIGTERM, lambda s, f: sys.exit(0))
+    deadline = time.monotonic() + args.lifetime
+    try:
+        backend.check_tools()
+        say({"ready": True, "pid": os.getpid()})
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([sys.stdin], [], [], 1.0)
+            if not ready:
+                continue
+            line = sys.stdin.readline()
+            if not line:
+                break
+            command, _, arg = line.strip().partition(" ")
+            try:
+                say(agent_answer(backend, command, arg))
+            except Exception as e:  # noqa: BLE001 - whatever failed, answer: the parent decides
+                say({"ok": False, "err": str(e)})
+    finally:
+        try:
+            backend.remove()
+        except (RuleError, OSError, subprocess.SubprocessError):
+            pass
+    return 0
+
+
+# ---------------------------------------------------------------- sender, listener, connector
+
+
+def sender(args: argparse.Namespace) -> int:
+    from .senders import RawSender, RingSender, ethernet_frames, syn_packets
+    die_with_parent()
+    pin(args.cpu)
+    packets = syn_packets(args.source, args.dst, PORT, FLOWS, args.seed)
+    try:
+        if args.sender == "ring":
+            gen: RingSender | RawSender = RingSender(ethernet_frames(packets, args.src_mac, args.dst_mac))
+        else:
+            gen = RawSender(packets, args.dst)
+    except OSError as e:
+        say({"error": f"TX ring: {e}" if args.sender == "ring" else str(e)})
+        return 1
+    say({"ready": True, "pid": os.getpid(), "sender": gen.name})
+    if not wait_go():
+        return 0
+    try:
+        say(gen.blast(args.seconds, args.max_packets, args.rate))
+    except OSError as e:
+        say({"error": f"{gen.name} sender: {e}"})
+        return 1
+    return 0
+
+
+def listener(args: argparse.Namespace) -> int:
+    die_with_parent()
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((args.address, PORT))
+    srv.listen(1024)
+    say({"ready": True, "pid": os.getpid()})
+    deadline = time.monotonic() + args.lifetime
+    accepted = 0
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([srv, sys.stdin], [], [], 1.0)
+        if sys.stdin in ready and not sys.stdin.readline():
+            break
+        if srv in ready:
+            c, _ = srv.accept()
+            c.close()
+            accepted += 1
+    say({"accepted": accepted})
+    return 0
+
+
+def connector(args: argparse.Namespace) -> int:
+    """SCHED_FIFO (it sleeps in connect() almost all the time) unless --fifo 0, so that other tasks do not
+    delay its wake-up."""
+    die_with_parent()
+    pin(args.cpu)
+    if args.fifo:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.fifo))
+        except (OSError, AttributeError):
+            pass
+    times, failures = [], 0
+    perf = time.perf_counter
+    for i in range(args.count + 1):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.settimeout(3.0)
+        try:
+            t0 = perf()
+            c.connect((args.dst, PORT))
+            dt = perf() - t0
+            if i:
+                times.append(dt * 1e6)
+        except OSError:
+            failures += 1
+        finally:
+            c.close()
+    say({"us": times, "failures": failures})
+    return 0
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.roles", description=__doc__.split("\n\n")[0],
+                                 epilog="Started by python -m benchmarks.dataplane; see this module's docstring.")
+    roles = ap.add_subparsers(dest="role", required=True)
+    p = roles.add_parser("consumer", help="bind a queue in the gateway and give verdicts")
+    p.add_argument("--kind", choices=("worker", "accept"), required=True)
+    p.add_argument("--queue", type=int, required=True)
+    p.add_argument("--vms", type=int, default=VMS)
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--source", default="", help="the address whose table entry to report (kind worker)")
+    p.add_argument("--cpu", type=int, default=-1)
+    p.add_argument("--lifetime", type=float, default=LIFETIME)
+    p = roles.add_parser("agent", help="install and remove rules in its namespace")
+    p.add_argument("--lifetime", type=float, default=LIFETIME)
+    p = roles.add_parser("sender", help="blast prebuilt SYNs from the VM")
+    p.add_argument("--sender", choices=("ring", "raw"), default="ring")
+    p.add_argument("--source", required=True)
+    p.add_argument("--dst", required=True)
+    p.add_argument("--src-mac", default="")
+    p.add_argument("--dst-mac", default="")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--rate", type=float, default=0)
+    p.add_argument("--max-packets", type=int, default=50_000_000)
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--cpu", type=int, default=-1)
+    p = roles.add_parser("listener", help="accept on port 25 and close")
+    p.add_argument("--address", required=True)
+    p.add_argument("--lifetime", type=float, default=LIFETIME)
+    p = roles.add_parser("connector", help="timed sequential connect()s to port 25")
+    p.add_argument("--dst", required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--cpu", type=int, default=-1)
+    p.add_argument("--fifo", type=int, default=0)
+    return ap
+
+
+ROLES = {"consumer": consumer, "agent": agent, "sender": sender, "listener": listener, "connector": connector}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return ROLES[args.role](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

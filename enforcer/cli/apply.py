@@ -1,0 +1,32 @@
+"""`enforcer apply FILE`: converge the state onto a declarative YAML inventory."""
+
+from __future__ import annotations
+
+import click
+
+from ..core.converge import converge, wanted_profile
+from ..core.inventory import Inventory
+from ..core.profile import Profile
+from ..state.documents import read_document
+from .context import Context, pass_ctx
+from .output import echo_lines
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+@click.option("--prune", is_flag=True, help="Also remove what the file does not name.")
+@pass_ctx
+def apply(c: Context, file: str, dry_run: bool, prune: bool) -> None:
+    """Converge the state onto a declarative YAML inventory (idempotent)."""
+    doc = read_document(file)
+
+    def run(inv: Inventory, _: Profile) -> tuple[Inventory, list[str]]:
+        new, lines = converge(inv, c.profile(wanted_profile(inv, doc, file)), doc, file, prune=prune)
+        return (inv if dry_run else new), (lines or ["no changes"])
+
+    if dry_run:
+        inv, _ = c.store().read()
+        echo_lines(f"would: {line}" if line != "no changes" else line for line in run(inv, c.profile(inv.profile))[1])
+        return
+    echo_lines(c.change(run))

@@ -1,0 +1,62 @@
+"""`enforcer run`: the daemon, with its settings from the command line and the config file."""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+from typing import Any, Callable
+
+import click
+from click.core import ParameterSource
+
+from ..errors import UserError
+from ..state.settings import DEFAULT_CONFIG, SETTINGS, Settings, read_settings_file
+from .context import Context
+
+
+def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One option per setting, named, typed and documented as the setting is."""
+    for s in reversed(SETTINGS):
+        command = click.option(s.option, s.name, type=s.type, default=s.default, show_default=s.default is not None,
+                               metavar=s.metavar, help=s.help)(command)
+    return command
+
+
+def merged_settings(ctx: click.Context, config_path: str | None, options: dict[str, Any]) -> Settings:
+    """The command line's settings over the config file's over the defaults."""
+    c: Context = ctx.obj
+    values = {"state": c.state_path, **options}
+    if config_path is None and os.path.exists(DEFAULT_CONFIG):
+        config_path = DEFAULT_CONFIG
+    from_file = read_settings_file(config_path) if config_path else {}
+    for name, value in from_file.items():
+        if name == "state":
+            assert ctx.parent is not None
+            given = ctx.parent.get_parameter_source("state_path")
+        else:
+            given = ctx.get_parameter_source(name)
+        if given == ParameterSource.DEFAULT:
+            values[name] = value
+    if values["socket_group"]:
+        try:
+            grp.getgrnam(values["socket_group"])
+        except KeyError:
+            raise UserError(f"socket group {values['socket_group']!r}: no such group; create it "
+                            "(groupadd) or leave it out") from None
+    return Settings.of(values)
+
+
+@click.command()
+@click.option("--config", "config_path", default=None, metavar="PATH",
+              help=f"Settings file (default {DEFAULT_CONFIG} when it exists); options given here override it.")
+@settings_options
+@click.pass_context
+def run(ctx: click.Context, config_path: str | None, **options: Any) -> None:
+    """Run the enforcer daemon: judge forwarded port 25 SYNs through NFQUEUE."""
+    from ..dataplane.daemon import Daemon
+    settings = merged_settings(ctx, config_path, options)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    code = Daemon(settings).run()
+    if code:
+        raise SystemExit(code)

@@ -1,0 +1,64 @@
+"""The entry point: the command tree, and every error mapped to one line and an exit status.
+
+A user mistake (UserError, a click usage error) is one line on stderr and exit status 2, with the state
+untouched; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import UserError
+from ..state.settings import DEFAULT_STATE
+from .apply import apply
+from .context import Context
+from .daemon import run
+from .exemption import diagnose, exemption
+from .queries import audit, check, profile, status
+from .lab import lab, probe
+from .service import service
+from .subscription import subscription
+from .vm import vm
+from .vnet import vnet
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--state", "state_path", envvar="ENFORCER_STATE", default=DEFAULT_STATE, show_default=True,
+              metavar="PATH", help="The state database (also $ENFORCER_STATE).")
+@click.version_option(__version__, prog_name="port25-enforcer")
+@click.pass_context
+def cli(ctx: click.Context, state_path: str) -> None:
+    """Make a Linux lab gateway block outbound SMTP (TCP 25) the way Azure's platform does."""
+    ctx.obj = Context(state_path, ctx.obj or [])
+
+
+for command in (apply, subscription, vnet, vm, diagnose, exemption, check, probe, audit, status, profile, run,
+                service, lab):
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cli.main(args=argv, prog_name="enforcer", standalone_mode=False, obj=argv)
+    except UserError as e:
+        click.echo(f"enforcer: error: {e}", err=True)
+        return 2
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "enforcer"
+        click.echo(f"{where}: error: {e.format_message()} (see: {where} --help)", err=True)
+        return 2
+    except click.ClickException as e:
+        click.echo(f"enforcer: error: {e.format_message()}", err=True)
+        return e.exit_code
+    except click.Abort:
+        click.echo("enforcer: aborted", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    return 0

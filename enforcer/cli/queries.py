@@ -1,0 +1,123 @@
+"""`enforcer check|audit|status|profile`: asking the state, the running daemon and the profiles."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from ..core.inventory import State, validate
+from ..core.lifecycle import pending_restart
+from ..core.policy import decide, verdict_for
+from ..core.profile import Profile
+from ..dataplane.control import ask
+from ..state.profiles import available_profiles
+from ..state.settings import DEFAULT_SOCKET
+from .context import Context, json_option, pass_ctx
+from .output import emit_json, show_table
+from .params import parse_destination
+from .views import show_daemon
+
+
+@click.command()
+@click.option("--from", "source", required=True, metavar="VM|ADDRESS", help="A resource name or a source address.")
+@click.option("--to", "destination", required=True, metavar="ADDRESS[:PORT]", help="Port 25 unless given.")
+@json_option
+@pass_ctx
+def check(c: Context, source: str, destination: str, as_json: bool) -> None:
+    """What the enforcer would do with a connection, and why."""
+    inv, profile = c.read()
+    address, port = parse_destination(destination)
+    src: Any
+    try:
+        src = str(ipaddress.ip_address(source))
+    except ValueError:
+        src = inv.resource(source)
+    verdict = decide(inv, profile, src, address, port)
+    if as_json:
+        return emit_json({**asdict(verdict), "verdict": verdict.word, "destination": address, "port": port})
+    click.echo(verdict.reason)
+
+
+@click.command()
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
+@json_option
+@pass_ctx
+def audit(c: Context, limit: int, as_json: bool) -> None:
+    """The audit log: when, which uid, what changed, before and after."""
+    rows = c.store().audit(limit)
+    if as_json:
+        return emit_json(rows)
+
+    def brief(doc: Any) -> str:
+        if doc is None:
+            return "-"
+        if isinstance(doc, dict):
+            keep = ("type", "exempt", "state", "pulled")
+            return ", ".join(f"{k}={doc[k]}" for k in keep if k in doc) or "..."
+        return str(doc)
+    show_table("Audit log", ["when", "uid", "command", "what", "before", "after"],
+               [[r["at"], str(r["uid"]), r["command"], f"{r['kind']} {r['name']}", brief(r["before"]),
+                 brief(r["after"])] for r in rows])
+
+
+@click.command()
+@click.option("--socket", "socket_path", default=DEFAULT_SOCKET, show_default=True, help="The daemon's socket.")
+@json_option
+@pass_ctx
+def status(c: Context, socket_path: str, as_json: bool) -> None:
+    """A summary of the state, and the running daemon's live view."""
+    store = c.store()
+    inv, generation = store.read()
+    profile = c.profile(inv.profile)
+    validate(inv, profile)
+    running = [r for r in inv.resources.values() if r.state == State.RUNNING]
+    allowed = [r.name for r in running if verdict_for(inv, profile, r).allow]
+    pending = sorted(r.name for s in inv.subscriptions for r in pending_restart(inv, profile, s))
+    doc: dict[str, Any] = {
+        "state": str(store.path), "exists": store.exists, "profile": profile.id, "generation": generation,
+        "subscriptions": len(inv.subscriptions), "vnets": len(inv.vnets), "resources": len(inv.resources),
+        "running": len(running), "port25_allowed": len(allowed), "port25_blocked": len(running) - len(allowed),
+        "pending_restart": pending, "internal_prefixes": list(inv.internal_prefixes)}
+    live = ask(socket_path, {"cmd": "status"})
+    doc["daemon"] = live if live is not None else {"ok": False, "error": f"not running (no answer on {socket_path})"}
+    if as_json:
+        return emit_json(doc)
+    if not store.exists:
+        click.echo(f"state: {store.path} (none yet: start with enforcer apply FILE)")
+    for key, value in doc.items():
+        if key != "daemon":
+            click.echo(f"{key:17} {', '.join(value) if isinstance(value, list) else value}")
+    show_daemon(doc["daemon"])
+
+
+def profile_doc(p: Profile) -> dict[str, Any]:
+    return {"id": p.id, "name": p.name, "restricted_ports": sorted(p.restricted_ports),
+            "types": {k: asdict(t) for k, t in p.types.items()},
+            "kinds": {k: asdict(v) for k, v in p.kinds.items()}}
+
+
+@click.command("profile")
+@click.argument("profile_id", required=False)
+@json_option
+@pass_ctx
+def profile(c: Context, profile_id: str | None, as_json: bool) -> None:
+    """List the policy profiles, or show one's subscription types and resource kinds."""
+    if profile_id is None:
+        found = available_profiles()
+        if as_json:
+            return emit_json({k: str(v) for k, v in found.items()})
+        for k, v in found.items():
+            click.echo(f"{k:12} {v}")
+        return
+    p = c.profile(profile_id)
+    if as_json:
+        return emit_json(profile_doc(p))
+    show_table(f"{p.name}: subscription types", ["type", "name", "aliases", "port 25", "exemption"],
+               [[t.id, t.name, ", ".join(t.aliases) or "-", "blocked" if t.blocked_by_default else "allowed",
+                 t.exemption] for t in p.types.values()])
+    show_table("resource kinds", ["kind", "name", "port 25"],
+               [[k.id, k.name, "follows its subscription" if k.follows_subscription else "never"]
+                for k in p.kinds.values()])

@@ -1,0 +1,46 @@
+"""What the listings show of a subscription, a resource and the running daemon: plain documents, printed as
+tables for people or as JSON for scripts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from ..core.inventory import Inventory, pull
+from ..core.lifecycle import pending_restart
+from ..core.policy import assess_pulled, verdict_for, verdict_word
+from ..core.profile import Profile
+from .output import show_table
+
+
+def subscription_doc(inv: Inventory, profile: Profile, name: str) -> dict[str, Any]:
+    sub = inv.subscriptions[name]
+    t = profile.types[sub.type]
+    allow, _ = assess_pulled(profile, pull(sub))
+    return {**asdict(sub), "type_name": t.name, "port25": verdict_word(allow), "exemption_method": t.exemption,
+            "resources": sorted(r.name for r in inv.resources.values() if r.subscription == name),
+            "pending_restart": sorted(r.name for r in pending_restart(inv, profile, name))}
+
+
+def resource_doc(inv: Inventory, profile: Profile, name: str) -> dict[str, Any]:
+    r = inv.resources[name]
+    v = verdict_for(inv, profile, r)
+    return {**asdict(r), "port25": v.word, "code": v.code, "reason": v.reason}
+
+
+def show_daemon(live: dict[str, Any]) -> None:
+    if not live.get("ok"):
+        click.echo(f"{'daemon':17} {live.get('error')}")
+        return
+    click.echo(f"{'daemon':17} running {live['uptime_s']} s, {live['backend']} backend, queues "
+               f"{', '.join(map(str, live['queues']))}, table generation {live['generation']}, "
+               f"when down: {live['when_down']}, queue full: {live['queue_full']}")
+    for q, d in live["kernel_queues"].items():
+        click.echo(f"{'queue ' + q:17} waiting {d.get('waiting', '?')}, dropped when full "
+                   f"{d.get('queue_dropped', '?')}, failed to send {d.get('user_dropped', '?')}")
+    click.echo(f"{'malformed':17} {live['malformed']}; rules put back {live['rule_repairs']} time(s)")
+    if live["verdicts"]:
+        show_table("SYNs judged", ["subscription", "verdict", "reason code", "count"],
+                   [[v["subscription"], v["verdict"], v["code"], str(v["count"])] for v in live["verdicts"]])

@@ -1,0 +1,90 @@
+"""`enforcer vm ...`: virtual machines and other resources, and their lifecycle."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from ..core import lifecycle
+from ..core.inventory import Inventory, State
+from ..core.profile import Profile
+from .context import Context, json_option, pass_ctx
+from .output import echo_lines, emit_json, show_fields, show_table
+from .views import resource_doc
+
+
+@click.group()
+def vm() -> None:
+    """Virtual machines and other resources, and their lifecycle."""
+
+
+@vm.command("add")
+@click.argument("name")
+@click.option("--subscription", required=True)
+@click.option("--kind", default="vm", show_default=True, help="Resource kind (see: enforcer profile).")
+@click.option("--address", "addresses", multiple=True, required=True,
+              help="IPv4 or IPv6 address, or a prefix for a scale set; repeat for more.")
+@click.option("--vnet", default=None)
+@click.option("--subnet", default=None)
+@click.option("--mac", default=None)
+@click.option("--egress", default=None, help="The appliance (azure-firewall) its internet traffic leaves through.")
+@click.option("--deallocated", is_flag=True, help="Create it without starting it.")
+@pass_ctx
+def vm_add(c: Context, name: str, subscription: str, kind: str, addresses: tuple[str, ...], vnet: str | None,
+           subnet: str | None, mac: str | None, egress: str | None, deallocated: bool) -> None:
+    """Create a resource; it starts at once and pulls its subscription's current policy."""
+    echo_lines(c.change(lifecycle.add_resource, name, subscription, kind, list(addresses), vnet=vnet, subnet=subnet,
+                        mac=mac, egress=egress, state=State.DEALLOCATED if deallocated else State.RUNNING))
+
+
+@vm.command("list")
+@click.option("--subscription", default=None, help="Only this subscription's resources.")
+@json_option
+@pass_ctx
+def vm_list(c: Context, subscription: str | None, as_json: bool) -> None:
+    """List resources with what port 25 to the internet does for each."""
+    inv, profile = c.read()
+    if subscription:
+        inv.subscription(subscription)
+    docs = [resource_doc(inv, profile, n) for n, r in inv.resources.items()
+            if subscription in (None, r.subscription)]
+    if as_json:
+        return emit_json(docs)
+    show_table("Resources (why: enforcer vm show NAME)", ["name", "subscription", "kind", "state", "addresses",
+                                                          "port 25", "code"],
+               [[d["name"], d["subscription"], d["kind"], d["state"], " ".join(d["addresses"]), d["port25"],
+                 d["code"]] for d in docs])
+
+
+@vm.command("show")
+@click.argument("name")
+@json_option
+@pass_ctx
+def vm_show(c: Context, name: str, as_json: bool) -> None:
+    """Show one resource and its pulled policy."""
+    inv, profile = c.read()
+    inv.resource(name)
+    doc = resource_doc(inv, profile, name)
+    if as_json:
+        return emit_json(doc)
+    pulled = doc["pulled"]
+    doc["pulled"] = "-" if not pulled else \
+        f"{profile.types[pulled['type']].name}{', exempt' if pulled['exempt'] else ''}"
+    show_fields(doc, ("name", "subscription", "kind", "state", "addresses", "vnet", "subnet", "mac", "egress",
+                      "pulled", "reason"), 13)
+
+
+def lifecycle_command(name: str, operation: Callable[[Inventory, Profile, str], Any], doc: str) -> None:
+    @vm.command(name, help=doc)
+    @click.argument("resource")
+    @pass_ctx
+    def command(c: Context, resource: str) -> None:
+        echo_lines(c.change(operation, resource))
+
+
+lifecycle_command("start", lifecycle.start, "Start; from deallocated it pulls the current policy.")
+lifecycle_command("stop", lifecycle.stop, "Stop, staying allocated: it keeps its policy.")
+lifecycle_command("deallocate", lifecycle.deallocate, "Deallocate: the next start pulls the current policy.")
+lifecycle_command("restart", lifecycle.restart, "Stop, deallocate and start: pick up the current policy (rule 5).")
+lifecycle_command("remove", lifecycle.remove_resource, "Remove a resource.")

@@ -1,0 +1,226 @@
+"""The inventory: subscriptions, virtual networks and resources, as immutable values.
+
+Pure: no I/O. Operations (lifecycle.py) return a new Inventory; the store diffs old and new.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, Iterable
+
+from ..errors import UserError
+from . import hints
+from .profile import Profile
+
+
+class State(StrEnum):
+    """A resource's power state, as the platform names it."""
+    RUNNING = "running"
+    STOPPED = "stopped"          # still allocated: it keeps the policy it pulled
+    DEALLOCATED = "deallocated"  # the next start pulls the subscription's current policy
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    """The network policy a resource pulled when it last started: its subscription's type and exemption then."""
+    type: str
+    exempt: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    name: str
+    type: str
+    exempt: bool = False
+    exempt_via: str | None = None  # "diagnostic", "support case ...", "inventory file"
+
+
+@dataclass(frozen=True, slots=True)
+class Subnet:
+    name: str
+    prefix: str
+    delegated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VNet:
+    name: str
+    subscription: str
+    prefixes: tuple[str, ...]
+    subnets: tuple[Subnet, ...] = ()
+
+    def subnet(self, name: str) -> Subnet | None:
+        return next((s for s in self.subnets if s.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    name: str
+    subscription: str
+    kind: str
+    addresses: tuple[str, ...]  # host addresses ("198.18.1.10", "2001:db8::10") or prefixes for scale sets
+    vnet: str | None = None
+    subnet: str | None = None
+    mac: str | None = None
+    egress: str | None = None  # the appliance its internet traffic leaves through (rule 7)
+    state: State = State.RUNNING
+    pulled: Pulled | None = None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    profile: str = "azure"
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
+    vnets: dict[str, VNet] = field(default_factory=dict)
+    resources: dict[str, Resource] = field(default_factory=dict)
+    internal_prefixes: tuple[str, ...] = ()  # private ranges the operator declares: never judged
+
+    def subscription(self, name: str) -> Subscription:
+        sub = self.subscriptions.get(name)
+        if sub is None:
+            raise UserError(f"no subscription '{name}'; list them with: {hints.list_subscriptions()}")
+        return sub
+
+    def vnet(self, name: str) -> VNet:
+        vnet = self.vnets.get(name)
+        if vnet is None:
+            raise UserError(f"no virtual network '{name}'; list them with: {hints.list_vnets()}")
+        return vnet
+
+    def resource(self, name: str) -> Resource:
+        res = self.resources.get(name)
+        if res is None:
+            raise UserError(f"no resource '{name}'; list them with: {hints.list_resources()}")
+        return res
+
+    def in_delegated_subnet(self, r: Resource) -> bool:
+        if r.vnet is None or r.subnet is None or r.vnet not in self.vnets:
+            return False
+        subnet = self.vnets[r.vnet].subnet(r.subnet)
+        return subnet is not None and subnet.delegated
+
+    def with_(self, **changes: Any) -> Inventory:
+        return replace(self, **changes)
+
+
+def pull(sub: Subscription) -> Pulled:
+    return Pulled(sub.type, sub.exempt)
+
+
+# ---------------------------------------------------------------- normalising input
+
+
+def check_name(what: str, name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise UserError(f"invalid {what} name {name!r}; use 1-63 letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit")
+    return name
+
+
+def normalize_address(text: str, allow_prefix: bool) -> str:
+    """'198.18.1.10' or '2001:DB8::0010' -> canonical host; '198.18.2.0/28' -> canonical prefix."""
+    try:
+        net = ipaddress.ip_network(str(text).strip(), strict=True)
+    except ValueError:
+        raise UserError(f"invalid address {text!r}; write an IPv4 or IPv6 address such as 198.18.1.10 "
+                        "or 2001:db8::10" + (", or a prefix such as 198.18.2.0/28" if allow_prefix else "")) from None
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    if not allow_prefix:
+        raise UserError(f"{text!r} is a prefix; give a single address")
+    return str(net)
+
+
+def normalize_prefix(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(str(text).strip(), strict=True))
+    except ValueError:
+        raise UserError(f"invalid prefix {text!r}; write a network such as 198.18.0.0/24 or 2001:db8:1::/64 "
+                        "with the host bits zero") from None
+
+
+def normalize_mac(text: str | None) -> str | None:
+    if text is None:
+        return None
+    mac = str(text).strip().lower().replace("-", ":")
+    if not MAC_RE.match(mac):
+        raise UserError(f"invalid MAC address {text!r}; write it as 52:54:00:12:34:56")
+    return mac
+
+
+def is_prefix(address: str) -> bool:
+    return "/" in address
+
+
+# ---------------------------------------------------------------- consistency
+
+
+def _networks(prefixes: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(p) for p in prefixes]
+
+
+def validate(inv: Inventory, profile: Profile) -> None:
+    """Raise a UserError naming the first inconsistency; a valid inventory passes silently."""
+    if inv.profile != profile.id:
+        raise UserError(f"the inventory uses profile '{inv.profile}' but '{profile.id}' was loaded")
+    for sub in inv.subscriptions.values():
+        if sub.type not in profile.types:
+            raise UserError(f"subscription '{sub.name}' has type '{sub.type}', which profile '{profile.id}' "
+                            f"({profile.source}) does not have; put the type back in the profile")
+    for vnet in inv.vnets.values():
+        if vnet.subscription not in inv.subscriptions:
+            raise UserError(f"virtual network '{vnet.name}' names subscription '{vnet.subscription}', which does "
+                            "not exist; add the subscription first")
+        nets = _networks(vnet.prefixes)
+        for s in vnet.subnets:
+            sn = ipaddress.ip_network(s.prefix)
+            if not any(sn.version == n.version and sn.subnet_of(n) for n in nets):
+                raise UserError(f"subnet '{s.name}' ({s.prefix}) lies outside the prefixes of virtual network "
+                                f"'{vnet.name}' ({', '.join(vnet.prefixes)}); pick a prefix inside them")
+    owner: dict[str, str] = {}
+    for r in inv.resources.values():
+        if r.subscription not in inv.subscriptions:
+            raise UserError(f"resource '{r.name}' names subscription '{r.subscription}', which does not exist; "
+                            "add the subscription first")
+        if r.kind not in profile.kinds:
+            raise UserError(f"resource '{r.name}' has kind '{r.kind}', unknown to profile '{profile.id}'; "
+                            f"use one of: {', '.join(profile.kinds)}")
+        if r.state not in tuple(State):
+            raise UserError(f"resource '{r.name}' has state '{r.state}'; use one of: {', '.join(State)}")
+        if r.pulled is not None and r.pulled.type not in profile.types:
+            raise UserError(f"resource '{r.name}' pulled its policy under type '{r.pulled.type}', which profile "
+                            f"'{profile.id}' ({profile.source}) no longer has; put the type back in the profile")
+        if r.state == State.RUNNING and r.pulled is None:
+            raise UserError(f"resource '{r.name}' is running but never pulled a policy; start it again")
+        if r.vnet is not None:
+            vnet = inv.vnets.get(r.vnet)
+            if vnet is None:
+                raise UserError(f"resource '{r.name}' names virtual network '{r.vnet}', which does not exist; "
+                                f"add it first: {hints.add_vnet()}")
+            if r.subnet is not None and vnet.subnet(r.subnet) is None:
+                raise UserError(f"resource '{r.name}' names subnet '{r.subnet}', which virtual network "
+                                f"'{r.vnet}' does not have; add it: {hints.add_subnet(r.vnet, r.subnet)}")
+        elif r.subnet is not None:
+            raise UserError(f"resource '{r.name}' names a subnet but no virtual network; give --vnet too")
+        if r.egress is not None:
+            app = inv.resources.get(r.egress)
+            if app is None or not profile.kinds[app.kind].appliance:
+                raise UserError(f"resource '{r.name}' egresses through '{r.egress}', which is not an appliance "
+                                f"(kinds: {', '.join(k for k, v in profile.kinds.items() if v.appliance)}); "
+                                "register the appliance first")
+            if app.egress is not None:
+                raise UserError(f"appliance '{app.name}' itself egresses through '{app.egress}'; "
+                                "an appliance must send to the internet directly")
+        for a in r.addresses:
+            if a in owner and owner[a] != r.name:
+                raise UserError(f"address {a} of '{r.name}' already belongs to '{owner[a]}'; "
+                                "give every resource its own addresses")
+            owner[a] = r.name
+    for p in inv.internal_prefixes:
+        ipaddress.ip_network(p)

@@ -1,0 +1,382 @@
+"""Lifecycle operations on the inventory. Pure: each takes an Inventory and returns a new one plus the lines
+a person is told. Every result is validated, so an operation that would leave an inconsistency changes nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from ..errors import UserError
+from . import hints
+from .inventory import (Inventory, Resource, State, Subnet, Subscription, VNet, check_name, normalize_address,
+                        normalize_mac, normalize_prefix, pull, validate)
+from .policy import assess, assess_pulled, verdict_word
+from .profile import Exemption, Profile
+
+Result = tuple[Inventory, list[str]]
+
+
+def _done(inv: Inventory, profile: Profile, lines: list[str]) -> Result:
+    validate(inv, profile)
+    return inv, lines
+
+
+def _put(inv: Inventory, r: Resource) -> Inventory:
+    return inv.with_(resources={**inv.resources, r.name: r})
+
+
+# ---------------------------------------------------------------- subscriptions
+
+
+def add_subscription(inv: Inventory, profile: Profile, name: str, type_word: str) -> Result:
+    check_name("subscription", name)
+    if name in inv.subscriptions:
+        raise UserError(f"subscription '{name}' exists already; change its type with: "
+                        f"{hints.set_type(name)}")
+    t = profile.type_named(type_word)
+    sub = Subscription(name, t.id)
+    return _done(inv.with_(subscriptions={**inv.subscriptions, name: sub}), profile,
+                 [f"added subscription '{name}' ({t.name})"])
+
+
+def _repull_running(inv: Inventory, sub_name: str) -> tuple[Inventory, list[str]]:
+    """The lab shortcut (--apply-now): every running resource of the subscription pulls the policy again."""
+    fresh = pull(inv.subscriptions[sub_name])
+    changed = dict(inv.resources)
+    names = []
+    for r in inv.resources.values():
+        if r.subscription == sub_name and r.state == State.RUNNING and r.pulled != fresh:
+            changed[r.name] = replace(r, pulled=fresh)
+            names.append(r.name)
+    lines = [f"applied now (lab shortcut) to running: {', '.join(names)}"] if names else []
+    return inv.with_(resources=changed), lines
+
+
+def _reach_running(inv: Inventory, profile: Profile, sub_name: str, apply_now: bool) -> tuple[Inventory, list[str]]:
+    """After a change to a subscription: apply it to running resources now (the shortcut), or say which of
+    them keep their old policy until restarted."""
+    if apply_now:
+        return _repull_running(inv, sub_name)
+    return inv, _pending_lines(inv, profile, sub_name)
+
+
+def pending_restart(inv: Inventory, profile: Profile, sub_name: str) -> list[Resource]:
+    """Running resources of the subscription whose pulled policy differs in effect from its current one."""
+    sub = inv.subscriptions[sub_name]
+    now = assess_pulled(profile, pull(sub))[0]
+    return [r for r in inv.resources.values()
+            if r.subscription == sub_name and r.state == State.RUNNING and r.pulled is not None
+            and assess_pulled(profile, r.pulled)[0] != now]
+
+
+def _pending_lines(inv: Inventory, profile: Profile, sub_name: str) -> list[str]:
+    pending = pending_restart(inv, profile, sub_name)
+    plain = [r.name for r in pending if not inv.in_delegated_subnet(r)]
+    delegated_vnets = sorted({r.vnet for r in pending if inv.in_delegated_subnet(r)})
+    lines = []
+    if plain:
+        lines.append(f"running resources keep their old policy until stopped, deallocated and started again: "
+                     f"{', '.join(plain)} ({hints.restart()})")
+    for v in delegated_vnets:
+        lines.append(f"resources in delegated subnets of VNet '{v}' pick it up only after a temporary subnet is "
+                     f"added and removed: {hints.refresh_delegated(v)}")
+    return lines
+
+
+def set_type(inv: Inventory, profile: Profile, name: str, type_word: str, apply_now: bool = False) -> Result:
+    sub = inv.subscription(name)
+    t = profile.type_named(type_word)
+    if t.id == sub.type:
+        return inv, [f"subscription '{name}' is {t.name} already; nothing to do"]
+    lines = [f"subscription '{name}': type {profile.types[sub.type].name} -> {t.name}"]
+    new_sub = replace(sub, type=t.id)
+    if sub.exempt and not t.exemptible:
+        new_sub = replace(new_sub, exempt=False, exempt_via=None)
+        lines.append("its exemption ends: the new type is not exemptible")
+    inv = inv.with_(subscriptions={**inv.subscriptions, name: new_sub})
+    inv, more = _reach_running(inv, profile, name, apply_now)
+    lines += more
+    return _done(inv, profile, lines)
+
+
+def remove_subscription(inv: Inventory, profile: Profile, name: str) -> Result:
+    inv.subscription(name)
+    users = [r.name for r in inv.resources.values() if r.subscription == name] + \
+            [v.name for v in inv.vnets.values() if v.subscription == name]
+    if users:
+        raise UserError(f"subscription '{name}' still holds {', '.join(sorted(users)[:5])}"
+                        f"{' ...' if len(users) > 5 else ''}; remove them first")
+    subs = dict(inv.subscriptions)
+    del subs[name]
+    return _done(inv.with_(subscriptions=subs), profile, [f"removed subscription '{name}'"])
+
+
+# ---------------------------------------------------------------- exemptions
+
+
+class Outcome(StrEnum):
+    """What the diagnostic did."""
+    GRANTED = "granted"
+    ALREADY_EXEMPT = "already-exempt"
+    NOT_NEEDED = "not-needed"
+    REFUSED = "refused"
+    SUPPORT_CASE = "support-case"
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    subscription: str
+    type_name: str
+    blocked: bool
+    eligible: bool
+    outcome: Outcome
+    lines: tuple[str, ...]
+
+
+def diagnose(inv: Inventory, profile: Profile, name: str, apply_now: bool = False) -> tuple[Inventory, Diagnosis]:
+    """Azure's "Cannot send email (SMTP-Port 25)" diagnostic: grants the exemption where the profile allows."""
+    sub = inv.subscription(name)
+    t = profile.types[sub.type]
+    lines = [f"subscription '{name}' is {t.name}"]
+    if not t.blocked_by_default:
+        outcome, eligible, blocked = Outcome.NOT_NEEDED, False, False
+        lines.append("port 25 is not blocked for this type: nothing to do")
+    elif sub.exempt:
+        outcome, eligible, blocked = Outcome.ALREADY_EXEMPT, True, False
+        lines.append(f"port 25 is unblocked: the subscription is exempt already (via {sub.exempt_via})")
+    elif t.exemption == Exemption.SELF_SERVICE:
+        outcome, eligible, blocked = Outcome.GRANTED, True, False
+        sub = replace(sub, exempt=True, exempt_via="diagnostic")
+        inv = inv.with_(subscriptions={**inv.subscriptions, name: sub})
+        lines.append("port 25 was blocked; the subscription qualifies and is now exempt")
+    elif t.exemption == Exemption.SUPPORT_CASE:
+        outcome, eligible, blocked = Outcome.SUPPORT_CASE, True, True
+        lines.append("port 25 is blocked; this type can be exempted only through a support case; once approved: "
+                     f"{hints.grant_exemption(name)}")
+    else:
+        outcome, eligible, blocked = Outcome.REFUSED, False, True
+        lines.append(f"port 25 is blocked and {t.name} subscriptions are never exempted; {profile.advice}")
+    inv, more = _reach_running(inv, profile, name, apply_now and outcome == Outcome.GRANTED)
+    lines += more
+    validate(inv, profile)
+    return inv, Diagnosis(name, t.name, blocked, eligible, outcome, tuple(lines))
+
+
+def run_diagnostic(inv: Inventory, profile: Profile, name: str, apply_now: bool = False) -> Result:
+    """diagnose() as an operation like the others: the new inventory and the lines a person is told."""
+    inv, diagnosis = diagnose(inv, profile, name, apply_now)
+    return inv, list(diagnosis.lines)
+
+
+def grant_exemption(inv: Inventory, profile: Profile, name: str, case: str, apply_now: bool = False) -> Result:
+    """An exemption granted by hand after a support case (types whose exemption is 'support-case')."""
+    sub = inv.subscription(name)
+    t = profile.types[sub.type]
+    if t.exemption != Exemption.SUPPORT_CASE:
+        hint = {Exemption.SELF_SERVICE: f"run the diagnostic: {hints.diagnose(name)}",
+                Exemption.NOT_NEEDED: "port 25 is not blocked for it",
+                Exemption.NEVER: f"{t.name} subscriptions are never exempted; {profile.advice}"}[t.exemption]
+        raise UserError(f"subscription '{name}' ({t.name}) is not exempted through a support case; {hint}")
+    if sub.exempt:
+        return inv, [f"subscription '{name}' is exempt already; nothing to do"]
+    inv = inv.with_(subscriptions={**inv.subscriptions, name: replace(sub, exempt=True, exempt_via=f"case {case}")})
+    lines = [f"subscription '{name}' is now exempt (support case {case})"]
+    inv, more = _reach_running(inv, profile, name, apply_now)
+    lines += more
+    return _done(inv, profile, lines)
+
+
+def revoke_exemption(inv: Inventory, profile: Profile, name: str, apply_now: bool = False) -> Result:
+    sub = inv.subscription(name)
+    if not sub.exempt:
+        raise UserError(f"subscription '{name}' has no exemption to revoke; see: {hints.list_exemptions()}")
+    inv = inv.with_(subscriptions={**inv.subscriptions, name: replace(sub, exempt=False, exempt_via=None)})
+    lines = [f"revoked the exemption of subscription '{name}'"]
+    inv, more = _reach_running(inv, profile, name, apply_now)
+    lines += more
+    return _done(inv, profile, lines)
+
+
+# ---------------------------------------------------------------- virtual networks
+
+
+def add_vnet(inv: Inventory, profile: Profile, name: str, subscription: str, prefixes: list[str]) -> Result:
+    check_name("virtual network", name)
+    if name in inv.vnets:
+        raise UserError(f"virtual network '{name}' exists already; remove it first: {hints.remove_vnet(name)}")
+    inv.subscription(subscription)
+    if not prefixes:
+        raise UserError("a virtual network needs at least one prefix: --prefix 198.18.1.0/24")
+    vnet = VNet(name, subscription, tuple(normalize_prefix(p) for p in prefixes))
+    return _done(inv.with_(vnets={**inv.vnets, name: vnet}), profile,
+                 [f"added virtual network '{name}' ({', '.join(vnet.prefixes)})"])
+
+
+def remove_vnet(inv: Inventory, profile: Profile, name: str) -> Result:
+    inv.vnet(name)
+    users = sorted(r.name for r in inv.resources.values() if r.vnet == name)
+    if users:
+        raise UserError(f"virtual network '{name}' still holds {', '.join(users[:5])}; remove them first")
+    vnets = dict(inv.vnets)
+    del vnets[name]
+    return _done(inv.with_(vnets=vnets), profile, [f"removed virtual network '{name}'"])
+
+
+def add_subnet(inv: Inventory, profile: Profile, vnet_name: str, name: str, prefix: str, delegated: bool) -> Result:
+    vnet = inv.vnet(vnet_name)
+    check_name("subnet", name)
+    if vnet.subnet(name):
+        raise UserError(f"virtual network '{vnet_name}' has a subnet '{name}' already")
+    subnet = Subnet(name, normalize_prefix(prefix), delegated)
+    vnet = replace(vnet, subnets=vnet.subnets + (subnet,))
+    return _done(inv.with_(vnets={**inv.vnets, vnet_name: vnet}), profile,
+                 [f"added {'delegated ' if delegated else ''}subnet '{name}' ({subnet.prefix}) to '{vnet_name}'"])
+
+
+def remove_subnet(inv: Inventory, profile: Profile, vnet_name: str, name: str) -> Result:
+    """Removing a subnet completes an add-and-remove cycle: the resources in the VNet's delegated subnets then
+    pull their subscription's current policy (rule 6), also those not running, which start with it."""
+    vnet = inv.vnet(vnet_name)
+    if vnet.subnet(name) is None:
+        raise UserError(f"virtual network '{vnet_name}' has no subnet '{name}'")
+    users = sorted(r.name for r in inv.resources.values() if r.vnet == vnet_name and r.subnet == name)
+    if users:
+        raise UserError(f"subnet '{name}' still holds {', '.join(users[:5])}; remove them first")
+    vnet = replace(vnet, subnets=tuple(s for s in vnet.subnets if s.name != name))
+    inv = inv.with_(vnets={**inv.vnets, vnet_name: vnet})
+    lines = [f"removed subnet '{name}' from '{vnet_name}'"]
+    resources = dict(inv.resources)
+    refreshed = []
+    for r in inv.resources.values():
+        if r.vnet == vnet_name and inv.in_delegated_subnet(r):  # running or not: the policy is the subnet's
+            fresh = pull(inv.subscriptions[r.subscription])
+            if fresh != r.pulled:
+                resources[r.name] = replace(r, pulled=fresh)
+                refreshed.append(r.name)
+    if refreshed:
+        lines.append(f"resources in delegated subnets picked up their subscription's policy: {', '.join(refreshed)}")
+    return _done(inv.with_(resources=resources), profile, lines)
+
+
+def refresh_delegated(inv: Inventory, profile: Profile, vnet_name: str) -> Result:
+    """The spec's rule 6 in one step: add a temporary subnet to the VNet and remove it again."""
+    vnet = inv.vnet(vnet_name)
+    if not any(s.delegated for s in vnet.subnets):
+        raise UserError(f"virtual network '{vnet_name}' has no delegated subnet; nothing to refresh")
+    free = _free_subnet(vnet, inv)
+    temp = "enforcer-temp"
+    inv, lines = add_subnet(inv, profile, vnet_name, temp, free, delegated=False)
+    inv, more = remove_subnet(inv, profile, vnet_name, temp)
+    return inv, lines + more
+
+
+def _free_subnet(vnet: VNet, inv: Inventory) -> str:
+    """A small prefix inside the VNet that no subnet and no resource uses."""
+    used = [ipaddress.ip_network(s.prefix) for s in vnet.subnets]
+    used += [ipaddress.ip_network(a, strict=False) for r in inv.resources.values() if r.vnet == vnet.name
+             for a in r.addresses]
+    for p in vnet.prefixes:
+        net = ipaddress.ip_network(p)
+        size = net.max_prefixlen - (2 if net.version == 4 else 64)
+        if net.prefixlen > size:
+            continue
+        for cand in net.subnets(new_prefix=size):
+            if not any(cand.overlaps(u) for u in used):
+                return str(cand)
+    raise UserError(f"virtual network '{vnet.name}' has no free room for a temporary subnet; "
+                    f"add a prefix or do the step by hand: {hints.add_subnet(vnet.name)}, then "
+                    f"{hints.remove_subnet(vnet.name)}")
+
+
+# ---------------------------------------------------------------- resources
+
+
+def add_resource(inv: Inventory, profile: Profile, name: str, subscription: str, kind: str, addresses: list[str],
+                 vnet: str | None = None, subnet: str | None = None, mac: str | None = None,
+                 egress: str | None = None, state: State = State.RUNNING) -> Result:
+    """Create a resource. Created running, it pulls its subscription's current policy at once."""
+    check_name("resource", name)
+    if name in inv.resources:
+        raise UserError(f"resource '{name}' exists already; remove it first: {hints.remove_resource(name)}")
+    sub = inv.subscription(subscription)
+    k = profile.kind_named(kind)
+    if not addresses:
+        raise UserError(f"resource '{name}' needs at least one address: --address 198.18.1.10")
+    r = Resource(name, subscription, k.id, tuple(normalize_address(a, allow_prefix=True) for a in addresses),
+                 vnet, subnet, normalize_mac(mac), egress, state, pull(sub) if state == State.RUNNING else None)
+    inv = _put(inv, r)
+    validate(inv, profile)
+    allow, _, _ = assess(inv, profile, r)
+    return inv, [f"added {k.name} '{name}' ({state}); port 25 to the internet: {verdict_word(allow)}"]
+
+
+def update_resource(inv: Inventory, profile: Profile, name: str, **fields: Any) -> Result:
+    """Change a resource's static attributes; its state and pulled policy stay."""
+    r = inv.resource(name)
+    if "kind" in fields:
+        fields["kind"] = profile.kind_named(fields["kind"]).id
+    if "addresses" in fields:
+        fields["addresses"] = tuple(normalize_address(a, allow_prefix=True) for a in fields["addresses"])
+    if "mac" in fields:
+        fields["mac"] = normalize_mac(fields["mac"])
+    new = replace(r, **fields)
+    if new == r:
+        return inv, []
+    changed = ", ".join(f"{k}" for k in fields if getattr(r, k) != getattr(new, k))
+    return _done(_put(inv, new), profile, [f"updated resource '{name}': {changed}"])
+
+
+def start(inv: Inventory, profile: Profile, name: str) -> Result:
+    """Start: from deallocated it pulls the current policy; from stopped (still allocated) it keeps what it had.
+    Resources in a delegated subnet pick up a change only through the subnet step (rule 6)."""
+    r = inv.resource(name)
+    if r.state == State.RUNNING:
+        return inv, [f"'{name}' is running already; to pick up a new policy: {hints.restart(name)}"]
+    fresh = pull(inv.subscriptions[r.subscription])
+    keep = r.pulled is not None and (r.state == State.STOPPED or inv.in_delegated_subnet(r))
+    new = replace(r, state=State.RUNNING, pulled=r.pulled if keep else fresh)
+    note = "kept the policy it pulled before (it was only stopped)" if keep and r.state == State.STOPPED else \
+        f"kept its policy (delegated subnet: see {hints.refresh_delegated()})" if keep else \
+        "pulled its subscription's current policy"
+    return _done(_put(inv, new), profile, [f"started '{name}': {note}"])
+
+
+def stop(inv: Inventory, profile: Profile, name: str) -> Result:
+    r = inv.resource(name)
+    if r.state != State.RUNNING:
+        return inv, [f"'{name}' is {r.state} already"]
+    return _done(_put(inv, replace(r, state=State.STOPPED)), profile,
+                 [f"stopped '{name}' (still allocated: it keeps its policy; deallocate to drop it)"])
+
+
+def deallocate(inv: Inventory, profile: Profile, name: str) -> Result:
+    r = inv.resource(name)
+    if r.state == State.DEALLOCATED:
+        return inv, [f"'{name}' is deallocated already"]
+    return _done(_put(inv, replace(r, state=State.DEALLOCATED)), profile,
+                 [f"deallocated '{name}': it pulls the current policy at its next start"])
+
+
+def restart(inv: Inventory, profile: Profile, name: str) -> Result:
+    """Stop, deallocate and start: the platform's way to pick up a new network policy (rule 5)."""
+    lines = []
+    for step in (stop, deallocate, start):
+        inv, more = step(inv, profile, name)
+        lines += more
+    r = inv.resources[name]
+    allow, _, _ = assess(inv, profile, r)
+    return inv, lines + [f"'{name}' port 25 to the internet: {verdict_word(allow)}"]
+
+
+def remove_resource(inv: Inventory, profile: Profile, name: str) -> Result:
+    inv.resource(name)
+    users = sorted(r.name for r in inv.resources.values() if r.egress == name)
+    if users:
+        raise UserError(f"appliance '{name}' carries the traffic of {', '.join(users[:5])}; "
+                        "remove them or change their egress first")
+    resources = dict(inv.resources)
+    del resources[name]
+    return _done(inv.with_(resources=resources), profile, [f"removed '{name}'"])

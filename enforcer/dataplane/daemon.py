@@ -1,0 +1,280 @@
+"""`enforcer run`: bind the queues, install the rules, follow the state, answer the CLI, and clean up.
+
+Order matters: the queues are bound before the rules go in (so no SYN meets a rule with nobody behind it
+because of us), READY=1 is sent only after both, and a clean stop removes exactly our rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..core.inventory import Inventory
+from ..core.policy import internal_destinations
+from ..core.profile import Profile
+from ..errors import UserError
+from ..state.profiles import load_profile
+from ..state.settings import Settings, WhenDown
+from ..state.store import Store
+from .control import ControlServer, ask
+from .notify import notify
+from .queue import kernel_queue_stats
+from .rules import RuleBackend, RuleSpec, choose_backend
+from .worker import Snapshot, worker_main
+
+if TYPE_CHECKING:  # for annotations only: nothing more to import at run time
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
+
+log = logging.getLogger("enforcer")
+CAP_NET_ADMIN = 12
+POLL_INTERVAL = 0.2  # seconds between reads of the state's generation
+
+
+def has_net_admin() -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & (1 << CAP_NET_ADMIN))
+    return os.geteuid() == 0
+
+
+class WorkerHandle:
+    """The daemon's end of one worker's pipe. Requests carry a sequence number, so that a reply that comes
+    after its request timed out is recognised and dropped instead of answering the next request."""
+
+    def __init__(self, queue: int, proc: BaseProcess, conn: Connection, generation: int):
+        self.queue, self.proc, self.conn = queue, proc, conn
+        self.lock = threading.Lock()
+        self.seq = 0
+        self.generation = generation  # of the table it last reported
+
+    def send(self, command: str, arg: Any = None) -> int:
+        self.seq += 1
+        self.conn.send((self.seq, command, arg))
+        return self.seq
+
+    def receive(self, seq: int, command: str, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.conn.poll(left):
+                raise TimeoutError(f"{self.proc.name} did not answer {command} within {timeout} s")
+            got, value = self.conn.recv()
+            if got == seq:
+                return value
+
+    def ask(self, command: str, arg: Any = None, timeout: float = 10.0) -> Any:
+        with self.lock:
+            return self.receive(self.send(command, arg), command, timeout)
+
+
+def ask_all(workers: list[WorkerHandle], command: str, arg: Any = None, timeout: float = 120.0) -> list[Any]:
+    """Ask every worker at once (they work in parallel), then collect the answers."""
+    for w in workers:
+        w.lock.acquire()
+    try:
+        sent = [(w, w.send(command, arg)) for w in workers]
+        return [w.receive(seq, command, timeout) for w, seq in sent]
+    finally:
+        for w in workers:
+            w.lock.release()
+
+
+class Daemon:
+    backend: RuleBackend
+    store: Store
+    snapshot: Snapshot | None
+    spec: RuleSpec
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.started = time.monotonic()
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.reload_requested = False
+        self.workers: list[WorkerHandle] = []
+        self.rule_repairs = 0
+        self.control = ControlServer(settings.socket, self.handle, settings.socket_group)
+
+    # ------------------------------------------------------------ start
+
+    def preflight(self) -> None:
+        if not has_net_admin():
+            raise UserError("enforcer run needs root or CAP_NET_ADMIN (it binds NFQUEUE and installs rules); "
+                            "run it as root or through systemd/enforcer.service")
+        self.backend = choose_backend(self.settings.backend)
+        self.control.check_path()
+        if ask(self.settings.socket, {"cmd": "status"}, timeout=2) is not None:
+            raise UserError(f"another enforcer daemon answers on {self.settings.socket}; stop it or pass "
+                            "--socket PATH")
+        store = Store(self.settings.state)
+        if not store.exists:
+            raise UserError(f"no state at {self.settings.state}; create it first: enforcer --state "
+                            f"{self.settings.state} apply FILE")
+        self.store = store
+        self.snapshot = Snapshot(store)
+        self.generation = self.snapshot.table.generation
+        self.spec = self._spec(self.snapshot.inv, self.snapshot.profile)
+
+    def _spec(self, inv: Inventory, profile: Profile) -> RuleSpec:
+        s = self.settings
+        return RuleSpec(s.queue, s.queues, tuple(sorted(profile.restricted_ports)), internal_destinations(inv),
+                        s.when_down == WhenDown.ALLOW)
+
+    def start_workers(self) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.store.close()  # reopened after the fork, in parent and children alike
+        for q in self.queue_list():
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(q, child, self.settings, self.snapshot, os.getpid()),
+                               name=f"enforcer-queue-{q}", daemon=True)
+            proc.start()
+            if not parent.poll(15):
+                raise UserError(f"the worker for queue {q} did not start within 15 s")
+            status, detail = parent.recv()
+            if status == "error":
+                raise UserError(f"{detail}; pick another --queue or stop the other consumer")
+            self.workers.append(WorkerHandle(q, proc, parent, self.generation))
+        self.snapshot = None  # the workers have their copies; the daemon itself needs no table
+        self.store = Store(self.settings.state)
+
+    # ------------------------------------------------------------ the loop
+
+    def reload(self) -> None:
+        generation = self.store.generation()
+        if generation == self.generation and not self.reload_requested:
+            return
+        forced, self.reload_requested = self.reload_requested, False
+        inv, generation = self.store.read()
+        profile = load_profile(inv.profile)  # a forced reload (SIGHUP) may follow an edited profile
+        # all workers compile at once; a forced reload recompiles even the same generation
+        answers = ask_all(self.workers, "reload", -1 if forced else generation)
+        for w, answer in zip(self.workers, answers):
+            w.generation = answer
+        spec = self._spec(inv, profile)
+        if spec != self.spec:
+            self.backend.install(spec)
+            self.spec = spec
+        if any(a != generation for a in answers):
+            # a worker kept its table (its log says why): try again at the next round
+            self.reload_requested = forced
+            raise UserError(f"not every worker could load generation {generation} (they run {answers})")
+        log.info("loaded state generation %d (%d resources)", generation, len(inv.resources))
+        self.generation = generation
+
+    def check_rules(self) -> None:
+        if not self.backend.installed(self.spec):
+            log.warning("our %s rules were removed while running; putting them back", self.backend.name)
+            self.backend.install(self.spec)
+            self.rule_repairs += 1
+
+    def run(self) -> int:
+        self.preflight()
+        self.start_workers()
+        try:
+            self.backend.install(self.spec)
+            self.control.start()
+            if self.settings.metrics:
+                from .metrics import serve_metrics
+                serve_metrics(self.settings.metrics, self)
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+            signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+            notify("READY=1\nSTATUS=judging port 25 SYNs")
+            log.info("port25-enforcer %s: %s backend, queue(s) %s, generation %d, when down: %s",
+                     __version__, self.backend.name, self.queue_list(), self.generation, self.settings.when_down)
+            watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 2e6
+            next_check = next_ping = 0.0
+            while not self.stopping.is_set():
+                self.wake.wait(POLL_INTERVAL)
+                self.wake.clear()
+                now = time.monotonic()
+                try:
+                    self.reload()
+                    if now >= next_check:
+                        self.check_rules()
+                        next_check = now + self.settings.check_interval
+                except (UserError, sqlite3.Error, OSError, TimeoutError) as e:
+                    # keep judging with the table we have; the next round tries again
+                    log.error("%s", e)
+                dead = [w.proc.name for w in self.workers if not w.proc.is_alive()]
+                if dead:
+                    log.error("worker %s died; stopping so that the service manager restarts us", ", ".join(dead))
+                    return 1
+                if watchdog and now >= next_ping:
+                    notify("WATCHDOG=1")
+                    next_ping = now + watchdog
+            return 0
+        finally:
+            notify("STOPPING=1")
+            self.shutdown()
+
+    def request_reload(self) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def shutdown(self) -> None:
+        """Stop the workers. Our rules go only on a requested stop: after a failure they stay, so that
+        --when-down decides what port 25 SYNs meet until the service manager has restarted us."""
+        if self.stopping.is_set():
+            try:
+                self.backend.remove()
+            except UserError as e:
+                log.error("could not remove our rules: %s", e)
+        else:
+            log.error("stopping after a failure; our rules stay in place (--when-down %s)", self.settings.when_down)
+        for w in self.workers:
+            if w.proc.is_alive():
+                w.proc.terminate()
+        for w in self.workers:
+            w.proc.join(5)
+            if w.proc.is_alive():
+                w.proc.kill()
+        self.control.stop()
+
+    # ------------------------------------------------------------ the live view
+
+    def queue_list(self) -> list[int]:
+        return list(range(self.settings.queue, self.settings.queue + self.settings.queues))
+
+    def stats(self) -> dict[str, Any]:
+        totals: dict[tuple[str, str, str], int] = {}
+        malformed = errors = 0
+        for w in self.workers:
+            s = w.ask("stats")
+            malformed += s["malformed"]
+            errors += s["errors"]
+            for sub, code, verdict, n in s["by"]:
+                totals[(sub, code, verdict)] = totals.get((sub, code, verdict), 0) + n
+        kernel = kernel_queue_stats()
+        return {
+            "backend": self.backend.name, "queues": self.queue_list(), "generation": self.generation,
+            "uptime_s": round(time.monotonic() - self.started, 1), "when_down": self.settings.when_down,
+            "queue_full": self.settings.queue_full, "rule_repairs": self.rule_repairs,
+            "worker_generations": [w.generation for w in self.workers],
+            "verdicts": [{"subscription": s, "code": c, "verdict": v, "count": n}
+                         for (s, c, v), n in sorted(totals.items())],
+            "malformed": malformed, "callback_errors": errors,
+            "kernel_queues": {str(q): kernel[q].brief() if q in kernel else {} for q in self.queue_list()},
+        }
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("cmd")
+        if command == "status":
+            return {"ok": True, **self.stats()}
+        if command == "reload":
+            self.request_reload()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {command!r}"}

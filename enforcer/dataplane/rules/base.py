@@ -1,0 +1,71 @@
+"""The contract every rule backend keeps, and what they share.
+
+A backend renders the rules for a RuleSpec (pure: `render`, tested without root by asserting the exact batch),
+sends them as one atomic batch per family, checks that they are still in place, and removes exactly them.
+Every command goes through `run`, so that a test can hand a backend a recorder instead of the real tools.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+from ...errors import UserError
+
+TAG = "port25-enforcer"
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    queue: int                  # first queue number
+    queues: int                 # how many queues (balanced across them)
+    ports: tuple[int, ...]      # the profile's restricted ports
+    internal: tuple[str, ...]   # destinations never judged (VNet prefixes, declared ranges)
+    bypass: bool                # --when-down allow: accept when no process is bound to the queue
+
+    def family(self, version: int) -> tuple[str, ...]:
+        return tuple(p for p in self.internal if ipaddress.ip_network(p).version == version)
+
+
+class RuleError(UserError):
+    pass
+
+
+Runner = Callable[[list[str], "str | None"], str]
+
+
+def run_tool(argv: list[str], stdin: str | None = None) -> str:
+    """Run a rule tool; its output, or a RuleError saying what failed."""
+    try:
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise RuleError(f"{argv[0]} is missing; install it (apt-get install iptables nftables)") from None
+    if done.returncode != 0:
+        raise RuleError(f"{' '.join(argv)} failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+class RuleBackend(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, run: Runner = run_tool):
+        self.run = run
+
+    @abstractmethod
+    def check_tools(self) -> None:
+        """Raise a RuleError saying what to install when this backend cannot work here."""
+
+    @abstractmethod
+    def install(self, spec: RuleSpec) -> None:
+        """Put the rules for `spec` in place, replacing ours, as one transaction per family."""
+
+    @abstractmethod
+    def installed(self, spec: RuleSpec) -> bool:
+        """Whether exactly the rules for `spec` are in place."""
+
+    @abstractmethod
+    def remove(self) -> None:
+        """Remove our rules, and nothing else."""

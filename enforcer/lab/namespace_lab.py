@@ -1,0 +1,181 @@
+"""The namespace lab: a real topology in network namespaces, an SMTP sink (aiosmtpd) on the internet host,
+the real daemon on the gateway, and real SMTP attempts from the VMs. `enforcer lab`, the demo and the
+integration tests all use it.
+
+Everything it makes carries a tag and is removed by close(), also when something fails half-way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import IO, Any, Callable, TypeVar
+
+from ..core.converge import converge, wanted_profile
+from ..core.inventory import Inventory
+from ..core.profile import Profile
+from ..dataplane.control import ask
+from ..state.profiles import load_profile
+from ..state.store import Store
+from .files import SMTP_PORTS
+from .netns import Topology, remove_tagged, run_in
+
+Attempt = tuple[str, str, int]  # (vm, destination, port)
+T = TypeVar("T")
+
+
+class LabError(RuntimeError):
+    """The lab could not be built or does not answer (not a user mistake, not an enforcer verdict)."""
+
+
+class NamespaceLab:
+    """A lab in network namespaces: the topology, an SMTP sink on the internet host, the daemon on the
+    gateway, and SMTP attempts from the VMs. Everything it makes is named with its tag and removed by close()."""
+
+    def __init__(self, workdir: Path, internet: list[str], tag: str | None = None):
+        self.workdir = workdir
+        self.tag = tag or f"p25t{uuid.uuid4().hex[:6]}"
+        self.state = workdir / "state.db"
+        self.socket = str(workdir / "control.sock")
+        self.maildir = workdir / "mail"
+        self.topology = Topology(self.tag, internet)
+        self.internet = self.topology.internet.addresses
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.daemon: subprocess.Popen[Any] | None = None
+        self.daemon_log = workdir / "daemon.log"
+        self.notified: list[str] = []
+
+    # ------------------------------------------------------------ the lab's state
+
+    def change(self, command: str, operation: Callable[..., tuple[Inventory, T]], *args: Any, **kwargs: Any) -> T:
+        """Run a lifecycle operation on the lab's state in one transaction, recorded as `command` in the audit
+        log; returns what the operation says (the lines a person is told)."""
+        def run(inv: Inventory) -> tuple[Inventory, T]:
+            return operation(inv, load_profile(inv.profile), *args, **kwargs)
+        store = Store(self.state, create=True)
+        try:
+            return store.change(command, run)
+        finally:
+            store.close()
+
+    def apply(self, path: str, doc: dict[str, Any]) -> list[str]:
+        """Converge the lab's state onto a lab file's inventory."""
+        def run(inv: Inventory, _: Profile) -> tuple[Inventory, list[str]]:
+            return converge(inv, load_profile(wanted_profile(inv, doc, path)), doc, path)
+        return self.change(f"enforcer apply {path}", run)
+
+    # ------------------------------------------------------------ building
+
+    def up(self, vms: dict[str, list[str]]) -> None:
+        for name, addresses in vms.items():
+            self.topology.add_vm(name, addresses)
+        self.topology.up()
+        sink = run_in(self.topology.internet.namespace,
+                      [sys.executable, "-m", "enforcer.lab.smtpsink", "--maildir", str(self.maildir),
+                       *[x for p in SMTP_PORTS for x in ("--port", str(p))]],
+                      stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.procs.append(sink)
+        assert sink.stdout is not None
+        if sink.stdout.readline().strip() != "ready":
+            raise LabError("the SMTP sink on the internet host did not start")
+
+    def start_daemon(self, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
+        """Start `enforcer run` in the gateway namespace and wait for its READY=1 (sd_notify); every message it
+        sends to its notify socket is kept in self.notified."""
+        notify_path = str(self.workdir / f"notify-{len(self.procs)}.sock")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(notify_path)
+        notify.settimeout(0.2)
+        self.notified = []
+        ready = threading.Event()
+
+        def collect() -> None:
+            while True:
+                try:
+                    message = notify.recv(4096).decode()
+                except TimeoutError:
+                    if self.daemon is None or self.daemon.poll() is not None:
+                        break
+                    continue
+                self.notified.append(message)
+                if "READY=1" in message:
+                    ready.set()
+            notify.close()
+
+        log: IO[str] = open(self.daemon_log, "a")
+        self.daemon = run_in(self.topology.gateway.namespace,
+                             [sys.executable, "-m", "enforcer.cli", "--state", str(self.state), "run",
+                              "--socket", self.socket, *options],
+                             env={**os.environ, "NOTIFY_SOCKET": notify_path, **(env or {})},
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(self.daemon)
+        threading.Thread(target=collect, daemon=True).start()
+        if not ready.wait(30):
+            raise LabError(f"the daemon sent no READY=1:\n{self.daemon_log.read_text()}")
+        return self.daemon
+
+    # ------------------------------------------------------------ traffic
+
+    def smtp(self, attempts: list[Attempt], timeout: float = 2.5) -> list[str]:
+        """Run real SMTP deliveries at once, each from its VM's namespace: [(vm, destination, port)] ->
+        outcomes ("delivered", "timeout", "refused", "error")."""
+        procs = []
+        for vm, destination, port in attempts:
+            procs.append(run_in(self.topology.vms[vm].namespace,
+                                [sys.executable, "-m", "enforcer.lab.smtptry", destination, str(port),
+                                 "--timeout", str(timeout), "--source-name", vm],
+                                stdout=subprocess.PIPE, text=True))
+        return [json.loads(p.communicate(timeout=timeout + 30)[0])["outcome"] for p in procs]
+
+    def smtp_batched(self, attempts: list[Attempt], batch: int = 24, timeout: float = 2.5,
+                     progress: Callable[[int], None] | None = None) -> list[str]:
+        """smtp() in bounded batches (each attempt is a process; these machines have 2 cores)."""
+        outcomes: list[str] = []
+        for i in range(0, len(attempts), batch):
+            outcomes += self.smtp(attempts[i:i + batch], timeout)
+            if progress:
+                progress(len(outcomes))
+        return outcomes
+
+    def in_gateway(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        proc = run_in(self.topology.gateway.namespace, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                      text=True)
+        out, err = proc.communicate(timeout=60)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+    def live(self) -> dict[str, Any]:
+        answer = ask(self.socket, {"cmd": "status"})
+        if not answer or not answer.get("ok"):
+            raise LabError(f"the daemon does not answer: {answer}")
+        return answer
+
+    def wait_synced(self, timeout: float = 5.0) -> float:
+        """Wait until the daemon runs the state's current generation; returns how long that took."""
+        started = time.monotonic()
+        target = Store(self.state).generation()
+        while self.live()["generation"] != target:
+            if time.monotonic() - started > timeout:
+                raise LabError(f"the daemon did not pick up generation {target} within {timeout} s")
+            time.sleep(0.02)
+        return time.monotonic() - started
+
+    # ------------------------------------------------------------ cleanup
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+        remove_tagged(self.tag)

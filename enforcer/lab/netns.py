@@ -1,0 +1,209 @@
+"""A client / gateway / internet topology in network namespaces, built with pyroute2 (no shelling out to ip).
+
+Every host is a namespace named `<tag>-<host>`. Each VM has its own veth to the gateway, so that every packet
+between VMs crosses the gateway's FORWARD path like it does on a routed lab network:
+
+    VM  eth0 198.18.1.10/32 ──── gateway  v<n> 198.18.0.1/32, fe80::1   (routes VM/32, VM/128 via v<n>)
+    internet eth0 198.19.25.25/24 ──── gateway inet 198.19.25.1/24
+
+All namespaces carrying the tag are removed by down(), also after a crash of up().
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pyroute2 import NetNS, netns
+
+GATEWAY4 = "198.18.0.1"   # the gateway's address on every VM link (the VMs' default route)
+GATEWAY6 = "fe80::1"
+IFA_F_NODAD = 0x02        # IPv6 addresses usable at once, no duplicate address detection wait
+
+
+@dataclass
+class Host:
+    name: str
+    addresses: list[str]
+    namespace: str = ""
+    link: str = ""           # the gateway-side interface
+
+
+def host_address(address: str) -> str:
+    """A prefix (a scale set) is represented by its first host address."""
+    net = ipaddress.ip_network(address, strict=False)
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(next(net.hosts()))
+
+
+def gateway_side(address: str) -> tuple[str, int]:
+    """The gateway's address on the internet link: .1 of the host's /24 (/64), or .254 if the host is .1."""
+    ip = ipaddress.ip_address(address)
+    plen = 24 if ip.version == 4 else 64
+    net = ipaddress.ip_network(f"{address}/{plen}", strict=False)
+    gw = net.network_address + 1
+    return str(gw if gw != ip else net.network_address + (254 if ip.version == 4 else 0xfffe)), plen
+
+
+def in_namespace(name: str) -> Callable[[], None]:
+    """preexec_fn for subprocess: enter the namespace before exec."""
+    return lambda: netns.setns(name)
+
+
+def run_in(namespace: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    return subprocess.Popen(argv, preexec_fn=in_namespace(namespace), **kwargs)
+
+
+def sysctl(namespace: str, settings: dict[str, str]) -> None:
+    """Write /proc/sys entries as seen from inside the namespace."""
+    code = "import sys\nfor k, v in zip(sys.argv[1::2], sys.argv[2::2]):\n open('/proc/sys/' + k, 'w').write(v)"
+    args = [x for kv in settings.items() for x in kv]
+    proc = run_in(namespace, [sys.executable, "-c", code, *args])
+    if proc.wait(30) != 0:
+        raise RuntimeError(f"sysctl in {namespace} failed: {settings}")
+
+
+class Topology:
+    def __init__(self, tag: str, internet: list[str]):
+        self.tag = tag
+        self.gateway = Host("gw", [], namespace=f"{tag}-gw")
+        self.internet = Host("inet", [host_address(a) for a in internet], namespace=f"{tag}-inet")
+        self.vms: dict[str, Host] = {}
+
+    def add_vm(self, name: str, addresses: list[str]) -> Host:
+        index = len(self.vms)
+        host = Host(name, [host_address(a) for a in addresses], namespace=f"{self.tag}-{index}",
+                    link=f"v{index}")
+        self.vms[name] = host
+        return host
+
+    # ------------------------------------------------------------ building
+
+    def up(self) -> None:
+        try:
+            for name in (self.gateway.namespace, self.internet.namespace):
+                self._create(name)
+            sysctl(self.gateway.namespace, {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
+            self._wire_internet()
+            for host in self.vms.values():
+                self._create(host.namespace)
+                self._wire_vm(host)
+        except BaseException:
+            self.down()
+            raise
+
+    def attach(self, name: str, addresses: list[str]) -> Host:
+        """Add a VM to a topology that is up already."""
+        host = self.add_vm(name, addresses)
+        self._create(host.namespace)
+        self._wire_vm(host)
+        return host
+
+    @staticmethod
+    def _create(name: str) -> None:
+        netns.create(name)
+        with NetNS(name) as ns:
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+
+    def _wire_internet(self) -> None:
+        inet, gw = self.internet, self.gateway
+        with NetNS(gw.namespace) as g:
+            g.link("add", ifname="inet", kind="veth", peer={"ifname": "eth0", "net_ns_fd": inet.namespace})
+            gi = g.link_lookup(ifname="inet")[0]
+            with NetNS(inet.namespace) as i:
+                ii = i.link_lookup(ifname="eth0")[0]
+                for address in inet.addresses:
+                    gw_address, plen = gateway_side(address)
+                    flags = IFA_F_NODAD if ":" in address else 0
+                    g.addr("add", index=gi, address=gw_address, prefixlen=plen, flags=flags)
+                    i.addr("add", index=ii, address=address, prefixlen=plen, flags=flags)
+                    i.link("set", index=ii, state="up")
+                    i.route("add", dst="::/0" if ":" in address else "0.0.0.0/0", gateway=gw_address)
+            g.link("set", index=gi, state="up")
+
+    def _wire_vm(self, host: Host) -> None:
+        with NetNS(self.gateway.namespace) as g:
+            g.link("add", ifname=host.link, kind="veth", peer={"ifname": "eth0", "net_ns_fd": host.namespace})
+            gi = g.link_lookup(ifname=host.link)[0]
+            g.addr("add", index=gi, address=GATEWAY4, prefixlen=32)
+            g.addr("add", index=gi, address=GATEWAY6, prefixlen=64, flags=IFA_F_NODAD)
+            g.link("set", index=gi, state="up")
+            with NetNS(host.namespace) as v:
+                vi = v.link_lookup(ifname="eth0")[0]
+                v.link("set", index=vi, state="up")
+                for address in host.addresses:
+                    six = ":" in address
+                    v.addr("add", index=vi, address=address, prefixlen=128 if six else 32,
+                           flags=IFA_F_NODAD if six else 0)
+                    g.route("add", dst=f"{address}/{128 if six else 32}", oif=gi)
+                # prefsrc: host addresses are /32 and /128, so name the source (raw senders such as scapy
+                # cannot infer it from an on-link prefix)
+                first4 = next((a for a in host.addresses if ":" not in a), None)
+                first6 = next((a for a in host.addresses if ":" in a), None)
+                v.route("add", dst=f"{GATEWAY4}/32", oif=vi, scope=253, **({"prefsrc": first4} if first4 else {}))
+                v.route("add", dst="0.0.0.0/0", gateway=GATEWAY4, oif=vi, **({"prefsrc": first4} if first4 else {}))
+                v.route("add", dst="::/0", gateway=GATEWAY6, oif=vi, **({"prefsrc": first6} if first6 else {}))
+
+    def down(self) -> None:
+        remove_tagged(self.tag)
+
+
+def pids_in(name: str) -> list[int]:
+    """The processes whose network namespace is the named one."""
+    try:
+        target = os.stat(f"/run/netns/{name}").st_ino
+    except OSError:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == target:
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def remove_tagged(tag: str) -> list[str]:
+    """Stop every process inside, then remove, every namespace whose name starts with `<tag>-`: what a lab
+    made, also after a crash that left no record of it."""
+    names = [n for n in netns.listnetns() if n.startswith(f"{tag}-")]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [pid for n in names for pid in pids_in(n) if pid != os.getpid()]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while pids and time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+            time.sleep(0.05)
+    gone = []
+    for name in names:
+        try:
+            netns.remove(name)
+            gone.append(name)
+        except OSError:
+            pass
+    return gone
+
+
+def can_build_namespaces() -> str | None:
+    """None when this process can build namespaces, else why not (for test skips)."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    probe = f"p25probe{os.getpid()}"
+    try:
+        netns.create(probe)
+        netns.remove(probe)
+    except OSError as e:
+        return f"network namespaces unavailable: {e}"
+    return None

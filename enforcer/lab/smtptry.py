@@ -1,0 +1,50 @@
+"""One real SMTP delivery attempt (smtplib), reported as one JSON line: what a VM in the lab sees.
+
+    python -m enforcer.lab.smtptry DESTINATION PORT [--timeout S] [--source-name NAME]
+
+outcome: "delivered" (the server took the message), "timeout" (silence: the platform's silent drop),
+"refused" (a reset), or "error" with the detail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import smtplib
+import time
+from email.message import EmailMessage
+
+
+def attempt(destination: str, port: int, timeout: float, sender: str) -> dict:
+    msg = EmailMessage()
+    msg["From"] = f"{sender}@lab.example"
+    msg["To"] = "sink@internet.example"
+    msg["Subject"] = f"port25-enforcer lab: {sender} to port {port}"
+    msg.set_content("A test message from the port25-enforcer lab.\n")
+    started = time.monotonic()
+    try:
+        with smtplib.SMTP(destination, port, timeout=timeout) as smtp:
+            smtp.send_message(msg)
+        outcome, detail = "delivered", ""
+    except TimeoutError:
+        outcome, detail = "timeout", ""
+    except ConnectionRefusedError:
+        outcome, detail = "refused", ""
+    except (OSError, smtplib.SMTPException) as e:
+        outcome, detail = "error", f"{type(e).__name__}: {e}"
+    return {"outcome": outcome, "detail": detail, "seconds": round(time.monotonic() - started, 3),
+            "destination": destination, "port": port}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("destination")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--timeout", type=float, default=3.0)
+    parser.add_argument("--source-name", default="vm")
+    args = parser.parse_args()
+    print(json.dumps(attempt(args.destination, args.port, args.timeout, args.source_name)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The namespace lab, the demo and the probe, for real (root, network namespaces)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from support.paths import LAB
+from enforcer.cli.main import main
+from enforcer.lab.manage import tag_for
+from enforcer.lab.netns import Topology, can_build_namespaces, netns
+
+WHY_NOT = can_build_namespaces()
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+
+
+def run(capsys, *args: str, expect: int = 0) -> str:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    assert code == expect, f"enforcer {' '.join(args)} -> {code}\n{out}\n{err}"
+    return out + err
+
+
+@pytest.fixture
+def labdir(tmp_path):
+    directory = tmp_path / "lab"
+    yield directory
+    main(["lab", "down", "--dir", str(directory)])
+    assert not [n for n in netns.listnetns() if n.startswith(tag_for(directory))]
+
+
+def test_demo_runs_for_real_and_matches_the_spec(capsys):
+    out = run(capsys, "lab", "demo")
+    assert "every outcome matches the spec" in out
+    assert out.count("as the spec says") == len(yaml.safe_load(LAB.read_text())["resources"]) + 5
+
+
+def small_lab(tmp_path, **expect_changes) -> str:
+    doc = yaml.safe_load(LAB.read_text())
+    keep = {"ea-vm", "shop-web", "devtest-vm"}
+    doc["resources"] = [r for r in doc["resources"] if r["name"] in keep]
+    doc["lab"]["expect"] = {k: v for k, v in doc["lab"]["expect"].items() if k in keep} | expect_changes
+    path = tmp_path / "small.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_demo_fails_when_an_outcome_differs_from_the_spec(tmp_path, capsys):
+    out = run(capsys, "lab", "demo", "--lab", small_lab(tmp_path, **{"shop-web": "allowed"}), expect=1)
+    assert "1 outcome(s) differ from the spec" in out and "DIFFERS" in out
+
+
+def test_lab_up_exec_status_down(labdir, capsys, tmp_path):
+    """The lab follows its file: a VM added to lab.yml is a host of the lab, with its own namespace."""
+    doc = yaml.safe_load(LAB.read_text())
+    doc["resources"].append({"name": "new-vm", "subscription": "ea-prod", "kind": "vm", "vnet": "hub",
+                             "addresses": ["198.18.1.99"]})
+    changed = tmp_path / "lab.yml"
+    changed.write_text(yaml.safe_dump(doc))
+    run(capsys, "lab", "up", "--lab", str(changed), "--dir", str(labdir))
+    assert "a lab is up already" in run(capsys, "lab", "up", "--lab", str(changed), "--dir", str(labdir),
+                                        expect=2)
+    status = json.loads(run(capsys, "lab", "status", "--dir", str(labdir), "--json"))
+    assert status["hosts"]["new-vm"]["up"] and status["daemon_status"]["ok"]
+    assert len(status["hosts"]) == len(doc["resources"])
+    capsys.readouterr()
+    assert main(["lab", "exec", "--dir", str(labdir), "new-vm", "--", "python3", "-m", "enforcer.lab.smtptry",
+                 "198.19.25.25", "25", "--timeout", "2"]) == 0
+    assert main(["lab", "exec", "--dir", str(labdir), "shop-web", "--", "false"]) == 1
+    assert "no lab host 'ghost'" in run(capsys, "lab", "exec", "--dir", str(labdir), "ghost", "--", "true",
+                                        expect=2)
+    state = status["state"]
+    run(capsys, "--state", state, "vm", "stop", "new-vm")
+    probe = json.loads(run(capsys, "probe", "--dir", str(labdir), "--in", "new-vm", "--to", "198.19.25.25:25",
+                           "--json"))
+    assert probe["result"] == "silence"           # a stopped VM sends nothing the gateway lets through
+    assert "removed" in run(capsys, "lab", "down", "--dir", str(labdir))
+    assert not labdir.exists()
+    assert "no lab is up" in run(capsys, "lab", "status", "--dir", str(labdir), expect=2)
+
+
+def test_lab_down_cleans_up_after_a_crashed_lab_up(labdir, capsys):
+    half = Topology(tag_for(labdir), ["198.19.25.25"])
+    half.add_vm("ea-vm", ["198.18.1.10"])
+    half._create(half.gateway.namespace)          # a lab up that died half-way: namespaces, no record
+    half._create(half.vms["ea-vm"].namespace)
+    assert "removed 2 namespace(s)" in run(capsys, "lab", "down", "--dir", str(labdir))
+
+
+def test_probe_reports_syn_ack_rst_and_silence(labdir, capsys):
+    run(capsys, "lab", "up", "--dir", str(labdir))
+    results = {}
+    for vm, port in (("ea-vm", 25), ("ea-vm", 26), ("shop-web", 25)):
+        out = run(capsys, "probe", "--dir", str(labdir), "--in", vm, "--to", f"198.19.25.25:{port}", "--timeout",
+                  "1", "--json")
+        results[(vm, port)] = json.loads(out)["result"]
+    assert results == {("ea-vm", 25): "syn-ack", ("ea-vm", 26): "rst", ("shop-web", 25): "silence"}
+    human = run(capsys, "probe", "--dir", str(labdir), "--in", "shop-web", "--to", "[2001:db8:ffff::25]:587")
+    assert "SYN-ACK" in human

@@ -1,0 +1,1 @@
+"""Helpers only the tests use: paths, the in-process CLI runner, the namespace lab with test-only extras."""

@@ -1,0 +1,149 @@
+"""The packet path's pure parts: reading the source from raw bytes, always giving a verdict, the drop log,
+and the rules each backend renders. (The same code runs against a real queue in test_dataplane.py.)"""
+
+import io
+import json
+
+import pytest
+from scapy.all import IP, TCP, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPOption_NOP, Raw, \
+    fragment
+
+from enforcer.core import lifecycle
+from enforcer.core.inventory import Inventory, Subscription
+from enforcer.dataplane.packet import flow
+from enforcer.state.profiles import load_profile
+from enforcer.dataplane.rules import IptablesBackend, NftablesBackend, RuleSpec
+from enforcer.core.table import compile_table
+from enforcer.dataplane.callback import DropLog, PacketCallback
+
+PROFILE = load_profile("azure")
+
+
+class QueuedPacket:
+    """What netfilterqueue hands the callback: a payload, and one verdict to give."""
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        self.verdicts: list[str] = []
+
+    def get_payload(self) -> bytes:
+        return self.payload
+
+    def accept(self) -> None:
+        self.verdicts.append("accept")
+
+    def drop(self) -> None:
+        self.verdicts.append("drop")
+
+
+@pytest.fixture(scope="module")
+def table():
+    inv = Inventory(subscriptions={"ea": Subscription("ea", "ea"), "pg": Subscription("pg", "payg")})
+    inv, _ = lifecycle.add_resource(inv, PROFILE, "ok", "ea", "vm", ["198.18.0.1", "2001:db8::1"])
+    inv, _ = lifecycle.add_resource(inv, PROFILE, "no", "pg", "vm", ["198.18.0.2", "2001:db8::2"])
+    inv, _ = lifecycle.add_resource(inv, PROFILE, "set", "ea", "vmss", ["198.18.1.0/28"])
+    return compile_table(inv, PROFILE)
+
+
+SYN = TCP(sport=40000, dport=25, flags="S")
+CASES = [
+    (IP(src="198.18.0.1", dst="198.19.25.25") / SYN, "accept"),
+    (IP(src="198.18.0.2", dst="198.19.25.25") / SYN, "drop"),
+    (IP(src="198.18.1.5", dst="198.19.25.25") / SYN, "accept"),                      # inside the scale set
+    (IP(src="198.18.9.9", dst="198.19.25.25") / SYN, "drop"),                        # unknown
+    (IP(src="198.18.0.1", dst="198.19.25.25", options=[IPOption_NOP()] * 8) / SYN, "accept"),   # options
+    (IPv6(src="2001:db8::1", dst="2001:db8:ffff::25") / SYN, "accept"),
+    (IPv6(src="2001:db8::2", dst="2001:db8:ffff::25") / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / SYN, "drop"),
+]
+
+
+@pytest.mark.parametrize("packet, verdict", CASES, ids=[p.summary() for p, _ in CASES])
+def test_judge_reads_the_source_from_raw_bytes(table, packet, verdict):
+    callback = PacketCallback(table)
+    pkt = QueuedPacket(bytes(packet))
+    callback(pkt)
+    assert pkt.verdicts == [verdict]
+    assert callback.malformed == callback.errors == 0
+
+
+MALFORMED = [b"", b"\x45", bytes(IP(src="198.18.0.1") / SYN)[:19], b"\x44" + bytes(19),  # IHL 4
+             b"\x60" + bytes(30), b"\x00" * 40, b"\xff" * 60]
+
+
+@pytest.mark.parametrize("default_allow, verdict", [(False, "drop"), (True, "accept")])
+def test_malformed_payloads_get_the_default_verdict(table, default_allow, verdict):
+    callback = PacketCallback(table, default_allow=default_allow)
+    for payload in MALFORMED:
+        pkt = QueuedPacket(payload)
+        callback(pkt)
+        assert pkt.verdicts == [verdict], payload
+    assert callback.malformed == len(MALFORMED)
+
+
+def test_a_failing_packet_still_gets_one_verdict(table):
+    class Broken(QueuedPacket):
+        def get_payload(self):
+            raise RuntimeError("the binding failed")
+    callback = PacketCallback(table)
+    pkt = Broken(b"")
+    callback(pkt)
+    assert pkt.verdicts == ["drop"] and callback.errors == 1
+
+
+def test_hits_are_counted_per_verdict(table):
+    callback = PacketCallback(table)
+    for packet, _ in CASES:
+        callback(QueuedPacket(bytes(packet)))
+    by = {}
+    for entry, n in callback.hits.items():
+        by[(entry.subscription, entry.code)] = by.get((entry.subscription, entry.code), 0) + n
+    assert by == {("ea", "type-not-blocked"): 4, ("pg", "blocked-never-exemptible"): 2, (None, "unknown-source"): 1}
+
+
+def test_drop_log_writes_one_line_per_flow(table):
+    callback = PacketCallback(table)
+    blocked = bytes(IP(src="198.18.0.2", dst="198.19.25.25") / SYN)
+    for _ in range(3):                                   # a SYN and its retransmissions
+        callback(QueuedPacket(blocked))
+    callback(QueuedPacket(bytes(IP(src="198.18.0.2", dst="198.19.25.25") / TCP(sport=40001, dport=25, flags="S"))))
+    out = io.StringIO()
+    log = DropLog(lambda name: f"because {name}", out=out)
+    assert log.drain(callback.drops) == 2
+    first = json.loads(out.getvalue().splitlines()[0])
+    assert first == {"event": "blocked", "resource": "no", "subscription": "pg", "source": "198.18.0.2",
+                     "destination": "198.19.25.25", "port": 25, "source_port": 40000,
+                     "code": "blocked-never-exemptible", "reason": "because no"}
+
+
+def test_flow_reads_ports_past_options_and_extension_headers():
+    assert flow(bytes(IP(src="198.18.0.1", dst="198.19.0.1", options=[IPOption_NOP()] * 4) / SYN)) == \
+        ("198.18.0.1", "198.19.0.1", 40000, 25)
+    assert flow(bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrHopByHop() / IPv6ExtHdrFragment() /
+                      SYN)) == ("2001:db8::1", "2001:db8::2", 40000, 25)
+    later = fragment(IP(src="198.18.0.1", dst="198.19.0.1") / SYN / Raw(b"x" * 64), fragsize=16)[1]
+    assert flow(bytes(later)) is None
+    assert flow(b"\x45\x00") is None and flow(b"") is None
+
+
+SPEC = RuleSpec(25, 1, (25,), ("198.18.1.0/24", "2001:db8:1::/64"), bypass=False)
+
+
+def test_iptables_rules_queue_only_pure_syns_past_internal_destinations():
+    v4 = IptablesBackend().render(SPEC, 4, old_jumps=[])
+    assert "-I FORWARD -p tcp -m multiport --dports 25 --tcp-flags SYN,ACK,RST,FIN SYN" in v4
+    assert "-m comment --comment port25-enforcer -j P25-ENFORCER" in v4
+    assert v4.index("-d 198.18.1.0/24 -j RETURN") < v4.index("-j NFQUEUE --queue-num 25\n")
+    assert "2001:db8" not in v4 and "*mangle" in v4 and "--queue-bypass" not in v4
+    old = "-A FORWARD -p tcp -m multiport --dports 25,2525 -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j P25-ENFORCER"
+    v6 = IptablesBackend().render(RuleSpec(25, 2, (25,), SPEC.internal, bypass=True), 6, old_jumps=[old])
+    assert "-D FORWARD -p tcp -m multiport --dports 25,2525" in v6      # an old jump is replaced, not kept
+    assert v6.count("-I FORWARD") == 1
+    assert "-d 2001:db8:1::/64 -j RETURN" in v6 and "--queue-balance 25:26 --queue-bypass" in v6
+
+
+def test_nftables_rules_replace_their_own_table_whole():
+    text = NftablesBackend().render(RuleSpec(25, 2, (25, 2525), SPEC.internal, bypass=True))
+    assert text.startswith("add table inet port25_enforcer\ndelete table inet port25_enforcer\n")
+    assert "type filter hook forward priority mangle" in text
+    assert "ip daddr { 198.18.1.0/24 } return" in text and "ip6 daddr { 2001:db8:1::/64 } return" in text
+    assert "tcp dport { 25, 2525 } tcp flags & (syn | ack | rst | fin) == syn queue num 25-26 bypass" in text

@@ -1,0 +1,96 @@
+"""The compiled verdict table agrees with decide() for every source, and resolves prefixes by longest match."""
+
+import ipaddress
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from enforcer.core import lifecycle
+from enforcer.core.inventory import Inventory, Pulled, Resource, State, Subscription, validate
+from enforcer.core.policy import decide
+from enforcer.state.profiles import load_profile
+from enforcer.core.table import UNKNOWN, compile_table, pack
+
+PROFILE = load_profile("azure")
+INTERNET = "198.19.25.25"
+TYPES = sorted(PROFILE.types)
+KINDS = sorted(PROFILE.kinds)
+APPLIANCE_KINDS = sorted(k for k, v in PROFILE.kinds.items() if v.appliance)
+
+# A small address space, so that random sources often hit registered hosts and prefixes.
+host4 = st.integers(0, 63).map(lambda i: f"198.18.0.{i}")
+host6 = st.integers(0, 63).map(lambda i: f"2001:db8::{i:x}")
+prefix4 = st.sampled_from([24, 26, 28, 30]).flatmap(
+    lambda plen: st.integers(0, 255 >> (plen - 24)).map(
+        lambda i: str(ipaddress.ip_network(f"198.18.0.{(i << (32 - plen)) & 255}/{plen}"))))
+prefix6 = st.sampled_from([120, 124]).flatmap(
+    lambda plen: st.integers(0, 255 >> (plen - 120)).map(
+        lambda i: str(ipaddress.ip_network(f"2001:db8::{(i << (128 - plen)) & 255:x}/{plen}"))))
+
+
+@st.composite
+def inventories(draw):
+    subs = {}
+    for i in range(draw(st.integers(1, 4))):
+        t = draw(st.sampled_from(TYPES))
+        exempt = PROFILE.types[t].exemptible and draw(st.booleans())
+        subs[f"s{i}"] = Subscription(f"s{i}", t, exempt, "diagnostic" if exempt else None)
+    resources = {}
+    used = set()
+    appliances = []
+    for i in range(draw(st.integers(0, 12))):
+        is_appliance = draw(st.booleans()) and i < 3
+        kind = draw(st.sampled_from(APPLIANCE_KINDS if is_appliance else KINDS))
+        addresses = draw(st.lists(st.one_of(host4, host6, prefix4, prefix6), min_size=1, max_size=3, unique=True))
+        addresses = [a for a in addresses if a not in used] or [f"198.18.1.{i}"]
+        used.update(addresses)
+        state = draw(st.sampled_from([State.RUNNING, State.RUNNING, State.STOPPED, State.DEALLOCATED]))
+        pulled = None
+        if state != State.DEALLOCATED or draw(st.booleans()):
+            t = draw(st.sampled_from(TYPES))
+            pulled = Pulled(t, PROFILE.types[t].exemptible and draw(st.booleans()))
+        egress = None
+        if not PROFILE.kinds[kind].appliance and appliances and draw(st.booleans()):
+            egress = draw(st.sampled_from(appliances))
+        name = f"r{i}"
+        resources[name] = Resource(name, draw(st.sampled_from(sorted(subs))), kind, tuple(addresses),
+                                   egress=egress, state=state, pulled=pulled)
+        if PROFILE.kinds[kind].appliance:
+            appliances.append(name)
+    inv = Inventory(subscriptions=subs, resources=resources)
+    validate(inv, PROFILE)
+    return inv
+
+
+sources = st.one_of(host4, host6, st.integers(0, 2**32 - 1).map(lambda i: str(ipaddress.IPv4Address(i))))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inventories(), st.lists(sources, min_size=1, max_size=20))
+def test_compiled_table_agrees_with_decide(inv, probes):
+    table = compile_table(inv, PROFILE)
+    registered = [a.split("/")[0] for r in inv.resources.values() for a in r.addresses]
+    for source in probes + registered:
+        allow, resource, subscription, code = tuple(table.lookup(pack(source)))
+        verdict = decide(inv, PROFILE, source, INTERNET, 25)
+        assert (allow, resource, code) == (verdict.allow, verdict.resource, verdict.code), source
+        assert subscription == verdict.subscription
+
+
+def test_longest_prefix_wins_and_exact_beats_prefix():
+    inv = Inventory(subscriptions={"ea": Subscription("ea", "ea"), "pg": Subscription("pg", "payg")})
+    inv, _ = lifecycle.add_resource(inv, PROFILE, "wide", "ea", "vmss", ["198.18.0.0/24", "2001:db8::/64"])
+    inv, _ = lifecycle.add_resource(inv, PROFILE, "narrow", "pg", "vmss", ["198.18.0.16/28", "2001:db8::10/124"])
+    inv, _ = lifecycle.add_resource(inv, PROFILE, "host", "ea", "vm", ["198.18.0.17"])
+    table = compile_table(inv, PROFILE)
+    assert tuple(table.lookup(pack("198.18.0.200")))[:2] == (True, "wide")
+    assert tuple(table.lookup(pack("198.18.0.20")))[:2] == (False, "narrow")
+    assert tuple(table.lookup(pack("198.18.0.17")))[:2] == (True, "host")
+    assert tuple(table.lookup(pack("2001:db8::1f")))[:2] == (False, "narrow")
+    assert tuple(table.lookup(pack("2001:db8::ff")))[:2] == (True, "wide")
+    assert table.lookup(pack("198.18.1.1")) is UNKNOWN
+    assert table.lookup(pack("2001:db8:1::1")) is UNKNOWN
+
+
+def test_table_keys_are_the_header_bytes():
+    assert pack("198.18.0.1") == bytes([198, 18, 0, 1])
+    assert pack("2001:db8::1") == bytes.fromhex("20010db8000000000000000000000001")
