@@ -52,7 +52,7 @@ def merged_settings(ctx: click.Context, config_path: str | None, options: dict[s
               help=f"Settings file (default {DEFAULT_CONFIG} when it exists); options given here override it.")
 @settings_options
 @click.pass_context
-def run(ctx: click.Context, config_path: str | None, **options: Any) -> None:
+def run(ctx: click.Context, /, config_path: str | None, **options: Any) -> None:
     """Run the enforcer daemon: judge forwarded port 25 SYNs through NFQUEUE."""
     from ..dataplane.daemon import Daemon
     settings = merged_settings(ctx, config_path, options)

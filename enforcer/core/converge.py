@@ -8,7 +8,7 @@ convergence onto the same document changes nothing.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from ..errors import UserError
 from . import hints, lifecycle
@@ -25,7 +25,6 @@ BOOL_KEYS = {"delegated", "exempt"}
 
 
 Document = dict[str, Any]
-Step = Callable[[lifecycle.Result], None]
 
 
 def wanted_profile(inv: Inventory, doc: Document, path: str) -> str:
@@ -89,100 +88,119 @@ def converge(inv: Inventory, profile: Profile, doc: Document, path: str, prune: 
         raise UserError(f"{path}: unknown top-level key '{sorted(unknown)[0]}'; use: {', '.join(sorted(TOP_KEYS))}")
     if wanted_profile(inv, doc, path) != profile.id:
         raise UserError(f"{path}: profile '{doc.get('profile')}' differs from the loaded profile '{profile.id}'")
-    inv = inv.with_(profile=profile.id)
-    lines: list[str] = []
-
-    def step(result: lifecycle.Result) -> None:
-        nonlocal inv
-        inv, more = result
-        lines.extend(more)
-
-    with _at(f"{path}: internal_prefixes"):
-        internal = tuple(normalize_prefix(p) for p in _string_list(doc.get("internal_prefixes") or [], "value"))
-    if internal != inv.internal_prefixes:
-        inv = inv.with_(internal_prefixes=internal)
-        lines.append(f"internal prefixes: {', '.join(internal) or 'none'}")
-
-    subs = _items(path, doc, "subscriptions", SUB_KEYS, {"name", "type"})
-    for s in subs:
-        with _at(_where(path, "subscription", s)):
-            if s["name"] not in inv.subscriptions:
-                step(lifecycle.add_subscription(inv, profile, str(s["name"]), str(s["type"])))
-            elif profile.type_named(str(s["type"])).id != inv.subscriptions[s["name"]].type:
-                step(lifecycle.set_type(inv, profile, s["name"], str(s["type"])))
-            if "exempt" in s:
-                _converge_exemption(inv, profile, s, step)
-
-    for v in _items(path, doc, "vnets", VNET_KEYS, {"name", "subscription", "prefixes"}):
-        where = _where(path, "vnet", v)
-        with _at(where):
-            prefixes = tuple(normalize_prefix(p) for p in _string_list(v["prefixes"], "prefixes"))
-            current = inv.vnets.get(v["name"])
-            if current is not None and (current.subscription, current.prefixes) != (v["subscription"], prefixes):
-                raise UserError("its subscription or prefixes differ from the state; a virtual network's "
-                                f"address space is fixed here: remove it first ({hints.remove_vnet(v['name'])})")
-            if current is None:
-                step(lifecycle.add_vnet(inv, profile, str(v["name"]), str(v["subscription"]), list(prefixes)))
-        for sn in _items(where, v, "subnets", SUBNET_KEYS, {"name", "prefix"}):
-            with _at(f"{where}: subnet '{sn['name']}'"):
-                have = inv.vnets[v["name"]].subnet(sn["name"])
-                delegated = bool(sn.get("delegated", False))
-                if have is None:
-                    step(lifecycle.add_subnet(inv, profile, v["name"], str(sn["name"]), str(sn["prefix"]), delegated))
-                elif (have.prefix, have.delegated) != (normalize_prefix(str(sn["prefix"])), delegated):
-                    raise UserError("it differs from the state; remove it first: "
-                                    f"{hints.remove_subnet(v['name'], sn['name'])}")
-
-    resources = _items(path, doc, "resources", RES_KEYS, {"name", "subscription", "kind", "addresses"})
-    # appliances first, so that resources egressing through them find them
-    resources.sort(key=lambda r: r.get("egress") is not None)
-    for r in resources:
-        with _at(_where(path, "resource", r)):
-            state = r.get("state", State.RUNNING)
-            if state not in tuple(State):
-                raise UserError(f"state '{state}'; use one of: {', '.join(State)}")
-            state = State(state)
-            attrs = dict(subscription=str(r["subscription"]), kind=str(r["kind"]),
-                         addresses=_string_list(r["addresses"], "addresses"), vnet=r.get("vnet"),
-                         subnet=r.get("subnet"), mac=r.get("mac"), egress=r.get("egress"))
-            if r["name"] not in inv.resources:
-                step(lifecycle.add_resource(inv, profile, str(r["name"]), state=state, **attrs))
-                continue
-            step(lifecycle.update_resource(inv, profile, r["name"], **attrs))
-            if "state" in r and inv.resources[r["name"]].state != state:
-                transition = {State.RUNNING: lifecycle.start, State.STOPPED: lifecycle.stop,
-                              State.DEALLOCATED: lifecycle.deallocate}[state]
-                step(transition(inv, profile, r["name"]))
-
+    run = _Convergence(inv.with_(profile=profile.id), profile, path)
+    run.internal_prefixes(doc)
+    run.subscriptions(doc)
+    run.vnets(doc)
+    run.resources(doc)
     if prune:
-        inv, pruned = _prune(inv, profile, doc)
-        lines += pruned
-    validate(inv, profile)
-    return inv, lines
+        run.step(_prune(run.inv, profile, doc))
+    validate(run.inv, profile)
+    return run.inv, run.lines
 
 
-def _converge_exemption(inv: Inventory, profile: Profile, s: Document, step: Step) -> None:
-    want = s["exempt"]
-    if not isinstance(want, bool):
-        raise UserError("exempt: expected true or false")
-    sub = inv.subscriptions[s["name"]]
-    if want == sub.exempt:
-        return
-    if not want:
-        step(lifecycle.revoke_exemption(inv, profile, sub.name))
-        return
-    t = profile.types[sub.type]
-    if t.exemption == Exemption.SUPPORT_CASE:
-        step(lifecycle.grant_exemption(inv, profile, sub.name, "from the inventory file"))
-    elif t.exemption == Exemption.SELF_SERVICE:
-        step(lifecycle.run_diagnostic(inv, profile, sub.name))
-    else:
-        raise UserError(f"exempt: true, but {t.name} subscriptions cannot be exempted; remove the key")
+class _Convergence:
+    """One convergence: the inventory so far, and the lines said about it."""
+
+    def __init__(self, inv: Inventory, profile: Profile, path: str):
+        self.inv, self.profile, self.path = inv, profile, path
+        self.lines: list[str] = []
+
+    def step(self, result: lifecycle.Result) -> None:
+        self.inv, more = result
+        self.lines.extend(more)
+
+    def internal_prefixes(self, doc: Document) -> None:
+        with _at(f"{self.path}: internal_prefixes"):
+            internal = tuple(normalize_prefix(p) for p in _string_list(doc.get("internal_prefixes") or [], "value"))
+        if internal != self.inv.internal_prefixes:
+            self.step((self.inv.with_(internal_prefixes=internal),
+                       [f"internal prefixes: {', '.join(internal) or 'none'}"]))
+
+    def subscriptions(self, doc: Document) -> None:
+        profile = self.profile
+        for s in _items(self.path, doc, "subscriptions", SUB_KEYS, {"name", "type"}):
+            with _at(_where(self.path, "subscription", s)):
+                if s["name"] not in self.inv.subscriptions:
+                    self.step(lifecycle.add_subscription(self.inv, profile, str(s["name"]), str(s["type"])))
+                elif profile.type_named(str(s["type"])).id != self.inv.subscriptions[s["name"]].type:
+                    self.step(lifecycle.set_type(self.inv, profile, s["name"], str(s["type"])))
+                if "exempt" in s:
+                    self.exemption(s)
+
+    def exemption(self, s: Document) -> None:
+        want = s["exempt"]
+        if not isinstance(want, bool):
+            raise UserError("exempt: expected true or false")
+        sub = self.inv.subscriptions[s["name"]]
+        if want == sub.exempt:
+            return
+        if not want:
+            self.step(lifecycle.revoke_exemption(self.inv, self.profile, sub.name))
+            return
+        t = self.profile.types[sub.type]
+        if t.exemption == Exemption.SUPPORT_CASE:
+            self.step(lifecycle.grant_exemption(self.inv, self.profile, sub.name, "from the inventory file"))
+        elif t.exemption == Exemption.SELF_SERVICE:
+            self.step(lifecycle.run_diagnostic(self.inv, self.profile, sub.name))
+        else:
+            raise UserError(f"exempt: true, but {t.name} subscriptions cannot be exempted; remove the key")
+
+    def vnets(self, doc: Document) -> None:
+        for v in _items(self.path, doc, "vnets", VNET_KEYS, {"name", "subscription", "prefixes"}):
+            where = _where(self.path, "vnet", v)
+            with _at(where):
+                prefixes = tuple(normalize_prefix(p) for p in _string_list(v["prefixes"], "prefixes"))
+                current = self.inv.vnets.get(v["name"])
+                if current is not None and (current.subscription, current.prefixes) != (v["subscription"], prefixes):
+                    raise UserError("its subscription or prefixes differ from the state; a virtual network's "
+                                    f"address space is fixed here: remove it first ({hints.remove_vnet(v['name'])})")
+                if current is None:
+                    self.step(lifecycle.add_vnet(self.inv, self.profile, str(v["name"]), str(v["subscription"]),
+                                                 list(prefixes)))
+            for sn in _items(where, v, "subnets", SUBNET_KEYS, {"name", "prefix"}):
+                with _at(f"{where}: subnet '{sn['name']}'"):
+                    self.subnet(v["name"], sn)
+
+    def subnet(self, vnet: str, sn: Document) -> None:
+        have = self.inv.vnets[vnet].subnet(sn["name"])
+        delegated = bool(sn.get("delegated", False))
+        if have is None:
+            self.step(lifecycle.add_subnet(self.inv, self.profile, vnet, str(sn["name"]), str(sn["prefix"]),
+                                           delegated))
+        elif (have.prefix, have.delegated) != (normalize_prefix(str(sn["prefix"])), delegated):
+            raise UserError(f"it differs from the state; remove it first: {hints.remove_subnet(vnet, sn['name'])}")
+
+    def resources(self, doc: Document) -> None:
+        resources = _items(self.path, doc, "resources", RES_KEYS, {"name", "subscription", "kind", "addresses"})
+        # appliances first, so that resources egressing through them find them
+        resources.sort(key=lambda r: r.get("egress") is not None)
+        for r in resources:
+            with _at(_where(self.path, "resource", r)):
+                self.resource(r)
+
+    def resource(self, r: Document) -> None:
+        state = r.get("state", State.RUNNING)
+        if state not in tuple(State):
+            raise UserError(f"state '{state}'; use one of: {', '.join(State)}")
+        state = State(state)
+        name = str(r["name"])
+        attrs: dict[str, Any] = dict(subscription=str(r["subscription"]), kind=str(r["kind"]),
+                                     addresses=_string_list(r["addresses"], "addresses"), vnet=r.get("vnet"),
+                                     subnet=r.get("subnet"), mac=r.get("mac"), egress=r.get("egress"))
+        if name not in self.inv.resources:
+            self.step(lifecycle.add_resource(self.inv, self.profile, name, state=state, **attrs))
+            return
+        self.step(lifecycle.update_resource(self.inv, self.profile, name, **attrs))
+        if "state" in r and self.inv.resources[name].state != state:
+            transition = {State.RUNNING: lifecycle.start, State.STOPPED: lifecycle.stop,
+                          State.DEALLOCATED: lifecycle.deallocate}[state]
+            self.step(transition(self.inv, self.profile, name))
 
 
 def _prune(inv: Inventory, profile: Profile, doc: Document) -> lifecycle.Result:
     """Remove what the document does not name: resources (appliances last), subnets, VNets, subscriptions."""
-    lines = []
+    lines: list[str] = []
     named = {key: {str(x.get("name")) for x in doc.get(key) or []} for key in ("subscriptions", "vnets", "resources")}
     gone = [r for r in inv.resources.values() if r.name not in named["resources"]]
     for r in sorted(gone, key=lambda r: r.egress is None):

@@ -174,49 +174,12 @@ def validate(inv: Inventory, profile: Profile) -> None:
             raise UserError(f"subscription '{sub.name}' has type '{sub.type}', which profile '{profile.id}' "
                             f"({profile.source}) does not have; put the type back in the profile")
     for vnet in inv.vnets.values():
-        if vnet.subscription not in inv.subscriptions:
-            raise UserError(f"virtual network '{vnet.name}' names subscription '{vnet.subscription}', which does "
-                            "not exist; add the subscription first")
-        nets = _networks(vnet.prefixes)
-        for s in vnet.subnets:
-            sn = ipaddress.ip_network(s.prefix)
-            if not any(sn.version == n.version and sn.subnet_of(n) for n in nets):
-                raise UserError(f"subnet '{s.name}' ({s.prefix}) lies outside the prefixes of virtual network "
-                                f"'{vnet.name}' ({', '.join(vnet.prefixes)}); pick a prefix inside them")
+        _validate_vnet(inv, vnet)
     owner: dict[str, str] = {}
     for r in inv.resources.values():
-        if r.subscription not in inv.subscriptions:
-            raise UserError(f"resource '{r.name}' names subscription '{r.subscription}', which does not exist; "
-                            "add the subscription first")
-        if r.kind not in profile.kinds:
-            raise UserError(f"resource '{r.name}' has kind '{r.kind}', unknown to profile '{profile.id}'; "
-                            f"use one of: {', '.join(profile.kinds)}")
-        if r.state not in tuple(State):
-            raise UserError(f"resource '{r.name}' has state '{r.state}'; use one of: {', '.join(State)}")
-        if r.pulled is not None and r.pulled.type not in profile.types:
-            raise UserError(f"resource '{r.name}' pulled its policy under type '{r.pulled.type}', which profile "
-                            f"'{profile.id}' ({profile.source}) no longer has; put the type back in the profile")
-        if r.state == State.RUNNING and r.pulled is None:
-            raise UserError(f"resource '{r.name}' is running but never pulled a policy; start it again")
-        if r.vnet is not None:
-            vnet = inv.vnets.get(r.vnet)
-            if vnet is None:
-                raise UserError(f"resource '{r.name}' names virtual network '{r.vnet}', which does not exist; "
-                                f"add it first: {hints.add_vnet()}")
-            if r.subnet is not None and vnet.subnet(r.subnet) is None:
-                raise UserError(f"resource '{r.name}' names subnet '{r.subnet}', which virtual network "
-                                f"'{r.vnet}' does not have; add it: {hints.add_subnet(r.vnet, r.subnet)}")
-        elif r.subnet is not None:
-            raise UserError(f"resource '{r.name}' names a subnet but no virtual network; give --vnet too")
-        if r.egress is not None:
-            app = inv.resources.get(r.egress)
-            if app is None or not profile.kinds[app.kind].appliance:
-                raise UserError(f"resource '{r.name}' egresses through '{r.egress}', which is not an appliance "
-                                f"(kinds: {', '.join(k for k, v in profile.kinds.items() if v.appliance)}); "
-                                "register the appliance first")
-            if app.egress is not None:
-                raise UserError(f"appliance '{app.name}' itself egresses through '{app.egress}'; "
-                                "an appliance must send to the internet directly")
+        _validate_resource(inv, profile, r)
+        _validate_placement(inv, r)
+        _validate_egress(inv, profile, r)
         for a in r.addresses:
             if a in owner and owner[a] != r.name:
                 raise UserError(f"address {a} of '{r.name}' already belongs to '{owner[a]}'; "
@@ -224,3 +187,58 @@ def validate(inv: Inventory, profile: Profile) -> None:
             owner[a] = r.name
     for p in inv.internal_prefixes:
         ipaddress.ip_network(p)
+
+
+def _validate_vnet(inv: Inventory, vnet: VNet) -> None:
+    if vnet.subscription not in inv.subscriptions:
+        raise UserError(f"virtual network '{vnet.name}' names subscription '{vnet.subscription}', which does "
+                        "not exist; add the subscription first")
+    nets = _networks(vnet.prefixes)
+    for s in vnet.subnets:
+        sn = ipaddress.ip_network(s.prefix)
+        if not any(sn.version == n.version and sn.subnet_of(n) for n in nets):  # type: ignore[arg-type]
+            raise UserError(f"subnet '{s.name}' ({s.prefix}) lies outside the prefixes of virtual network "
+                            f"'{vnet.name}' ({', '.join(vnet.prefixes)}); pick a prefix inside them")
+
+
+def _validate_resource(inv: Inventory, profile: Profile, r: Resource) -> None:
+    if r.subscription not in inv.subscriptions:
+        raise UserError(f"resource '{r.name}' names subscription '{r.subscription}', which does not exist; "
+                        "add the subscription first")
+    if r.kind not in profile.kinds:
+        raise UserError(f"resource '{r.name}' has kind '{r.kind}', unknown to profile '{profile.id}'; "
+                        f"use one of: {', '.join(profile.kinds)}")
+    if r.state not in tuple(State):
+        raise UserError(f"resource '{r.name}' has state '{r.state}'; use one of: {', '.join(State)}")
+    if r.pulled is not None and r.pulled.type not in profile.types:
+        raise UserError(f"resource '{r.name}' pulled its policy under type '{r.pulled.type}', which profile "
+                        f"'{profile.id}' ({profile.source}) no longer has; put the type back in the profile")
+    if r.state == State.RUNNING and r.pulled is None:
+        raise UserError(f"resource '{r.name}' is running but never pulled a policy; start it again")
+
+
+def _validate_placement(inv: Inventory, r: Resource) -> None:
+    if r.vnet is None:
+        if r.subnet is not None:
+            raise UserError(f"resource '{r.name}' names a subnet but no virtual network; give --vnet too")
+        return
+    vnet = inv.vnets.get(r.vnet)
+    if vnet is None:
+        raise UserError(f"resource '{r.name}' names virtual network '{r.vnet}', which does not exist; "
+                        f"add it first: {hints.add_vnet()}")
+    if r.subnet is not None and vnet.subnet(r.subnet) is None:
+        raise UserError(f"resource '{r.name}' names subnet '{r.subnet}', which virtual network "
+                        f"'{r.vnet}' does not have; add it: {hints.add_subnet(r.vnet, r.subnet)}")
+
+
+def _validate_egress(inv: Inventory, profile: Profile, r: Resource) -> None:
+    if r.egress is None:
+        return
+    app = inv.resources.get(r.egress)
+    if app is None or not profile.kinds[app.kind].appliance:
+        raise UserError(f"resource '{r.name}' egresses through '{r.egress}', which is not an appliance "
+                        f"(kinds: {', '.join(k for k, v in profile.kinds.items() if v.appliance)}); "
+                        "register the appliance first")
+    if app.egress is not None:
+        raise UserError(f"appliance '{app.name}' itself egresses through '{app.egress}'; "
+                        "an appliance must send to the internet directly")

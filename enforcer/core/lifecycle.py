@@ -75,7 +75,7 @@ def pending_restart(inv: Inventory, profile: Profile, sub_name: str) -> list[Res
 def _pending_lines(inv: Inventory, profile: Profile, sub_name: str) -> list[str]:
     pending = pending_restart(inv, profile, sub_name)
     plain = [r.name for r in pending if not inv.in_delegated_subnet(r)]
-    delegated_vnets = sorted({r.vnet for r in pending if inv.in_delegated_subnet(r)})
+    delegated_vnets = sorted({r.vnet for r in pending if r.vnet is not None and inv.in_delegated_subnet(r)})
     lines = []
     if plain:
         lines.append(f"running resources keep their old policy until stopped, deallocated and started again: "

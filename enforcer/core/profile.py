@@ -119,6 +119,31 @@ def _choice(path: str, key: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _parse_type(path: str, tid: str, body: Any, seen_words: dict[str, str]) -> SubscriptionType:
+    """One [types.ID] table; `seen_words` (every id and alias so far) is updated."""
+    if not isinstance(body, dict):
+        raise _fail(path, f"types.{tid}", "not a table", f"write it as [types.{tid}]")
+    t = _take(body, path, f"types.{tid}", {
+        "name": (str, True), "aliases": (list, True), "port25": (str, True),
+        "exemption": (str, True), "rule": (int, False),
+    })
+    _choice(path, f"types.{tid}.port25", t["port25"], PORT25_CHOICES)
+    exemption = Exemption(_choice(path, f"types.{tid}.exemption", t["exemption"], tuple(Exemption)))
+    blocked = t["port25"] == "block"
+    if blocked == (exemption == Exemption.NOT_NEEDED):
+        raise _fail(path, f"types.{tid}.exemption", f"'{t['exemption']}' contradicts port25 = '{t['port25']}'",
+                    "use exemption = 'not-needed' exactly for types whose port25 is 'allow'")
+    for word in [tid, *t["aliases"]]:
+        if not isinstance(word, str) or word != word.lower():
+            raise _fail(path, f"types.{tid}.aliases", f"alias {word!r} is not a lower-case string",
+                        "write aliases in lower case")
+        if word in seen_words:
+            raise _fail(path, f"types.{tid}.aliases", f"'{word}' already names type '{seen_words[word]}'",
+                        "give every type and alias a distinct name")
+        seen_words[word] = tid
+    return SubscriptionType(tid, t["name"], tuple(t["aliases"]), blocked, exemption, t.get("rule"))
+
+
 def parse_profile(text: str, path: str) -> Profile:
     """A profile from the text of a TOML file; `path` names the file in error messages."""
     try:
@@ -149,27 +174,7 @@ def parse_profile(text: str, path: str) -> Profile:
     types: dict[str, SubscriptionType] = {}
     seen_words: dict[str, str] = {}
     for tid, body in top["types"].items():
-        if not isinstance(body, dict):
-            raise _fail(path, f"types.{tid}", "not a table", f"write it as [types.{tid}]")
-        t = _take(body, path, f"types.{tid}", {
-            "name": (str, True), "aliases": (list, True), "port25": (str, True),
-            "exemption": (str, True), "rule": (int, False),
-        })
-        _choice(path, f"types.{tid}.port25", t["port25"], PORT25_CHOICES)
-        exemption = Exemption(_choice(path, f"types.{tid}.exemption", t["exemption"], tuple(Exemption)))
-        blocked = t["port25"] == "block"
-        if blocked == (exemption == Exemption.NOT_NEEDED):
-            raise _fail(path, f"types.{tid}.exemption", f"'{t['exemption']}' contradicts port25 = '{t['port25']}'",
-                        "use exemption = 'not-needed' exactly for types whose port25 is 'allow'")
-        for word in [tid, *t["aliases"]]:
-            if not isinstance(word, str) or word != word.lower():
-                raise _fail(path, f"types.{tid}.aliases", f"alias {word!r} is not a lower-case string",
-                            "write aliases in lower case")
-            if word in seen_words:
-                raise _fail(path, f"types.{tid}.aliases", f"'{word}' already names type '{seen_words[word]}'",
-                            "give every type and alias a distinct name")
-            seen_words[word] = tid
-        types[tid] = SubscriptionType(tid, t["name"], tuple(t["aliases"]), blocked, exemption, t.get("rule"))
+        types[tid] = _parse_type(path, tid, body, seen_words)
     if not types:
         raise _fail(path, "types", "empty", "define at least one [types.ID]")
     if not kinds:

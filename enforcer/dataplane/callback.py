@@ -67,11 +67,11 @@ class PacketCallback:
             else:
                 pkt.drop()
                 self.drops.append((table, key, p))  # at most the 128 bytes the queue copies
-        except Exception:  # the loop must survive anything; count it and decide
+        except Exception:  # noqa: BLE001 - the loop must survive anything; count it and decide
             self.errors += 1
             try:
                 pkt.accept() if self.default_allow else pkt.drop()
-            except Exception:  # the verdict was given already
+            except Exception:  # noqa: BLE001 - the verdict was given already
                 pass
 
 

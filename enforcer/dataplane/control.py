@@ -116,7 +116,8 @@ def ask(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, A
             s.settimeout(timeout)
             s.connect(path)
             s.sendall((json.dumps(request) + "\n").encode())
-            return json.loads(s.makefile("r").readline())
+            answer: dict[str, Any] = json.loads(s.makefile("r").readline())
+            return answer
     except (FileNotFoundError, ConnectionRefusedError):
         return None
     except PermissionError:

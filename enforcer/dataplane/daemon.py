@@ -157,7 +157,7 @@ class Daemon:
         profile = load_profile(inv.profile)  # a forced reload (SIGHUP) may follow an edited profile
         # all workers compile at once; a forced reload recompiles even the same generation
         answers = ask_all(self.workers, "reload", -1 if forced else generation)
-        for w, answer in zip(self.workers, answers):
+        for w, answer in zip(self.workers, answers, strict=True):
             w.generation = answer
         spec = self._spec(inv, profile)
         if spec != self.spec:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any, Iterator, Protocol
+
 from prometheus_client import start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
 from ..errors import UserError
 
 
+class LiveView(Protocol):
+    def stats(self) -> dict[str, Any]: ...
+
+
 class DaemonCollector:
-    def __init__(self, daemon):
+    def __init__(self, daemon: LiveView):
         self.daemon = daemon
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         s = self.daemon.stats()
         verdicts = CounterMetricFamily("enforcer_syn_verdicts", "Port 25 SYNs judged, per subscription and reason",
                                        labels=["subscription", "code", "verdict"])
@@ -36,7 +42,7 @@ class DaemonCollector:
         yield GaugeMetricFamily("enforcer_uptime_seconds", "Seconds since the daemon started", value=s["uptime_s"])
 
 
-def serve_metrics(address: str, daemon) -> None:
+def serve_metrics(address: str, daemon: LiveView) -> None:
     host, _, port = address.rpartition(":")
     if not port.isdigit() or not host:
         raise UserError(f"--metrics {address!r}: write ADDRESS:PORT, e.g. 127.0.0.1:9125")

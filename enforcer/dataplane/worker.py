@@ -81,51 +81,58 @@ def serve_queue(queue_num: int, callback: PacketCallback, conn: Connection, sett
         conn.send(("error", str(e)))
         return
     conn.send(("bound", queue_num))
-    counters = Counters(callback)
-    droplog = DropLog(snapshot.explain)
-    stop = threading.Event()
-
-    def reload(generation: int) -> int:
-        # the packet thread needs the GIL between packets while we compile: switch to it more often
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(0.0002)
-        try:
-            table = snapshot.reload(generation)
-        except Exception as e:  # keep judging with the table we have
-            log.error("queue %d: reload failed, keeping generation %d: %s", queue_num,
-                      callback.table.generation, e)
-            table = None
-        finally:
-            sys.setswitchinterval(interval)
-        if table is not None:
-            callback.table = table
-            counters.retire()
-        return callback.table.generation
-
-    def answer(command: str, arg: Any) -> Any:
-        if command == "stats":
-            return counters.snapshot()
-        if command == "reload":
-            return reload(arg)
-        return None
-
-    def control() -> None:
-        while not stop.is_set():
-            try:
-                if conn.poll(0.2):
-                    seq, command, arg = conn.recv()
-                    conn.send((seq, answer(command, arg)))
-                droplog.drain(callback.drops)
-            except (EOFError, BrokenPipeError):  # the daemon is gone
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            except Exception:  # a dead control thread would freeze the table unnoticed
-                log.exception("queue %d: control thread error", queue_num)
-
-    thread = threading.Thread(target=control, name=f"queue-{queue_num}-control", daemon=True)
+    control = WorkerControl(queue_num, callback, conn, snapshot)
+    thread = threading.Thread(target=control.serve, name=f"queue-{queue_num}-control", daemon=True)
     thread.start()
     try:
         run_until_signalled(nfq)
     finally:
-        stop.set()
-        droplog.drain(callback.drops)
+        control.stop.set()
+        control.droplog.drain(callback.drops)
+
+
+class WorkerControl:
+    """The worker's control thread: answers the daemon's requests (reload, stats) and writes the drop log."""
+
+    def __init__(self, queue_num: int, callback: PacketCallback, conn: Connection, snapshot: Snapshot):
+        self.queue_num, self.callback, self.conn, self.snapshot = queue_num, callback, conn, snapshot
+        self.counters = Counters(callback)
+        self.droplog = DropLog(snapshot.explain)
+        self.stop = threading.Event()
+
+    def reload(self, generation: int) -> int:
+        # the packet thread needs the GIL between packets while we compile: switch to it more often
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.0002)
+        try:
+            table = self.snapshot.reload(generation)
+        except Exception as e:  # noqa: BLE001 - whatever failed, keep judging with the table we have
+            log.error("queue %d: reload failed, keeping generation %d: %s", self.queue_num,
+                      self.callback.table.generation, e)
+            table = None
+        finally:
+            sys.setswitchinterval(interval)
+        if table is not None:
+            self.callback.table = table
+            self.counters.retire()
+        return self.callback.table.generation
+
+    def answer(self, command: str, arg: Any) -> Any:
+        if command == "stats":
+            return self.counters.snapshot()
+        if command == "reload":
+            return self.reload(arg)
+        return None
+
+    def serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                if self.conn.poll(0.2):
+                    seq, command, arg = self.conn.recv()
+                    self.conn.send((seq, self.answer(command, arg)))
+                self.droplog.drain(self.callback.drops)
+            except (EOFError, BrokenPipeError):  # the daemon is gone
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except Exception:  # noqa: BLE001 - a dead control thread would freeze the table unnoticed
+                log.exception("queue %d: control thread error", self.queue_num)

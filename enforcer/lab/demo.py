@@ -79,7 +79,7 @@ class Demo:
             outcomes = lab.smtp_batched(attempts, timeout=self.timeout,
                                         progress=lambda done: p.update(task, completed=done))
         results: dict[tuple[str, int], set[str]] = {}
-        for (name, _, port), outcome in zip(attempts, outcomes):
+        for (name, _, port), outcome in zip(attempts, outcomes, strict=True):
             results.setdefault((name, port), set()).add(outcome)
         inv_types = self.subscription_types()
         table = Table(title="SMTP from every resource to the internet host (IPv4, and IPv6 where it has one)",

@@ -10,9 +10,10 @@ import argparse
 import json
 import random
 import time
+from typing import Any
 
 
-def probe(destination: str, port: int, timeout: float = 2.0, source: str | None = None) -> dict:
+def probe(destination: str, port: int, timeout: float = 2.0, source: str | None = None) -> dict[str, Any]:
     from scapy.all import ICMP, IP, TCP, IPv6, conf, sr1
     conf.verb = 0
     layer = IPv6(dst=destination) if ":" in destination else IP(dst=destination)
@@ -35,7 +36,7 @@ def probe(destination: str, port: int, timeout: float = 2.0, source: str | None 
             "timeout": timeout}
 
 
-def describe(r: dict) -> str:
+def describe(r: dict[str, Any]) -> str:
     what = {"syn-ack": "SYN-ACK: the port answers; nothing in the way",
             "rst": "RST: a host answered that nothing listens there",
             "silence": f"silence for {r['timeout']} s: dropped on the way (the platform's block looks like this)",

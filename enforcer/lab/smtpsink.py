@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import signal
 from pathlib import Path
+from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
@@ -22,7 +23,7 @@ class Sink:
         self.maildir = maildir
         self.counter = itertools.count()
 
-    async def handle_DATA(self, server, session, envelope):
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         name = f"{next(self.counter):06d}-{envelope.mail_from}-{session.peer[0]}.eml"
         (self.maildir / name.replace("/", "_")).write_bytes(envelope.original_content or envelope.content)
         return "250 OK delivered"

@@ -12,10 +12,11 @@ import argparse
 import json
 import smtplib
 import time
+from typing import Any
 from email.message import EmailMessage
 
 
-def attempt(destination: str, port: int, timeout: float, sender: str) -> dict:
+def attempt(destination: str, port: int, timeout: float, sender: str) -> dict[str, Any]:
     msg = EmailMessage()
     msg["From"] = f"{sender}@lab.example"
     msg["To"] = "sink@internet.example"

@@ -54,18 +54,19 @@ class Settings:
     @classmethod
     def of(cls, values: dict[str, Any]) -> Settings:
         """Settings from validated values (plain strings for the choices)."""
-        enums = {"backend": Backend, "when_down": WhenDown, "queue_full": QueueFull}
-        return cls(**{k: enums[k](v) if k in enums else v for k, v in values.items()})
+        enums: dict[str, type[StrEnum]] = {"backend": Backend, "when_down": WhenDown, "queue_full": QueueFull}
+        converted: dict[str, Any] = {k: enums[k](v) if k in enums else v for k, v in values.items()}
+        return cls(**converted)
 
 
-def _choice(enum: type[StrEnum]) -> click.Choice:
+def _choice(enum: type[StrEnum]) -> click.Choice[str]:
     return click.Choice([str(m) for m in enum])
 
 
 @dataclass(frozen=True)
 class Setting:
     name: str
-    type: click.ParamType
+    type: click.ParamType  # type: ignore[type-arg]  # generic only in some click releases
     help: str
     metavar: str | None = None
 

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from ..core.inventory import Inventory, Pulled, Resource, Subnet, Subscription, VNet
 from ..errors import UserError
@@ -45,11 +45,14 @@ SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = {"subscriptions": Subscription, "vnets": VNet, "resources": Resource}
 
 
-def to_doc(entity) -> str:
+Entity = Subscription | VNet | Resource
+
+
+def to_doc(entity: Entity) -> str:
     return json.dumps(asdict(entity), separators=(",", ":"), sort_keys=True)
 
 
-def from_doc(table: str, text: str):
+def from_doc(table: str, text: str) -> Entity:
     d = json.loads(text)
     if table == "vnets":
         return VNet(d["name"], d["subscription"], tuple(d["prefixes"]), tuple(Subnet(**s) for s in d["subnets"]))
@@ -61,7 +64,7 @@ def from_doc(table: str, text: str):
 
 
 class Store:
-    def __init__(self, path: str | os.PathLike, create: bool = False):
+    def __init__(self, path: str | os.PathLike[str], create: bool = False):
         self.path = Path(path)
         self._cx: sqlite3.Connection | None = None
         if self.path.exists() and self.path.stat().st_size > 0:
@@ -136,7 +139,7 @@ class Store:
         self._migrate()
 
     def _migrate(self) -> None:
-        cx = self._cx
+        cx = self._db
         try:
             cx.execute("PRAGMA journal_mode = WAL")
             cx.execute("BEGIN IMMEDIATE")
@@ -153,6 +156,13 @@ class Store:
             raise UserError(f"cannot write the state {self.path}: {e}; check the file's permissions") from None
 
     @property
+    def _db(self) -> sqlite3.Connection:
+        """The open connection; only called where the state is known to exist."""
+        if self._cx is None:
+            raise UserError(f"no state at {self.path}")
+        return self._cx
+
+    @property
     def exists(self) -> bool:
         return self._cx is not None
 
@@ -163,13 +173,14 @@ class Store:
 
     # ------------------------------------------------------------ reading
 
-    def _meta(self, key: str):
-        return json.loads(self._cx.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+    def _meta(self, key: str) -> Any:
+        return json.loads(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
 
     def _load(self) -> Inventory:
-        parts = {table: {name: from_doc(table, doc)
-                         for name, doc in self._cx.execute(f"SELECT name, doc FROM {table} ORDER BY name")}
-                 for table in TABLES}
+        parts: dict[str, Any] = {
+            table: {name: from_doc(table, doc)
+                    for name, doc in self._db.execute(f"SELECT name, doc FROM {table} ORDER BY name")}
+            for table in TABLES}
         return Inventory(profile=self._meta("profile"), internal_prefixes=tuple(self._meta("internal_prefixes")),
                          **parts)
 
@@ -182,14 +193,14 @@ class Store:
             try:
                 return self._load(), int(self._meta("generation"))
             finally:
-                self._cx.execute("COMMIT")
+                self._db.execute("COMMIT")
         except sqlite3.DatabaseError as e:
             raise self._refuse(f"cannot be read ({e})") from None
 
     def generation(self) -> int:
         return 0 if self._cx is None else int(self._meta("generation"))
 
-    def audit(self, limit: int = 50) -> list[dict]:
+    def audit(self, limit: int = 50) -> list[dict[str, Any]]:
         if self._cx is None:
             return []
         rows = self._cx.execute("SELECT id, at, uid, command, kind, name, before, after FROM audit "
@@ -197,7 +208,7 @@ class Store:
         keys = ("id", "at", "uid", "command", "kind", "name", "before", "after")
         out = []
         for row in reversed(rows):
-            d = dict(zip(keys, row))
+            d = dict(zip(keys, row, strict=True))
             d["before"] = json.loads(d["before"]) if d["before"] else None
             d["after"] = json.loads(d["after"]) if d["after"] else None
             out.append(d)
@@ -210,7 +221,7 @@ class Store:
         If it raises, nothing is written."""
         if self._cx is None:
             self._create()
-        cx = self._cx
+        cx = self._db
         try:
             cx.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
@@ -238,18 +249,18 @@ class Store:
                     continue
                 bdoc, adoc = (to_doc(b) if b else None), (to_doc(a) if a else None)
                 if a is None:
-                    self._cx.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
+                    self._db.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
                 else:
-                    self._cx.execute(f"INSERT OR REPLACE INTO {table} (name, doc) VALUES (?, ?)", (name, adoc))
+                    self._db.execute(f"INSERT OR REPLACE INTO {table} (name, doc) VALUES (?, ?)", (name, adoc))
                 rows.append((at, uid, command, table[:-1], name, bdoc, adoc))
         for key in ("profile", "internal_prefixes"):
             b, a = getattr(old, key), getattr(new, key)
             if b != a:
                 doc = json.dumps(list(a) if isinstance(a, tuple) else a)
-                self._cx.execute("UPDATE meta SET value = ? WHERE key = ?", (doc, key))
+                self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (doc, key))
                 rows.append((at, uid, command, "setting", key, json.dumps(b if isinstance(b, str) else list(b)),
                              doc))
-        self._cx.executemany("INSERT INTO audit (at, uid, command, kind, name, before, after) "
+        self._db.executemany("INSERT INTO audit (at, uid, command, kind, name, before, after) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
 

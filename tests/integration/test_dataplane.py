@@ -65,7 +65,7 @@ def test_every_subscription_type_delivers_or_times_out_as_the_spec_says(netlab):
     outcomes = []
     for i in range(0, len(attempts), 24):      # bounded batches: 2 cores
         outcomes += netlab.smtp(attempts[i:i + 24])
-    differ = [(a, e, o) for a, e, o in zip(attempts, expected, outcomes) if e != o]
+    differ = [(a, e, o) for a, e, o in zip(attempts, expected, outcomes, strict=True) if e != o]
     assert not differ
     assert netlab.delivered() == expected.count("delivered")
     counts = {(v["subscription"], v["verdict"]) for v in live(netlab)["verdicts"]}
@@ -272,7 +272,8 @@ def test_systemd_notifications(netlab):
 FLOOD = """
 from scapy.all import IP, TCP, send
 import sys
-send([IP(src=sys.argv[1], dst=sys.argv[2]) / TCP(sport=40000 + i, dport=25, flags="S") for i in range(int(sys.argv[3]))],
+send([IP(src=sys.argv[1], dst=sys.argv[2]) / TCP(sport=40000 + i, dport=25, flags="S")
+      for i in range(int(sys.argv[3]))],
      verbose=False)
 """
 

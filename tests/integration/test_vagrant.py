@@ -177,7 +177,8 @@ def test_the_machines_and_their_addresses_follow_lab_yml(vagrant):
     assert set(gateway["env"]["P25_VNET_PREFIXES"].split()) == {str(p) for ps in vnets.values() for p in ps}
 
     internet = machines["internet"]
-    assert [(n["name"], n["ip"], n["prefixlen"]) for n in internet["networks"]] == [("p25-internet", "198.19.25.25", 24)]
+    assert [(n["name"], n["ip"], n["prefixlen"]) for n in internet["networks"]] == \
+        [("p25-internet", "198.19.25.25", 24)]
     assert internet["env"]["P25_LINKS"] == "198.19.25.25/24,2001:db8:ffff::25/64"
     assert (internet["env"]["P25_VIA4"], internet["env"]["P25_VIA6"]) == ("198.19.25.1", "2001:db8:ffff::1")
 

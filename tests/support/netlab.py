@@ -59,7 +59,7 @@ def as_user(uid: int, function) -> tuple[int, str]:
             os.setgid(uid)
             os.setuid(uid)
             code = function()
-        except BaseException as e:  # report anything to the parent
+        except BaseException as e:  # noqa: BLE001 - the child reports anything to its parent
             print(f"child failed: {e!r}", file=sys.stderr)
             code = 99
         sys.stdout.flush()

@@ -700,7 +700,8 @@ def test_lab_apply_now_is_the_explicit_shortcut(fam):
     assert (v.allow, v.code) == (False, Code.BLOCKED_NEVER_EXEMPTIBLE)
     # support case (historical profile)
     inv = add(lab("payg", profile=P17), "vm1", "s1", 10, profile=P17)
-    assert not internet(step(lifecycle.grant_exemption, inv, "s1", "C1", profile=P17), addr(10, fam), fam, profile=P17).allow
+    assert not internet(step(lifecycle.grant_exemption, inv, "s1", "C1", profile=P17), addr(10, fam), fam,
+                        profile=P17).allow
     assert internet(step(lifecycle.grant_exemption, inv, "s1", "C1", profile=P17, apply_now=True),
                     addr(10, fam), fam, profile=P17).code == Code.EXEMPT
 

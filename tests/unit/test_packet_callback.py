@@ -1,5 +1,5 @@
-"""The packet path's pure parts: reading the source from raw bytes, always giving a verdict, the drop log,
-and the rules each backend renders. (The same code runs against a real queue in test_dataplane.py.)"""
+"""The packet path's pure parts: reading the source from raw bytes, always giving a verdict, the drop log.
+(The same code runs against a real queue in tests/integration/test_dataplane.py.)"""
 
 import io
 import json
@@ -12,7 +12,6 @@ from enforcer.core import lifecycle
 from enforcer.core.inventory import Inventory, Subscription
 from enforcer.dataplane.packet import flow
 from enforcer.state.profiles import load_profile
-from enforcer.dataplane.rules import IptablesBackend, NftablesBackend, RuleSpec
 from enforcer.core.table import compile_table
 from enforcer.dataplane.callback import DropLog, PacketCallback
 
@@ -123,27 +122,3 @@ def test_flow_reads_ports_past_options_and_extension_headers():
     later = fragment(IP(src="198.18.0.1", dst="198.19.0.1") / SYN / Raw(b"x" * 64), fragsize=16)[1]
     assert flow(bytes(later)) is None
     assert flow(b"\x45\x00") is None and flow(b"") is None
-
-
-SPEC = RuleSpec(25, 1, (25,), ("198.18.1.0/24", "2001:db8:1::/64"), bypass=False)
-
-
-def test_iptables_rules_queue_only_pure_syns_past_internal_destinations():
-    v4 = IptablesBackend().render(SPEC, 4, old_jumps=[])
-    assert "-I FORWARD -p tcp -m multiport --dports 25 --tcp-flags SYN,ACK,RST,FIN SYN" in v4
-    assert "-m comment --comment port25-enforcer -j P25-ENFORCER" in v4
-    assert v4.index("-d 198.18.1.0/24 -j RETURN") < v4.index("-j NFQUEUE --queue-num 25\n")
-    assert "2001:db8" not in v4 and "*mangle" in v4 and "--queue-bypass" not in v4
-    old = "-A FORWARD -p tcp -m multiport --dports 25,2525 -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j P25-ENFORCER"
-    v6 = IptablesBackend().render(RuleSpec(25, 2, (25,), SPEC.internal, bypass=True), 6, old_jumps=[old])
-    assert "-D FORWARD -p tcp -m multiport --dports 25,2525" in v6      # an old jump is replaced, not kept
-    assert v6.count("-I FORWARD") == 1
-    assert "-d 2001:db8:1::/64 -j RETURN" in v6 and "--queue-balance 25:26 --queue-bypass" in v6
-
-
-def test_nftables_rules_replace_their_own_table_whole():
-    text = NftablesBackend().render(RuleSpec(25, 2, (25, 2525), SPEC.internal, bypass=True))
-    assert text.startswith("add table inet port25_enforcer\ndelete table inet port25_enforcer\n")
-    assert "type filter hook forward priority mangle" in text
-    assert "ip daddr { 198.18.1.0/24 } return" in text and "ip6 daddr { 2001:db8:1::/64 } return" in text
-    assert "tcp dport { 25, 2525 } tcp flags & (syn | ack | rst | fin) == syn queue num 25-26 bypass" in text

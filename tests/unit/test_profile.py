@@ -1,7 +1,5 @@
 """Profiles are data: every file in policies/ loads, and a malformed one names the file, the key and the fix."""
 
-from pathlib import Path
-
 import pytest
 
 from enforcer.errors import UserError

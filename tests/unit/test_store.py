@@ -24,7 +24,8 @@ def test_change_is_stored_with_audit_and_generation(tmp_path):
     store = Store(path, create=True)
     assert store.generation() == 0
     store.change("enforcer subscription add s1", add_sub("s1"))
-    store.change("enforcer vm add v1", lambda inv: lifecycle.add_resource(inv, PROFILE, "v1", "s1", "vm", ["198.18.0.1"]))
+    store.change("enforcer vm add v1",
+                 lambda inv: lifecycle.add_resource(inv, PROFILE, "v1", "s1", "vm", ["198.18.0.1"]))
     reopened = Store(path)
     inv, generation = reopened.read()
     assert generation == 2
