@@ -7,5 +7,6 @@
 fleet.py is the synthetic inventory both register. The data-plane benchmark is split by concern: dataplane.py
 (options, orchestration), lab.py (the namespaces, the children, one measurement window), child.py (the parent's
 end of a child), roles.py (the children: `python -m benchmarks.roles ROLE ...`), senders.py (the SYN generator),
-kernel.py (counters read from /proc), report.py (accounting, the clean-window test, percentiles, printing).
+kernel.py (counters read from /proc), report.py (accounting, the clean-window test, percentiles, printing),
+params.py (its fixed parameters).
 """

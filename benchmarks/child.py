@@ -27,11 +27,13 @@ class Child:
         self.log = open(self.log_path, "wb")
         self.proc = run_in(namespace, [sys.executable, "-m", "benchmarks.roles", role, *options], cwd=ROOT,
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, bufsize=0)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
         self.buf = b""
 
     def send(self, line: str) -> None:
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
+        self.stdin.write(line.encode() + b"\n")
+        self.stdin.flush()
 
     def read(self, timeout: float = CHILD_TIMEOUT) -> dict:
         deadline = time.monotonic() + timeout
@@ -39,9 +41,9 @@ class Child:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RuntimeError(f"{self.name}: no answer within {timeout:.0f} s{self.tail()}")
-            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            ready, _, _ = select.select([self.stdout], [], [], left)
             if ready:
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                chunk = os.read(self.stdout.fileno(), 65536)
                 if not chunk:
                     raise RuntimeError(f"{self.name} exited ({self.proc.poll()}){self.tail()}")
                 self.buf += chunk
@@ -66,7 +68,7 @@ class Child:
         p = self.proc
         if p.poll() is None:
             try:
-                p.stdin.close()
+                self.stdin.close()
             except OSError:
                 pass
             try:

@@ -115,7 +115,8 @@ def build_inventory(n: int, seed: int) -> Inventory:
 
 def host_keys(inv: Inventory) -> tuple[list[bytes], list[bytes]]:
     """The packed host addresses of the VMs (not the appliances, not the scale-set prefixes): IPv4, IPv6."""
-    k4, k6 = [], []
+    k4: list[bytes] = []
+    k6: list[bytes] = []
     for r in inv.resources.values():
         if r.name.startswith("vm-"):
             for a in r.addresses:

@@ -44,9 +44,12 @@ import threading
 import time
 from typing import Any
 
+from enforcer.core.table import pack
+from enforcer.dataplane.callback import PacketCallback
 from enforcer.dataplane.queue import bind_queue, kernel_queue_stats, run_until_signalled
 from enforcer.dataplane.worker import die_with_parent
 
+from .fleet import compiled_fleet
 from .params import CHILD_TIMEOUT, FAIL_OPEN, FLOWS, PORT, QUEUE_LENGTH, SEED, SOCKET_BUFFER, VMS
 
 LIFETIME = 900.0
@@ -77,12 +80,8 @@ def accept_all(pkt: Any) -> None:
     pkt.accept()
 
 
-def worker_callback(vms: int, seed: int, source: str) -> tuple[Any, dict]:
+def worker_callback(vms: int, seed: int, source: str) -> tuple[PacketCallback, dict]:
     """The project's packet callback over the synthetic fleet's table, and what to report of the table."""
-    from enforcer.core.table import pack
-    from enforcer.dataplane.callback import PacketCallback
-
-    from .fleet import compiled_fleet
     inv, table, seconds = compiled_fleet(vms, seed)
     del inv
     built = {"seconds": round(seconds, 2), "entries": len(table), "source_verdict": list(table.lookup(pack(source)))}
@@ -92,16 +91,21 @@ def worker_callback(vms: int, seed: int, source: str) -> tuple[Any, dict]:
 def stop_main_thread() -> None:
     """run_until_signalled stops the queue on SIGTERM; a thread sends it to the main thread. (One sent before
     run_until_signalled has installed its handler ends the process all the same, without the final line.)"""
-    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+    ident = threading.main_thread().ident
+    assert ident is not None
+    signal.pthread_kill(ident, signal.SIGTERM)
 
 
 def consumer(args: argparse.Namespace) -> int:
     die_with_parent()
-    cb, built = worker_callback(args.vms, args.seed, args.source) if args.kind == "worker" else (None, {})
+    cb: PacketCallback | None = None
+    built: dict = {}
+    if args.kind == "worker":
+        cb, built = worker_callback(args.vms, args.seed, args.source)
     pin(args.cpu)
     try:
         # a bound method, not the instance: what the daemon binds (see bind_queue)
-        nfq = bind_queue(args.queue, cb.__call__ if cb else accept_all, QUEUE_LENGTH, SOCKET_BUFFER, FAIL_OPEN)
+        nfq = bind_queue(args.queue, accept_all if cb is None else cb.__call__, QUEUE_LENGTH, SOCKET_BUFFER, FAIL_OPEN)
     except OSError as e:
         say({"error": str(e)})
         return 1
@@ -129,11 +133,12 @@ def consumer(args: argparse.Namespace) -> int:
         if not stopping.wait(args.lifetime):
             stop_main_thread()
 
+    say({"ready": True, "pid": os.getpid(), "table": built})
     threading.Thread(target=control, daemon=True).start()
     threading.Thread(target=lifetime, daemon=True).start()
-    say({"ready": True, "pid": os.getpid(), "table": built})
     run_until_signalled(nfq)
-    say({"final": True, "own": own(), "errors": cb.errors if cb else 0, "malformed": cb.malformed if cb else 0})
+    say({"final": True, "own": own(), "errors": cb.errors if cb is not None else 0,
+         "malformed": cb.malformed if cb is not None else 0})
     return 0
 
 
@@ -265,39 +270,50 @@ def connector(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- the command line
 
 
+def add_cpu(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cpu", type=int, default=-1, help="pin to this CPU (default -1: no pinning)")
+
+
+def add_lifetime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lifetime", type=float, default=LIFETIME,
+                   help=f"end after this many seconds at most (default {LIFETIME:g})")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.roles", description=__doc__.split("\n\n")[0],
-                                 epilog="Started by python -m benchmarks.dataplane; see this module's docstring.")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.roles", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     roles = ap.add_subparsers(dest="role", required=True)
     p = roles.add_parser("consumer", help="bind a queue in the gateway and give verdicts")
-    p.add_argument("--kind", choices=("worker", "accept"), required=True)
-    p.add_argument("--queue", type=int, required=True)
-    p.add_argument("--vms", type=int, default=VMS)
-    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--kind", choices=("worker", "accept"), required=True,
+                   help="the project's PacketCallback, or a callback that only accepts")
+    p.add_argument("--queue", type=int, required=True, help="the NFQUEUE number to bind")
+    p.add_argument("--vms", type=int, default=VMS, help=f"registered VMs in the worker's table (default {VMS})")
+    p.add_argument("--seed", type=int, default=SEED, help=f"seed of the synthetic fleet (default {SEED})")
     p.add_argument("--source", default="", help="the address whose table entry to report (kind worker)")
-    p.add_argument("--cpu", type=int, default=-1)
-    p.add_argument("--lifetime", type=float, default=LIFETIME)
+    add_cpu(p)
+    add_lifetime(p)
     p = roles.add_parser("agent", help="install and remove rules in its namespace")
-    p.add_argument("--lifetime", type=float, default=LIFETIME)
+    add_lifetime(p)
     p = roles.add_parser("sender", help="blast prebuilt SYNs from the VM")
-    p.add_argument("--sender", choices=("ring", "raw"), default="ring")
-    p.add_argument("--source", required=True)
-    p.add_argument("--dst", required=True)
-    p.add_argument("--src-mac", default="")
-    p.add_argument("--dst-mac", default="")
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--rate", type=float, default=0)
-    p.add_argument("--max-packets", type=int, default=50_000_000)
-    p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--cpu", type=int, default=-1)
+    p.add_argument("--sender", choices=("ring", "raw"), default="ring",
+                   help="AF_PACKET TX ring (default) or one send() per packet on an IPPROTO_RAW socket")
+    p.add_argument("--source", required=True, help="the SYNs' source address")
+    p.add_argument("--dst", required=True, help="the SYNs' destination address (port 25)")
+    p.add_argument("--src-mac", default="", help="eth0's MAC (ring sender)")
+    p.add_argument("--dst-mac", default="", help="the gateway's MAC on the VM's link (ring sender)")
+    p.add_argument("--seconds", type=float, default=10.0, help="stop after this many seconds (default 10)")
+    p.add_argument("--rate", type=float, default=0, help="packets/s for the ring sender (default 0: unpaced)")
+    p.add_argument("--max-packets", type=int, default=50_000_000, help="stop after this many packets")
+    p.add_argument("--seed", type=int, default=SEED, help=f"seed of the SYNs' sequence numbers (default {SEED})")
+    add_cpu(p)
     p = roles.add_parser("listener", help="accept on port 25 and close")
-    p.add_argument("--address", required=True)
-    p.add_argument("--lifetime", type=float, default=LIFETIME)
+    p.add_argument("--address", required=True, help="the address to listen on (port 25)")
+    add_lifetime(p)
     p = roles.add_parser("connector", help="timed sequential connect()s to port 25")
-    p.add_argument("--dst", required=True)
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--cpu", type=int, default=-1)
-    p.add_argument("--fifo", type=int, default=0)
+    p.add_argument("--dst", required=True, help="the listener's address (port 25)")
+    p.add_argument("--count", type=int, required=True, help="timed connect()s, after one untimed")
+    add_cpu(p)
+    p.add_argument("--fifo", type=int, default=0, help="SCHED_FIFO priority (default 0: normal priority)")
     return ap
 
 
