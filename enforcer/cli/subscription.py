@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from ..core import lifecycle
+from ..core.inventory import Inventory
 from .context import Context, apply_now_option, json_option, pass_ctx
 from .output import echo_lines, emit_json, show_table
-from .views import subscription_doc
+from .views import one_doc, subscription_doc
 
 
 @click.group()
@@ -44,9 +45,7 @@ def subscription_list(c: Context, as_json: bool) -> None:
 @pass_ctx
 def subscription_show(c: Context, name: str, as_json: bool) -> None:
     """Show one subscription."""
-    inv, profile = c.read()
-    inv.subscription(name)
-    doc = subscription_doc(inv, profile, name)
+    doc = one_doc(*c.read(), name, Inventory.subscription, subscription_doc)
     if as_json:
         return emit_json(doc)
     for key in ("name", "type", "type_name", "port25", "exempt", "exempt_via", "exemption_method"):

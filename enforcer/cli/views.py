@@ -4,7 +4,7 @@ tables for people or as JSON for scripts."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -13,6 +13,13 @@ from ..core.lifecycle import pending_restart
 from ..core.policy import assess_pulled, verdict_for, verdict_word
 from ..core.profile import Profile
 from .output import show_table
+
+
+def one_doc(inv: Inventory, profile: Profile, name: str, find: Callable[[Inventory, str], object],
+            make: Callable[[Inventory, Profile, str], dict[str, Any]]) -> dict[str, Any]:
+    """The document of one named thing; `find` raises the UserError naming the choices when there is none."""
+    find(inv, name)
+    return make(inv, profile, name)
 
 
 def subscription_doc(inv: Inventory, profile: Profile, name: str) -> dict[str, Any]:

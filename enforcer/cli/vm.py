@@ -11,7 +11,7 @@ from ..core.inventory import Inventory, State
 from ..core.profile import Profile
 from .context import Context, json_option, pass_ctx
 from .output import echo_lines, emit_json, show_fields, show_table
-from .views import resource_doc
+from .views import one_doc, resource_doc
 
 
 @click.group()
@@ -64,8 +64,7 @@ def vm_list(c: Context, subscription: str | None, as_json: bool) -> None:
 def vm_show(c: Context, name: str, as_json: bool) -> None:
     """Show one resource and its pulled policy."""
     inv, profile = c.read()
-    inv.resource(name)
-    doc = resource_doc(inv, profile, name)
+    doc = one_doc(inv, profile, name, Inventory.resource, resource_doc)
     if as_json:
         return emit_json(doc)
     pulled = doc["pulled"]

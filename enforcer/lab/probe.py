@@ -6,11 +6,12 @@ the time it took. Needs only scapy and root, so it also runs on a Vagrant VM fro
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
 from typing import Any
+
+from .tool_args import destination_parser
 
 
 def probe(destination: str, port: int, timeout: float = 2.0, source: str | None = None) -> dict[str, Any]:
@@ -45,10 +46,7 @@ def describe(r: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("destination")
-    parser.add_argument("port", type=int)
-    parser.add_argument("--timeout", type=float, default=2.0)
+    parser = destination_parser(__doc__.splitlines()[0], timeout=2.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     r = probe(args.destination, args.port, args.timeout)

@@ -8,12 +8,13 @@ outcome: "delivered" (the server took the message), "timeout" (silence: the plat
 
 from __future__ import annotations
 
-import argparse
 import json
 import smtplib
 import time
-from typing import Any
 from email.message import EmailMessage
+from typing import Any
+
+from .tool_args import destination_parser
 
 
 def attempt(destination: str, port: int, timeout: float, sender: str) -> dict[str, Any]:
@@ -38,10 +39,7 @@ def attempt(destination: str, port: int, timeout: float, sender: str) -> dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("destination")
-    parser.add_argument("port", type=int)
-    parser.add_argument("--timeout", type=float, default=3.0)
+    parser = destination_parser(__doc__.splitlines()[0], timeout=3.0)
     parser.add_argument("--source-name", default="vm")
     args = parser.parse_args()
     print(json.dumps(attempt(args.destination, args.port, args.timeout, args.source_name)), flush=True)
