@@ -7,7 +7,7 @@ import click
 from ..core.converge import converge, wanted_profile
 from ..core.inventory import Inventory
 from ..core.profile import Profile
-from ..state.documents import read_document
+from ..state.documents import read_document, shown
 from .context import Context, pass_ctx
 from .output import echo_lines
 
@@ -20,9 +20,10 @@ from .output import echo_lines
 def apply(c: Context, file: str, dry_run: bool, prune: bool) -> None:
     """Converge the state onto a declarative YAML inventory (idempotent)."""
     doc = read_document(file)
+    where = shown(file)  # messages name the file: on one line, whatever its name holds
 
     def run(inv: Inventory, _: Profile) -> tuple[Inventory, list[str]]:
-        new, lines = converge(inv, c.profile(wanted_profile(inv, doc, file)), doc, file, prune=prune)
+        new, lines = converge(inv, c.profile(wanted_profile(inv, doc, where)), doc, where, prune=prune)
         return (inv if dry_run else new), (lines or ["no changes"])
 
     if dry_run:

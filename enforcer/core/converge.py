@@ -12,15 +12,16 @@ from typing import Any, Iterator
 
 from ..errors import UserError
 from . import hints, lifecycle
-from .inventory import Inventory, State, normalize_prefix, validate
+from .inventory import NAME_RE, Inventory, State, normalize_address, normalize_prefix, validate
 from .profile import Exemption, Profile
 
 TOP_KEYS = {"profile", "internal_prefixes", "subscriptions", "vnets", "resources", "lab"}
 SUB_KEYS = {"name", "type", "exempt"}
-VNET_KEYS = {"name", "subscription", "prefixes", "subnets"}
+VNET_KEYS = {"name", "subscription", "prefixes", "subnets", "interface"}
 SUBNET_KEYS = {"name", "prefix", "delegated"}
-RES_KEYS = {"name", "subscription", "kind", "addresses", "vnet", "subnet", "mac", "egress", "state"}
-STRING_KEYS = {"name", "type", "subscription", "kind", "vnet", "subnet", "mac", "egress", "state", "prefix"}
+RES_KEYS = {"name", "subscription", "kind", "addresses", "vnet", "subnet", "mac", "egress", "state", "interface"}
+STRING_KEYS = {"name", "type", "subscription", "kind", "vnet", "subnet", "mac", "egress", "state", "prefix",
+               "interface"}
 BOOL_KEYS = {"delegated", "exempt"}
 
 
@@ -29,7 +30,9 @@ Document = dict[str, Any]
 
 def wanted_profile(inv: Inventory, doc: Document, path: str) -> str:
     """The profile the document asks for. Only an empty inventory may change its profile."""
-    wanted = str(doc.get("profile", inv.profile))
+    wanted = doc.get("profile", inv.profile)
+    if not isinstance(wanted, str) or not NAME_RE.fullmatch(wanted):
+        raise UserError(f"{path}: profile: expected a profile name such as azure, got {_shown(wanted)}")
     if wanted != inv.profile and (inv.subscriptions or inv.resources or inv.vnets):
         raise UserError(f"{path}: profile '{wanted}' differs from the state's profile '{inv.profile}'; "
                         "use a new state (--state PATH) for another profile")
@@ -41,26 +44,49 @@ def _items(path: str, doc: Document, key: str, allowed: set[str], required: set[
     if not isinstance(items, list):
         raise UserError(f"{path}: {key}: expected a list")
     for i, item in enumerate(items):
-        where = f"{path}: {key}[{i}]"
-        if not isinstance(item, dict):
-            raise UserError(f"{where}: expected a mapping")
-        unknown = set(item) - allowed
-        if unknown:
-            raise UserError(f"{where}: unknown key '{sorted(unknown)[0]}'; use: {', '.join(sorted(allowed))}")
-        missing = required - set(item)
-        if missing:
-            raise UserError(f"{where}: missing '{sorted(missing)[0]}'; add it")
-        for key, value in item.items():
-            if key in STRING_KEYS and value is not None and not isinstance(value, str):
-                raise UserError(f"{where}: {key}: expected a name, got {value!r}; write it as a string "
-                                f"(quote it: {key}: \"{value}\")")
-            if key in BOOL_KEYS and not isinstance(value, bool):
-                raise UserError(f"{where}: {key}: expected true or false, got {value!r}")
+        _check_item(f"{path}: {key}[{i}]", item, allowed, required)
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item["name"] in first:  # applied in turn, the last would win: in the state, and over the first
+            raise UserError(f"{path}: {key}[{first[item['name']]}] and {key}[{i}] are both named "
+                            f"{item['name']!r}; give each its own name")
+        first[item["name"]] = i
     return items
 
 
+def _check_item(where: str, item: Any, allowed: set[str], required: set[str]) -> None:
+    if not isinstance(item, dict):
+        raise UserError(f"{where}: expected a mapping")
+    unknown = sorted(map(str, set(item) - allowed))
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; use: {', '.join(sorted(allowed))}")
+    missing = required - set(item)
+    if missing:
+        raise UserError(f"{where}: missing '{sorted(missing)[0]}'; add it")
+    for key, value in item.items():
+        if key in STRING_KEYS and value is None and key in required:
+            raise UserError(f"{where}: {key}: expected a name, got None; give it a value")
+        if key in STRING_KEYS and value is not None and not isinstance(value, str):
+            quote = "" if isinstance(value, (list, dict)) else f" (quote it: {key}: \"{_shown(value)}\")"
+            raise UserError(f"{where}: {key}: expected a name, got {_shown(value)}; write it as a string{quote}")
+        if key in STRING_KEYS and key != "name" and isinstance(value, str) and not value.isprintable():
+            # names get check_name's fuller message; other words end up in messages that must stay one line
+            raise UserError(f"{where}: {key}: {_shown(value)} holds a line break or another control character; "
+                            "remove it")
+        if key in BOOL_KEYS and not isinstance(value, bool):
+            raise UserError(f"{where}: {key}: expected true or false, got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """A value from the document, on one line and short: a mistake may be a whole nested structure."""
+    if isinstance(value, (list, dict)):
+        return f"a {'list' if isinstance(value, list) else 'mapping'}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _where(path: str, key: str, item: Document) -> str:
-    return f"{path}: {key} '{item.get('name')}'"
+    return f"{path}: {key} {item.get('name')!r}"
 
 
 @contextmanager
@@ -72,20 +98,34 @@ def _at(where: str) -> Iterator[None]:
         raise UserError(f"{where}: {e}") from None
 
 
-def _string_list(value: Any, what: str) -> list[str]:
-    if isinstance(value, (str, int)):
+def _string_list(value: Any, what: str, noun: str) -> list[str]:
+    """A list of addresses or prefixes: each a string (or a number, as YAML may read one), never a collection."""
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
         return [str(value)]
     if not isinstance(value, list):
         raise UserError(f"{what}: expected a list")
+    for i, v in enumerate(value):
+        if not isinstance(v, (str, int)) or isinstance(v, bool):
+            raise UserError(f"{what}[{i}]: expected {noun}, got {_shown(v)}")
     return [str(v) for v in value]
+
+
+def _once(values: list[str]) -> None:
+    seen: set[str] = set()
+    for v in values:
+        if v in seen:
+            raise UserError(f"{v} is listed twice; list it once")
+        seen.add(v)
 
 
 def converge(inv: Inventory, profile: Profile, doc: Document, path: str, prune: bool = False) -> lifecycle.Result:
     """The inventory the document describes, reached through lifecycle operations; lines say what changed.
     `profile` is the one the document asks for (wanted_profile())."""
-    unknown = set(doc) - TOP_KEYS
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: expected a mapping with keys {', '.join(sorted(TOP_KEYS))}")
+    unknown = sorted(map(str, set(doc) - TOP_KEYS))
     if unknown:
-        raise UserError(f"{path}: unknown top-level key '{sorted(unknown)[0]}'; use: {', '.join(sorted(TOP_KEYS))}")
+        raise UserError(f"{path}: unknown top-level key {unknown[0]!r}; use: {', '.join(sorted(TOP_KEYS))}")
     if wanted_profile(inv, doc, path) != profile.id:
         raise UserError(f"{path}: profile '{doc.get('profile')}' differs from the loaded profile '{profile.id}'")
     run = _Convergence(inv.with_(profile=profile.id), profile, path)
@@ -111,8 +151,11 @@ class _Convergence:
         self.lines.extend(more)
 
     def internal_prefixes(self, doc: Document) -> None:
-        with _at(f"{self.path}: internal_prefixes"):
-            internal = tuple(normalize_prefix(p) for p in _string_list(doc.get("internal_prefixes") or [], "value"))
+        where = f"{self.path}: internal_prefixes"
+        raw = _string_list(doc.get("internal_prefixes") or [], where, "a prefix")
+        with _at(where):
+            internal = tuple(normalize_prefix(p) for p in raw)
+            _once(list(internal))
         if internal != self.inv.internal_prefixes:
             self.step((self.inv.with_(internal_prefixes=internal),
                        [f"internal prefixes: {', '.join(internal) or 'none'}"]))
@@ -150,16 +193,19 @@ class _Convergence:
         for v in _items(self.path, doc, "vnets", VNET_KEYS, {"name", "subscription", "prefixes"}):
             where = _where(self.path, "vnet", v)
             with _at(where):
-                prefixes = tuple(normalize_prefix(p) for p in _string_list(v["prefixes"], "prefixes"))
+                prefixes = tuple(normalize_prefix(p) for p in _string_list(v["prefixes"], "prefixes", "a prefix"))
+                _once(list(prefixes))
                 current = self.inv.vnets.get(v["name"])
                 if current is not None and (current.subscription, current.prefixes) != (v["subscription"], prefixes):
                     raise UserError("its subscription or prefixes differ from the state; a virtual network's "
                                     f"address space is fixed here: remove it first ({hints.remove_vnet(v['name'])})")
                 if current is None:
                     self.step(lifecycle.add_vnet(self.inv, self.profile, str(v["name"]), str(v["subscription"]),
-                                                 list(prefixes)))
+                                                 list(prefixes), v.get("interface")))
+                elif "interface" in v:
+                    self.step(lifecycle.set_vnet_interface(self.inv, self.profile, str(v["name"]), v["interface"]))
             for sn in _items(where, v, "subnets", SUBNET_KEYS, {"name", "prefix"}):
-                with _at(f"{where}: subnet '{sn['name']}'"):
+                with _at(f"{where}: subnet {sn['name']!r}"):
                     self.subnet(v["name"], sn)
 
     def subnet(self, vnet: str, sn: Document) -> None:
@@ -182,12 +228,16 @@ class _Convergence:
     def resource(self, r: Document) -> None:
         state = r.get("state", State.RUNNING)
         if state not in tuple(State):
-            raise UserError(f"state '{state}'; use one of: {', '.join(State)}")
+            raise UserError(f"state {state!r}; use one of: {', '.join(State)}")
         state = State(state)
         name = str(r["name"])
-        attrs: dict[str, Any] = dict(subscription=str(r["subscription"]), kind=str(r["kind"]),
-                                     addresses=_string_list(r["addresses"], "addresses"), vnet=r.get("vnet"),
-                                     subnet=r.get("subnet"), mac=r.get("mac"), egress=r.get("egress"))
+        addresses = _string_list(r["addresses"], "addresses", "an address")
+        _once([normalize_address(a, allow_prefix=True) for a in addresses])
+        attrs: dict[str, Any] = dict(subscription=str(r["subscription"]), kind=str(r["kind"]), addresses=addresses,
+                                     vnet=r.get("vnet"), subnet=r.get("subnet"), mac=r.get("mac"),
+                                     egress=r.get("egress"))
+        if "interface" in r:  # only when the file says: a lab binds its resources to their links itself
+            attrs["interface"] = r["interface"]
         if name not in self.inv.resources:
             self.step(lifecycle.add_resource(self.inv, self.profile, name, state=state, **attrs))
             return

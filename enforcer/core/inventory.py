@@ -22,8 +22,9 @@ class State(StrEnum):
     STOPPED = "stopped"          # still allocated: it keeps the policy it pulled
     DEALLOCATED = "deallocated"  # the next start pulls the subscription's current policy
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# matched whole (fullmatch): with match(), '$' also matches before a final newline and "ea-vm\n" passed
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class VNet:
     subscription: str
     prefixes: tuple[str, ...]
     subnets: tuple[Subnet, ...] = ()
+    interface: str | None = None  # the gateway's interface on this VNet's segment: its resources are bound to it
 
     def subnet(self, name: str) -> Subnet | None:
         return next((s for s in self.subnets if s.name == name), None)
@@ -71,6 +73,7 @@ class Resource:
     egress: str | None = None  # the appliance its internet traffic leaves through (rule 7)
     state: State = State.RUNNING
     pulled: Pulled | None = None
+    interface: str | None = None  # the gateway interface its packets arrive on (else its VNet's), if bound
 
 
 @dataclass(frozen=True)
@@ -84,19 +87,19 @@ class Inventory:
     def subscription(self, name: str) -> Subscription:
         sub = self.subscriptions.get(name)
         if sub is None:
-            raise UserError(f"no subscription '{name}'; list them with: {hints.list_subscriptions()}")
+            raise UserError(f"no subscription {name!r}; list them with: {hints.list_subscriptions()}")
         return sub
 
     def vnet(self, name: str) -> VNet:
         vnet = self.vnets.get(name)
         if vnet is None:
-            raise UserError(f"no virtual network '{name}'; list them with: {hints.list_vnets()}")
+            raise UserError(f"no virtual network {name!r}; list them with: {hints.list_vnets()}")
         return vnet
 
     def resource(self, name: str) -> Resource:
         res = self.resources.get(name)
         if res is None:
-            raise UserError(f"no resource '{name}'; list them with: {hints.list_resources()}")
+            raise UserError(f"no resource {name!r}; list them with: {hints.list_resources()}")
         return res
 
     def in_delegated_subnet(self, r: Resource) -> bool:
@@ -117,39 +120,90 @@ def pull(sub: Subscription) -> Pulled:
 
 
 def check_name(what: str, name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UserError(f"invalid {what} name {name!r}; use 1-63 letters, digits, '.', '_' or '-', "
                         "starting with a letter or digit")
     return name
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Ranges the gateway never routes: no VM sends from them, no network of VMs holds them, no destination in them is
+# reached through us. The most specific first, as the first match is the one named.
+UNUSABLE: tuple[tuple[Network, str], ...] = tuple((ipaddress.ip_network(p), what) for p, what in (
+    ("0.0.0.0/32", "the unspecified address"),
+    ("0.0.0.0/8", "'this network'"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "the broadcast address"),
+    ("240.0.0.0/4", "reserved"),
+    ("::/128", "the unspecified address"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("::/96", "IPv4-compatible (deprecated)"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+))
+_EXAMPLE = {4: ("198.18.1.10", "198.18.0.0/24"), 6: ("2001:db8::10", "2001:db8:1::/64")}
+
+
+def _parse_network(text: str, bad: str) -> Network:
+    """The network `text` names; a zone index (fe80::1%eth0) is refused: Python accepts it, nothing here can
+    use it, and the packed address the packet path looks up has no room for it."""
+    text = str(text).strip()
+    if "%" in text:
+        raise UserError(f"{text!r} carries a zone index (the part from '%'), which has no place here; "
+                        "write the address without it")
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        raise UserError(bad) from None
+
+
+def _check_usable(text: str, net: Network, host: bool) -> None:
+    """Refuse an address in, or a prefix overlapping, a range the gateway never routes."""
+    block, what = next(((b, w) for b, w in UNUSABLE if b.version == net.version and b.overlaps(net)),
+                       (None, ""))
+    if block is None:
+        return
+    if what == "IPv4-mapped":
+        v4 = f" ({ipaddress.IPv6Address(int(net.network_address)).ipv4_mapped})" if host else ""
+        raise UserError(f"{text!r} is an IPv4-mapped IPv6 {'address' if host else 'prefix'} ({block}): the kernel "
+                        f"sees such traffic as IPv4; write it as IPv4{v4}")
+    example = _EXAMPLE[net.version][0 if host else 1]
+    if not host:
+        raise UserError(f"prefix {text!r} overlaps {block} ({what}), which the gateway never routes; "
+                        f"give a unicast range such as {example}")
+    article = "an" if what.lstrip("'")[0].lower() in "aeiou" else "a"
+    phrase = what if what.startswith("the ") else f"{article} {what} address"
+    raise UserError(f"{text!r} is {phrase} ({block}), which the gateway never routes; "
+                    f"give a unicast address such as {example}")
+
+
 def normalize_address(text: str, allow_prefix: bool) -> str:
     """'198.18.1.10' or '2001:DB8::0010' -> canonical host; '198.18.2.0/28' -> canonical prefix."""
-    try:
-        net = ipaddress.ip_network(str(text).strip(), strict=True)
-    except ValueError:
-        raise UserError(f"invalid address {text!r}; write an IPv4 or IPv6 address such as 198.18.1.10 "
-                        "or 2001:db8::10" + (", or a prefix such as 198.18.2.0/28" if allow_prefix else "")) from None
-    if net.prefixlen == net.max_prefixlen:
-        return str(net.network_address)
-    if not allow_prefix:
+    net = _parse_network(text, f"invalid address {text!r}; write an IPv4 or IPv6 address such as 198.18.1.10 "
+                         "or 2001:db8::10" + (", or a prefix such as 198.18.2.0/28" if allow_prefix else ""))
+    host = net.prefixlen == net.max_prefixlen
+    if not host and not allow_prefix:
         raise UserError(f"{text!r} is a prefix; give a single address")
-    return str(net)
+    _check_usable(text, net, host)
+    return str(net.network_address) if host else str(net)
 
 
 def normalize_prefix(text: str) -> str:
-    try:
-        return str(ipaddress.ip_network(str(text).strip(), strict=True))
-    except ValueError:
-        raise UserError(f"invalid prefix {text!r}; write a network such as 198.18.0.0/24 or 2001:db8:1::/64 "
-                        "with the host bits zero") from None
+    net = _parse_network(text, f"invalid prefix {text!r}; write a network such as 198.18.0.0/24 or "
+                         "2001:db8:1::/64 with the host bits zero")
+    _check_usable(text, net, host=False)
+    return str(net)
 
 
 def normalize_mac(text: str | None) -> str | None:
     if text is None:
         return None
     mac = str(text).strip().lower().replace("-", ":")
-    if not MAC_RE.match(mac):
+    if not MAC_RE.fullmatch(mac):
         raise UserError(f"invalid MAC address {text!r}; write it as 52:54:00:12:34:56")
     return mac
 

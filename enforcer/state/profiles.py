@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core.profile import Profile, parse_profile
 from ..errors import UserError
+from .documents import read_text
 
 CHECKOUT_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 INSTALLED_POLICIES = Path(sys.prefix) / "share" / "port25-enforcer" / "policies"
@@ -31,11 +32,11 @@ def available_profiles() -> dict[str, Path]:
 
 
 def load_profile_file(path: Path) -> Profile:
+    text = read_text(str(path), "the profile")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the profile: {e.strerror}; check the path") from None
-    profile = parse_profile(text, str(path))
+        profile = parse_profile(text, str(path))
+    except RecursionError:  # tomllib recurses once per nested array or table
+        raise UserError(f"{path}: nested too deeply to read; a profile nests tables two levels deep") from None
     if profile.id != path.stem:
         raise UserError(f"{path}: profile.id: '{profile.id}' differs from the file name; "
                         f"set id = \"{path.stem}\" or rename the file")

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ..errors import UserError
+from .documents import read_text
 
 DEFAULT_STATE = "/var/lib/enforcer/state.db"
 DEFAULT_SOCKET = "/run/enforcer/control.sock"
@@ -103,13 +104,13 @@ BY_NAME = {s.name: s for s in SETTINGS}
 
 def read_settings_file(path: str) -> dict[str, Any]:
     """The config file's settings, each validated like the command-line option it stands for."""
+    text = read_text(path, "the config")
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the config: {e.strerror}; check the path") from None
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}; fix the syntax") from None
+    except RecursionError:  # tomllib recurses once per nested array or table
+        raise UserError(f"{path}: nested too deeply to read; a config needs no nesting") from None
     values: dict[str, Any] = {}
     for key, value in doc.items():
         if key == "state":
