@@ -22,6 +22,12 @@ class Exemption(StrEnum):
     NEVER = "never"
 
 
+# Tunnel protocols a profile may drop, by name: IP protocol numbers (IPv4) and next-header values (IPv6).
+TUNNEL_PROTOCOLS: dict[str, tuple[int, ...]] = {
+    "ip-in-ip": (4, 94),   # IPv4 in IP (4), and the older IP-within-IP (94)
+    "ipv6-in-ip": (41,),   # IPv6 in IP: 6in4, 6to4, ISATAP
+    "gre": (47,),
+}
 PORT25_CHOICES = ("allow", "block")
 SCOPE_CHOICES = ("subscription", "never")
 
@@ -58,6 +64,12 @@ class Profile:
     types: dict[str, SubscriptionType]
     kinds: dict[str, ResourceKind]
     source: str
+    dropped_protocols: tuple[str, ...] = ()  # names from TUNNEL_PROTOCOLS: dropped whatever they carry
+    dropped_protocols_source: str = ""
+
+    @property
+    def dropped_protocol_numbers(self) -> tuple[int, ...]:
+        return tuple(sorted({n for name in self.dropped_protocols for n in TUNNEL_PROTOCOLS[name]}))
 
     def type_named(self, word: str) -> SubscriptionType:
         """The type whose id or alias is `word` (case-insensitive), or a UserError listing the choices."""
@@ -154,6 +166,7 @@ def parse_profile(text: str, path: str) -> Profile:
     head = _take(top["profile"], path, "profile", {
         "id": (str, True), "name": (str, True), "restricted_ports": (list, True),
         "never_restricted_ports": (list, False), "advice": (str, True),
+        "dropped_protocols": (list, False), "dropped_protocols_source": (str, False),
     })
     restricted = _ports(path, "profile.restricted_ports", head["restricted_ports"])
     never = _ports(path, "profile.never_restricted_ports", head.get("never_restricted_ports", []))
@@ -179,5 +192,10 @@ def parse_profile(text: str, path: str) -> Profile:
         raise _fail(path, "types", "empty", "define at least one [types.ID]")
     if not kinds:
         raise _fail(path, "kinds", "empty", "define at least one [kinds.ID]")
-    return Profile(head["id"], head["name"], restricted, never, head["advice"], types, kinds, path)
+    dropped = tuple(_choice(path, "profile.dropped_protocols", p, tuple(TUNNEL_PROTOCOLS))
+                    for p in head.get("dropped_protocols", []))
+    if dropped and not head.get("dropped_protocols_source"):
+        raise _fail(path, "profile.dropped_protocols_source", "missing", "say where the platform documents it")
+    return Profile(head["id"], head["name"], restricted, never, head["advice"], types, kinds, path,
+                   dropped, head.get("dropped_protocols_source", ""))
 

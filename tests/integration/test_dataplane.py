@@ -305,7 +305,8 @@ def test_nftables_rendering_is_accepted_by_nft(tmp_path):
     (which changes nothing), the queue statement swapped for accept."""
     from enforcer.lab.netns import netns
     from enforcer.dataplane.rules import NftablesBackend, RuleSpec
-    text = NftablesBackend().render(RuleSpec(25, 2, (25, 2525), ("198.18.1.0/24", "2001:db8:1::/64"), True))
+    text = NftablesBackend().render(RuleSpec(25, 2, (25, 2525), ("198.18.1.0/24", "2001:db8:1::/64"), True,
+                                             dropped_protocols=(4, 41, 47, 94)))
     text = text.split("\n", 2)[2].replace("queue num 25-26 bypass", "accept")
     name = f"p25nft{os.getpid()}"
     netns.create(name)

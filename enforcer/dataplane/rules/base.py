@@ -16,6 +16,9 @@ from typing import Callable, ClassVar
 from ...errors import UserError
 
 TAG = "port25-enforcer"
+# Why every backend loads conntrack: its defragmentation runs before any rule, so a SYN split into fragments
+# (the first too short to hold the TCP flags) is whole again when the rules look at it.
+DEFRAG_TAG = f"{TAG}-defragment"
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class RuleSpec:
     ports: tuple[int, ...]      # the profile's restricted ports
     internal: tuple[str, ...]   # destinations never judged (VNet prefixes, declared ranges)
     bypass: bool                # --when-down allow: accept when no process is bound to the queue
+    dropped_protocols: tuple[int, ...] = ()  # IP protocols (tunnels) dropped whatever they carry
 
     def family(self, version: int) -> tuple[str, ...]:
         return tuple(p for p in self.internal if ipaddress.ip_network(p).version == version)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 
-from .base import TAG, RuleBackend, RuleError, RuleSpec
+from .base import DEFRAG_TAG, TAG, RuleBackend, RuleError, RuleSpec
 
 
 class NftablesBackend(RuleBackend):
@@ -38,12 +38,15 @@ class NftablesBackend(RuleBackend):
         internal4 = ", ".join(spec.family(4))
         internal6 = ", ".join(spec.family(6))
         body = [f"table inet {self.table} {{", f"  comment \"{TAG}\"", "  chain forward {",
-                "    type filter hook forward priority mangle; policy accept;"]
+                "    type filter hook forward priority mangle; policy accept;",
+                f"    ct state invalid counter comment \"{DEFRAG_TAG}\""]
+        if spec.dropped_protocols:
+            body.append(f"    meta l4proto {{ {', '.join(map(str, spec.dropped_protocols))} }} drop")
         if internal4:
             body.append(f"    ip daddr {{ {internal4} }} return")
         if internal6:
             body.append(f"    ip6 daddr {{ {internal6} }} return")
-        body += [f"    tcp dport {{ {ports} }} tcp flags & (syn | ack | rst | fin) == syn queue num {num}{flags}",
+        body += [f"    tcp dport {{ {ports} }} tcp flags & syn == syn queue num {num}{flags}",
                  "  }", "}"]
         # add + delete + define: replaces the table whole, atomically, whether or not it existed
         return f"add table inet {self.table}\ndelete table inet {self.table}\n" + "\n".join(body) + "\n"
