@@ -27,15 +27,33 @@ def vm() -> None:
               help="IPv4 or IPv6 address, or a prefix for a scale set; repeat for more.")
 @click.option("--vnet", default=None)
 @click.option("--subnet", default=None)
-@click.option("--mac", default=None)
+@click.option("--mac", default=None, help="Its MAC address: the gateway accepts its addresses only with it.")
+@click.option("--interface", default=None,
+              help="The gateway interface its packets arrive on: its addresses are accepted only there.")
 @click.option("--egress", default=None, help="The appliance (azure-firewall) its internet traffic leaves through.")
 @click.option("--deallocated", is_flag=True, help="Create it without starting it.")
 @pass_ctx
 def vm_add(c: Context, name: str, subscription: str, kind: str, addresses: tuple[str, ...], vnet: str | None,
-           subnet: str | None, mac: str | None, egress: str | None, deallocated: bool) -> None:
+           subnet: str | None, mac: str | None, interface: str | None, egress: str | None, deallocated: bool) -> None:
     """Create a resource; it starts at once and pulls its subscription's current policy."""
     echo_lines(c.change(lifecycle.add_resource, name, subscription, kind, list(addresses), vnet=vnet, subnet=subnet,
-                        mac=mac, egress=egress, state=State.DEALLOCATED if deallocated else State.RUNNING))
+                        mac=mac, egress=egress, state=State.DEALLOCATED if deallocated else State.RUNNING,
+                        interface=interface))
+
+
+@vm.command("bind")
+@click.argument("name")
+@click.option("--interface", default=None, help="The gateway interface its packets arrive on.")
+@click.option("--mac", default=None, help="Its MAC address.")
+@click.option("--unbind", is_flag=True, help="Accept its addresses from anywhere again.")
+@pass_ctx
+def vm_bind(c: Context, name: str, interface: str | None, mac: str | None, unbind: bool) -> None:
+    """Accept a resource's addresses only from its interface and MAC (a spoofed source is dropped)."""
+    if unbind == (interface is not None or mac is not None):
+        raise click.UsageError("give --interface and/or --mac, or --unbind alone")
+    fields = {"interface": None, "mac": None} if unbind else \
+        {k: v for k, v in (("interface", interface), ("mac", mac)) if v is not None}
+    echo_lines(c.change(lifecycle.update_resource, name, **fields) or [f"'{name}' is bound so already"])
 
 
 @vm.command("list")
@@ -70,8 +88,8 @@ def vm_show(c: Context, name: str, as_json: bool) -> None:
     pulled = doc["pulled"]
     doc["pulled"] = "-" if not pulled else \
         f"{profile.types[pulled['type']].name}{', exempt' if pulled['exempt'] else ''}"
-    show_fields(doc, ("name", "subscription", "kind", "state", "addresses", "vnet", "subnet", "mac", "egress",
-                      "pulled", "reason"), 13)
+    show_fields(doc, ("name", "subscription", "kind", "state", "addresses", "vnet", "subnet", "mac", "interface",
+                      "egress", "pulled", "reason"), 13)
 
 
 def lifecycle_command(name: str, operation: Callable[[Inventory, Profile, str], Any], doc: str) -> None:

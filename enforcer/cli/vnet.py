@@ -20,10 +20,24 @@ def vnet() -> None:
 @click.argument("name")
 @click.option("--subscription", required=True)
 @click.option("--prefix", "prefixes", multiple=True, required=True, help="Address prefix; repeat for more.")
+@click.option("--interface", default=None,
+              help="The gateway's interface on its segment: its resources' addresses are accepted only there.")
 @pass_ctx
-def vnet_add(c: Context, name: str, subscription: str, prefixes: tuple[str, ...]) -> None:
+def vnet_add(c: Context, name: str, subscription: str, prefixes: tuple[str, ...], interface: str | None) -> None:
     """Add a virtual network (destinations inside it are never blocked)."""
-    echo_lines(c.change(lifecycle.add_vnet, name, subscription, list(prefixes)))
+    echo_lines(c.change(lifecycle.add_vnet, name, subscription, list(prefixes), interface))
+
+
+@vnet.command("bind")
+@click.argument("name")
+@click.option("--interface", default=None, help="The gateway's interface on its segment.")
+@click.option("--unbind", is_flag=True, help="Bind its resources to no interface.")
+@pass_ctx
+def vnet_bind(c: Context, name: str, interface: str | None, unbind: bool) -> None:
+    """Accept the addresses of a VNet's resources only from the gateway's interface on its segment."""
+    if unbind == (interface is not None):
+        raise click.UsageError("give --interface IF, or --unbind")
+    echo_lines(c.change(lifecycle.set_vnet_interface, name, interface) or [f"'{name}' is bound so already"])
 
 
 @vnet.command("list")

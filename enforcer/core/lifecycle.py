@@ -5,6 +5,7 @@ a person is told. Every result is validated, so an operation that would leave an
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -17,6 +18,17 @@ from .policy import assess, assess_pulled, verdict_word
 from .profile import Exemption, Profile
 
 Result = tuple[Inventory, list[str]]
+INTERFACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,14}")  # what Linux accepts as a name (IFNAMSIZ 16)
+
+
+def normalize_interface(text: str | None) -> str | None:
+    """A gateway interface name (eth1, br-shop, v3), or None: not bound to an interface."""
+    if text is None:
+        return None
+    if not isinstance(text, str) or not INTERFACE_RE.fullmatch(text):
+        raise UserError(f"invalid interface name {text!r}; write the gateway's interface as `ip link` names it, "
+                        "e.g. eth1 (at most 15 letters, digits, '.', '_', '@' or '-')")
+    return text
 
 
 def _done(inv: Inventory, profile: Profile, lines: list[str]) -> Result:
@@ -203,16 +215,30 @@ def revoke_exemption(inv: Inventory, profile: Profile, name: str, apply_now: boo
 # ---------------------------------------------------------------- virtual networks
 
 
-def add_vnet(inv: Inventory, profile: Profile, name: str, subscription: str, prefixes: list[str]) -> Result:
+def add_vnet(inv: Inventory, profile: Profile, name: str, subscription: str, prefixes: list[str],
+             interface: str | None = None) -> Result:
     check_name("virtual network", name)
     if name in inv.vnets:
         raise UserError(f"virtual network '{name}' exists already; remove it first: {hints.remove_vnet(name)}")
     inv.subscription(subscription)
     if not prefixes:
         raise UserError("a virtual network needs at least one prefix: --prefix 198.18.1.0/24")
-    vnet = VNet(name, subscription, tuple(normalize_prefix(p) for p in prefixes))
+    vnet = VNet(name, subscription, tuple(normalize_prefix(p) for p in prefixes),
+                interface=normalize_interface(interface))
+    on = f" on interface {vnet.interface}" if vnet.interface else ""
     return _done(inv.with_(vnets={**inv.vnets, name: vnet}), profile,
-                 [f"added virtual network '{name}' ({', '.join(vnet.prefixes)})"])
+                 [f"added virtual network '{name}' ({', '.join(vnet.prefixes)}){on}"])
+
+
+def set_vnet_interface(inv: Inventory, profile: Profile, name: str, interface: str | None) -> Result:
+    """Bind a VNet's resources to the gateway interface on its segment (None: unbind)."""
+    vnet = inv.vnet(name)
+    interface = normalize_interface(interface)
+    if vnet.interface == interface:
+        return inv, []
+    said = f"bound to interface {interface}" if interface else "no longer bound to an interface"
+    return _done(inv.with_(vnets={**inv.vnets, name: replace(vnet, interface=interface)}), profile,
+                 [f"virtual network '{name}': {said}"])
 
 
 def remove_vnet(inv: Inventory, profile: Profile, name: str) -> Result:
@@ -296,7 +322,7 @@ def _free_subnet(vnet: VNet, inv: Inventory) -> str:
 
 def add_resource(inv: Inventory, profile: Profile, name: str, subscription: str, kind: str, addresses: list[str],
                  vnet: str | None = None, subnet: str | None = None, mac: str | None = None,
-                 egress: str | None = None, state: State = State.RUNNING) -> Result:
+                 egress: str | None = None, state: State = State.RUNNING, interface: str | None = None) -> Result:
     """Create a resource. Created running, it pulls its subscription's current policy at once."""
     check_name("resource", name)
     if name in inv.resources:
@@ -306,7 +332,8 @@ def add_resource(inv: Inventory, profile: Profile, name: str, subscription: str,
     if not addresses:
         raise UserError(f"resource '{name}' needs at least one address: --address 198.18.1.10")
     r = Resource(name, subscription, k.id, tuple(normalize_address(a, allow_prefix=True) for a in addresses),
-                 vnet, subnet, normalize_mac(mac), egress, state, pull(sub) if state == State.RUNNING else None)
+                 vnet, subnet, normalize_mac(mac), egress, state, pull(sub) if state == State.RUNNING else None,
+                 normalize_interface(interface))
     inv = _put(inv, r)
     validate(inv, profile)
     allow, _, _ = assess(inv, profile, r)
@@ -322,6 +349,8 @@ def update_resource(inv: Inventory, profile: Profile, name: str, **fields: Any) 
         fields["addresses"] = tuple(normalize_address(a, allow_prefix=True) for a in fields["addresses"])
     if "mac" in fields:
         fields["mac"] = normalize_mac(fields["mac"])
+    if "interface" in fields:
+        fields["interface"] = normalize_interface(fields["interface"])
     new = replace(r, **fields)
     if new == r:
         return inv, []

@@ -22,6 +22,7 @@ class Code(StrEnum):
     PORT_NEVER_RESTRICTED = "port-never-restricted"
     INTERNAL_DESTINATION = "internal-destination"
     UNKNOWN_SOURCE = "unknown-source"
+    SPOOFED_SOURCE = "spoofed-source"  # an allowed source's address, seen on another interface or MAC
     KIND_NEVER = "kind-never-allowed"
     NOT_RUNNING = "not-running"
     TYPE_NOT_BLOCKED = "type-not-blocked"

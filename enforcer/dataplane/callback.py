@@ -8,33 +8,62 @@ from __future__ import annotations
 
 import collections
 import json
+import socket
 import sys
 import threading
 import time
 from typing import Any, Callable, Protocol, TextIO
 
-from ..core.policy import verdict_word
-from ..core.table import Entry, VerdictTable
+from ..core.policy import Code, verdict_word
+from ..core.table import SPOOFED, Binding, Entry, VerdictTable
 from .packet import flow
 
 
 class QueuedPacket(Protocol):
     """What the callback needs of netfilterqueue's Packet."""
+    indev: int
     def get_payload(self) -> bytes: ...
+    def get_hw(self) -> bytes | None: ...
     def accept(self) -> None: ...
     def drop(self) -> None: ...
 
 
-Drop = tuple[VerdictTable, bytes, bytes]  # the table that judged, the source key, the packet's head
+Seen = tuple[int, "bytes | None"]  # where a spoofed packet came from: interface index, source MAC
+# the table that judged, the source key, the packet's head, and where it came from if it was spoofed
+Drop = tuple[VerdictTable, bytes, bytes, "Seen | None"]
+
+
+class InterfaceNames:
+    """Interface index -> name, as the gateway's namespace has them, looked up again for an index not seen."""
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+
+    def get(self, index: int) -> str | None:
+        name = self.names.get(index)
+        if name is None and index:
+            try:
+                name = self.names[index] = socket.if_indextoname(index)
+            except OSError:
+                return None
+        return name
+
+
+def spoofed(pkt: QueuedPacket, binding: Binding, names: InterfaceNames) -> bool:
+    """Whether an allowed source's packet came from somewhere it is not bound to."""
+    if binding.interface is not None and names.get(pkt.indev) != binding.interface:
+        return True
+    return binding.mac is not None and pkt.get_hw() != binding.mac
 
 
 class PacketCallback:
     """Gives every queued packet one verdict. Always: an exception in it would end netfilterqueue's run()."""
 
-    __slots__ = ("table", "hits", "malformed", "default_allow", "drops", "errors")
+    __slots__ = ("table", "hits", "malformed", "default_allow", "drops", "errors", "interfaces")
 
     def __init__(self, table: VerdictTable, default_allow: bool = False):
         self.table = table              # swapped whole by the control thread; never mutated
+        self.interfaces = InterfaceNames()
         self.hits: dict[Entry, int] = {}  # Entry (identity) -> count; only the packet thread writes
         self.malformed = 0
         self.errors = 0
@@ -60,13 +89,21 @@ class PacketCallback:
             entry = table.exact.get(key)  # VerdictTable.entry_for, inlined
             if entry is None:
                 entry = table.prefix_entry(key)
+            if entry.allow:
+                # an allowed source must come from where the inventory binds it (VerdictTable.binding, inlined)
+                binding = table.bindings.get(key) if entry.resource is None else entry.binding
+                if binding is not None and spoofed(pkt, binding, self.interfaces):
+                    self.hits[SPOOFED] = self.hits.get(SPOOFED, 0) + 1
+                    pkt.drop()
+                    self.drops.append((table, key, p, (pkt.indev, pkt.get_hw())))
+                    return
             hits = self.hits
             hits[entry] = hits.get(entry, 0) + 1
             if entry.allow:
                 pkt.accept()
             else:
                 pkt.drop()
-                self.drops.append((table, key, p))  # at most the 128 bytes the queue copies
+                self.drops.append((table, key, p, None))  # at most the 128 bytes the queue copies
         except Exception:  # noqa: BLE001 - the loop must survive anything; count it and decide
             self.errors += 1
             try:
@@ -119,12 +156,13 @@ class DropLog:
         self.window = window
         self.seen: collections.OrderedDict[Any, float] = collections.OrderedDict()
         self.out = out or sys.stderr
+        self.interfaces = InterfaceNames()
 
     def drain(self, drops: collections.deque[Drop]) -> int:
         written = 0
         now = time.monotonic()
         while drops:
-            table, key, head = drops.popleft()
+            table, key, head, came_from = drops.popleft()
             f = flow(head)
             seen_key = f or head[:40]
             last = self.seen.get(seen_key)
@@ -139,7 +177,24 @@ class DropLog:
             record = {"event": "blocked", "resource": entry.resource or "unknown", "subscription":
                       entry.subscription, "source": src, "destination": dst, "port": dport, "source_port": sport,
                       "code": entry.code, "reason": self.explain(entry.resource)}
+            if came_from is not None:
+                record.update(self.spoofed(table, key, entry, came_from))
             self.out.write(json.dumps(record, sort_keys=True) + "\n")
             written += 1
         self.out.flush()
         return written
+
+    def spoofed(self, table: VerdictTable, key: bytes, entry: Entry, came_from: Seen) -> dict[str, Any]:
+        """What a spoofed-source line says besides the usual: where the packet came from, where it should have."""
+        index, hw = came_from
+        bound = table.binding(key, table.exact.get(key) or entry) or Binding(None, None)
+        return {"code": Code.SPOOFED_SOURCE, "subscription": None,
+                "interface": self.interfaces.get(index) or str(index), "mac": _mac(hw),
+                "bound_interface": bound.interface, "bound_mac": _mac(bound.mac),
+                "reason": f"the packet carries the address of {entry.resource or 'a registered resource'} "
+                          f"but came from interface {self.interfaces.get(index) or index}, MAC {_mac(hw)}, where "
+                          "that resource is not bound; the platform lets a VM send only from its own addresses"}
+
+
+def _mac(hw: bytes | None) -> str | None:
+    return ":".join(f"{b:02x}" for b in hw[:6]) if hw else None

@@ -102,16 +102,23 @@ class Daemon:
         self.reload_requested = False
         self.workers: list[WorkerHandle] = []
         self.rule_repairs = 0
+        self.rules_installed = False
+        self.state_error: str | None = None  # why the state's newest generation could not be loaded, if it can't
         self.control = ControlServer(settings.socket, self.handle, settings.socket_group)
 
     # ------------------------------------------------------------ start
 
     def preflight(self) -> None:
+        """Everything that can be checked before a rule is touched: rights, tools, the socket path, the
+        metrics address, another daemon, the state's existence."""
         if not has_net_admin():
             raise UserError("enforcer run needs root or CAP_NET_ADMIN (it binds NFQUEUE and installs rules); "
                             "run it as root or through systemd/enforcer.service")
         self.backend = choose_backend(self.settings.backend)
         self.control.check_path()
+        if self.settings.metrics:
+            from .metrics import parse_metrics_address
+            parse_metrics_address(self.settings.metrics)
         if ask(self.settings.socket, {"cmd": "status"}, timeout=2) is not None:
             raise UserError(f"another enforcer daemon answers on {self.settings.socket}; stop it or pass "
                             "--socket PATH")
@@ -120,14 +127,40 @@ class Daemon:
             raise UserError(f"no state at {self.settings.state}; create it first: enforcer --state "
                             f"{self.settings.state} apply FILE")
         self.store = store
-        self.snapshot = Snapshot(store)
+
+    def load_state(self) -> None:
+        """The first table. A state that cannot be compiled stops the daemon, failing closed: with
+        --when-down block the rules still go in, with no worker behind them, so the kernel drops every SYN
+        they would have queued until a good state lets the daemon start."""
+        try:
+            self.snapshot = Snapshot(self.store)
+        except UserError as e:
+            if self.settings.when_down != WhenDown.BLOCK:
+                raise
+            self.install(self._fail_closed_spec())
+            raise UserError(f"{e}; until it is fixed, our rules stay with no worker behind them, so every SYN they "
+                            "match is dropped (--when-down block)") from None
         self.generation = self.snapshot.table.generation
         self.spec = self._spec(self.snapshot.inv, self.snapshot.profile)
+
+    def _fail_closed_spec(self) -> RuleSpec:
+        try:
+            inv, _ = self.store.read()
+            profile = load_profile(inv.profile)
+            ports, dropped = tuple(sorted(profile.restricted_ports)), profile.dropped_protocol_numbers
+        except UserError:
+            ports, dropped = (25,), ()
+        s = self.settings
+        return RuleSpec(s.queue, s.queues, ports, (), bypass=False, dropped_protocols=dropped)
+
+    def install(self, spec: RuleSpec) -> None:
+        self.backend.install(spec)
+        self.rules_installed = True
 
     def _spec(self, inv: Inventory, profile: Profile) -> RuleSpec:
         s = self.settings
         return RuleSpec(s.queue, s.queues, tuple(sorted(profile.restricted_ports)), internal_destinations(inv),
-                        s.when_down == WhenDown.ALLOW)
+                        s.when_down == WhenDown.ALLOW, profile.dropped_protocol_numbers)
 
     def start_workers(self) -> None:
         ctx = multiprocessing.get_context("fork")
@@ -153,38 +186,54 @@ class Daemon:
         if generation == self.generation and not self.reload_requested:
             return
         forced, self.reload_requested = self.reload_requested, False
+        failed_before = self.state_error
+        try:
+            self._load_generation(generation, forced)
+        except UserError as e:
+            self.state_error = f"generation {generation}: {e}"
+            if self.state_error != failed_before:  # once per failure, not at every round
+                log.error("cannot load state %s; still judging with generation %d", self.state_error,
+                          self.generation)
+            self.reload_requested = forced
+            return
+        if failed_before:
+            log.info("the state loads again")
+        self.state_error = None
+
+    def _load_generation(self, generation: int, forced: bool) -> None:
         inv, generation = self.store.read()
         profile = load_profile(inv.profile)  # a forced reload (SIGHUP) may follow an edited profile
         # all workers compile at once; a forced reload recompiles even the same generation
         answers = ask_all(self.workers, "reload", -1 if forced else generation)
         for w, answer in zip(self.workers, answers, strict=True):
             w.generation = answer
+        if any(a != generation for a in answers):
+            # a worker kept its table (its log says why): the rules stay as they are, matching that table
+            raise UserError(f"not every worker could load it (they run {answers})")
         spec = self._spec(inv, profile)
         if spec != self.spec:
-            self.backend.install(spec)
+            self.install(spec)
             self.spec = spec
-        if any(a != generation for a in answers):
-            # a worker kept its table (its log says why): try again at the next round
-            self.reload_requested = forced
-            raise UserError(f"not every worker could load generation {generation} (they run {answers})")
         log.info("loaded state generation %d (%d resources)", generation, len(inv.resources))
         self.generation = generation
 
     def check_rules(self) -> None:
         if not self.backend.installed(self.spec):
             log.warning("our %s rules were removed while running; putting them back", self.backend.name)
-            self.backend.install(self.spec)
+            self.install(self.spec)
             self.rule_repairs += 1
 
     def run(self) -> int:
         self.preflight()
+        self.load_state()
         self.start_workers()
         try:
-            self.backend.install(self.spec)
+            # the control socket and the metrics listener first: if either cannot start, no rule went in
             self.control.start()
             if self.settings.metrics:
                 from .metrics import serve_metrics
                 serve_metrics(self.settings.metrics, self)
+            self.install(self.spec)
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
             signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
@@ -233,7 +282,7 @@ class Daemon:
                 self.backend.remove()
             except UserError as e:
                 log.error("could not remove our rules: %s", e)
-        else:
+        elif self.rules_installed:
             log.error("stopping after a failure; our rules stay in place (--when-down %s)", self.settings.when_down)
         for w in self.workers:
             if w.proc.is_alive():
@@ -263,7 +312,7 @@ class Daemon:
             "backend": self.backend.name, "queues": self.queue_list(), "generation": self.generation,
             "uptime_s": round(time.monotonic() - self.started, 1), "when_down": self.settings.when_down,
             "queue_full": self.settings.queue_full, "rule_repairs": self.rule_repairs,
-            "worker_generations": [w.generation for w in self.workers],
+            "worker_generations": [w.generation for w in self.workers], "state_error": self.state_error,
             "verdicts": [{"subscription": s, "code": c, "verdict": v, "count": n}
                          for (s, c, v), n in sorted(totals.items())],
             "malformed": malformed, "callback_errors": errors,

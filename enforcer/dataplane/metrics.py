@@ -40,18 +40,28 @@ class DaemonCollector:
         yield CounterMetricFamily("enforcer_rule_repairs", "Times our rules were found removed and put back",
                                   value=s["rule_repairs"])
         yield GaugeMetricFamily("enforcer_uptime_seconds", "Seconds since the daemon started", value=s["uptime_s"])
+        yield GaugeMetricFamily("enforcer_state_error", "1 while the state's newest generation cannot be loaded "
+                                "(the daemon judges with its last good table)", value=1 if s["state_error"] else 0)
+
+
+def parse_metrics_address(address: str) -> tuple[str, int]:
+    """'127.0.0.1:9125' or '[::1]:9125' -> (host, port), or a UserError saying how to write it."""
+    host, _, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535 or "[" in host or "]" in host:
+        raise UserError(f"--metrics {address!r}: write ADDRESS:PORT with a port from 1 to 65535, "
+                        "e.g. 127.0.0.1:9125 or [::1]:9125")
+    return host, int(port)
 
 
 def serve_metrics(address: str, daemon: LiveView) -> None:
-    host, _, port = address.rpartition(":")
-    if not port.isdigit() or not host:
-        raise UserError(f"--metrics {address!r}: write ADDRESS:PORT, e.g. 127.0.0.1:9125")
+    host, port = parse_metrics_address(address)
     registry = CollectorRegistry()
     registry.register(DaemonCollector(daemon))
     try:
-        start_http_server(int(port), addr=host.strip("[]"), registry=registry)
-    except OSError as e:
-        raise UserError(f"--metrics {address}: cannot listen: {e.strerror}") from None
+        start_http_server(port, addr=host, registry=registry)
+    except (OSError, UnicodeError) as e:
+        raise UserError(f"--metrics {address}: cannot listen: {getattr(e, 'strerror', None) or e}") from None
 
 
 __all__ = ["serve_metrics"]

@@ -16,6 +16,7 @@ from ..core.inventory import Inventory, validate
 from ..core.policy import verdict_for
 from ..core.profile import Profile
 from ..core.table import VerdictTable, compile_table
+from ..errors import UserError
 from ..state.profiles import load_profile
 from ..state.settings import QueueFull, Settings
 from ..state.store import Store
@@ -40,7 +41,11 @@ class Snapshot:
         inv, generation = self.store.read()
         profile = load_profile(inv.profile)
         validate(inv, profile)
-        return inv, profile, compile_table(inv, profile, generation)
+        try:
+            return inv, profile, compile_table(inv, profile, generation)
+        except (ValueError, OSError) as e:  # an address the kernel's format cannot hold (inet_pton)
+            raise UserError(f"the state cannot be compiled into a table: {e}; fix the resource it names "
+                            "(enforcer vm list)") from None
 
     def reload(self, generation: int) -> VerdictTable | None:
         """A new table, or None when `generation` is the one we run (-1 forces a recompile)."""

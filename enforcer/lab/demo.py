@@ -112,12 +112,12 @@ class Demo:
         self.console.print(f"  {text:58} port 25: {self.colour(outcome)}  {mark}")
 
     def command(self, lab: NamespaceLab, words: str, operation: Callable[..., tuple[Inventory, list[str]]],
-                *args: Any) -> None:
+                *args: Any, **kwargs: Any) -> None:
         """What `enforcer WORDS` does, done through the lab's store: the line a person would type, then what
         the operation tells them."""
         command = f"enforcer {words}"
         self.console.print(f"  [bold]$ {command}[/]")
-        for line in lab.change(command, operation, *args):
+        for line in lab.change(command, operation, *args, **kwargs):
             self.console.print(f"    [dim]{line}[/]", highlight=False)
         lab.wait_synced()
 
@@ -131,9 +131,9 @@ class Demo:
         self.step(lab, "devtest-vm, still running with its old policy", "devtest-vm", "timeout")
         self.command(lab, "vm restart devtest-vm", lifecycle.restart, "devtest-vm")
         self.step(lab, "devtest-vm after stop, deallocate, start", "devtest-vm", "delivered")
-        lab.topology.attach("devtest-new", ["198.18.3.99"])
-        self.command(lab, "vm add devtest-new --subscription devtest-lab --address 198.18.3.99",
-                     lifecycle.add_resource, "devtest-new", "devtest-lab", "vm", ["198.18.3.99"])
+        link = lab.attach("devtest-new", ["198.18.3.99"])
+        self.command(lab, f"vm add devtest-new --subscription devtest-lab --address 198.18.3.99 --interface {link}",
+                     lifecycle.add_resource, "devtest-new", "devtest-lab", "vm", ["198.18.3.99"], interface=link)
         self.step(lab, "devtest-new, created after the exemption", "devtest-new", "delivered")
         self.command(lab, "diagnose payg-shop", lifecycle.run_diagnostic, "payg-shop")
         self.command(lab, "vm restart shop-web", lifecycle.restart, "shop-web")

@@ -21,6 +21,7 @@ from typing import IO, Any, Callable, TypeVar
 
 from ..core.converge import converge, wanted_profile
 from ..core.inventory import Inventory
+from ..core.lifecycle import update_resource
 from ..core.profile import Profile
 from ..dataplane.control import ask
 from ..state.profiles import load_profile
@@ -75,9 +76,45 @@ class NamespaceLab:
     # ------------------------------------------------------------ building
 
     def up(self, vms: dict[str, list[str]]) -> None:
+        """Build the topology with one host per VM (each with the MAC the state registers for it), start the
+        SMTP sink, and bind each registered resource to its link, so that the gateway accepts its address only
+        from there."""
+        macs = self.registered_macs()
         for name, addresses in vms.items():
-            self.topology.add_vm(name, addresses)
+            self.topology.add_vm(name, addresses, macs.get(name))
         self.topology.up()
+        self.start_sink()
+        self.bind_links()
+
+    def registered_macs(self) -> dict[str, str]:
+        if not self.state.exists():
+            return {}
+        store = Store(self.state)
+        try:
+            inv, _ = store.read()
+        finally:
+            store.close()
+        return {r.name: r.mac for r in inv.resources.values() if r.mac}
+
+    def bind_links(self) -> None:
+        """Each registered resource's interface: its own link to the gateway."""
+        if not self.state.exists():
+            return
+        links = {name: host.link for name, host in self.topology.vms.items()}
+
+        def bind(inv: Inventory, profile: Profile) -> tuple[Inventory, list[str]]:
+            lines: list[str] = []
+            for name in sorted(links.keys() & inv.resources.keys()):
+                inv, said = update_resource(inv, profile, name, interface=links[name])
+                lines += said
+            return inv, lines
+        self.change("enforcer lab up: bind each resource to its link", bind)
+
+    def attach(self, name: str, addresses: list[str], mac: str | None = None) -> str:
+        """A new host on a lab that is up; returns the gateway-side link to bind its resource to."""
+        return self.topology.attach(name, addresses, mac).link
+
+    def start_sink(self) -> None:
         sink = run_in(self.topology.internet.namespace,
                       [sys.executable, "-m", "enforcer.lab.smtpsink", "--maildir", str(self.maildir),
                        *[x for p in SMTP_PORTS for x in ("--port", str(p))]],

@@ -33,6 +33,7 @@ class Host:
     addresses: list[str]
     namespace: str = ""
     link: str = ""           # the gateway-side interface
+    mac: str | None = None   # the host's own interface's MAC (as the inventory registers it), else the kernel's
 
 
 def host_address(address: str) -> str:
@@ -77,10 +78,10 @@ class Topology:
         self.internet = Host("inet", [host_address(a) for a in internet], namespace=f"{tag}-inet")
         self.vms: dict[str, Host] = {}
 
-    def add_vm(self, name: str, addresses: list[str]) -> Host:
+    def add_vm(self, name: str, addresses: list[str], mac: str | None = None) -> Host:
         index = len(self.vms)
         host = Host(name, [host_address(a) for a in addresses], namespace=f"{self.tag}-{index}",
-                    link=f"v{index}")
+                    link=f"v{index}", mac=mac)
         self.vms[name] = host
         return host
 
@@ -99,12 +100,37 @@ class Topology:
             self.down()
             raise
 
-    def attach(self, name: str, addresses: list[str]) -> Host:
+    def attach(self, name: str, addresses: list[str], mac: str | None = None) -> Host:
         """Add a VM to a topology that is up already."""
-        host = self.add_vm(name, addresses)
+        host = self.add_vm(name, addresses, mac)
         self._create(host.namespace)
         self._wire_vm(host)
         return host
+
+    def share_segment(self, bridge: str, gateway: str, prefixlen: int,
+                      hosts: dict[str, tuple[list[str], str | None]]) -> None:
+        """Put IPv4 hosts on one L2 segment, a bridge of the gateway's holding `gateway`/`prefixlen`, as a VNet
+        is in the Vagrant lab (there, unlike on their own links, a host can take over another's address by
+        ARP). hosts: name -> (addresses, MAC)."""
+        with NetNS(self.gateway.namespace) as g:
+            g.link("add", ifname=bridge, kind="bridge")
+            bi = g.link_lookup(ifname=bridge)[0]
+            g.addr("add", index=bi, address=gateway, prefixlen=prefixlen)
+            g.link("set", index=bi, state="up")
+            for name, (addresses, mac) in hosts.items():
+                host = self.add_vm(name, addresses, mac)
+                self._create(host.namespace)
+                g.link("add", ifname=host.link, kind="veth", peer={"ifname": "eth0", "net_ns_fd": host.namespace})
+                gi = g.link_lookup(ifname=host.link)[0]
+                g.link("set", index=gi, master=bi, state="up")
+                with NetNS(host.namespace) as v:
+                    vi = v.link_lookup(ifname="eth0")[0]
+                    if mac:
+                        v.link("set", index=vi, address=mac)
+                    v.link("set", index=vi, state="up")
+                    for address in host.addresses:
+                        v.addr("add", index=vi, address=address, prefixlen=prefixlen)
+                    v.route("add", dst="0.0.0.0/0", gateway=gateway, oif=vi)
 
     @staticmethod
     def _create(name: str) -> None:
@@ -137,6 +163,8 @@ class Topology:
             g.link("set", index=gi, state="up")
             with NetNS(host.namespace) as v:
                 vi = v.link_lookup(ifname="eth0")[0]
+                if host.mac:
+                    v.link("set", index=vi, address=host.mac)
                 v.link("set", index=vi, state="up")
                 for address in host.addresses:
                     six = ":" in address
