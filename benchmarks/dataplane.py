@@ -1,6 +1,7 @@
 """Benchmark of the data plane: SYN verdicts per second at the NFQUEUE, and the connect() latency it adds.
 
-A report, not a test: it exits 0 once it has run (1 if the lab cannot be built or breaks, 130 on Ctrl-C).
+A report, not a test: it exits 0 once it has run (1 if the lab cannot be built or breaks, or the bound worker
+did not accept all its SYNs; 130 on Ctrl-C).
 From the repository root, as root:
 
     python -m benchmarks.dataplane [--seconds S] [--reps R] [--quick] [--fifo P]
@@ -18,17 +19,25 @@ measures:
                 registered VMs (the synthetic fleet of benchmarks/fleet.py), its bound method bound with
                 enforcer.dataplane.queue.bind_queue as the daemon binds it (the daemon's default queue length
                 4096, socket buffer 4 MiB, queue-full drops; copy range 128) and run by run_until_signalled. The
-                generator's source address is one of the registered VMs, one allowed on 25, so both consumers
-                accept every SYN.
-  2. accept-all the same for a bare netfilterqueue consumer whose callback does only pkt.accept(), bound the same way
+                generator's source address is one of the registered VMs, one allowed on 25, so every consumer
+                accepts every SYN. The fleet registers no interfaces or MACs: the table binds no source, and the
+                callback's source-binding check costs only its lookup in the empty VerdictTable.bindings.
+  2. bound      the same worker, another process with the same table, except that the generator's source is bound
+                (table.bindings, set after compiling) to where its SYNs really come from: the gateway's end of
+                the VM's link (Topology's host.link, v0) and the VM's eth0 MAC (the one the generator's frames
+                carry). Every SYN then goes through the spoofing check (callback.spoofed: the arrival interface's
+                name, the source MAC) and passes it. The run checks that it did: a window where the callback
+                dropped any SYN as spoofed-source ends the run (exit 1); the summary compares the callback's
+                allowed count with the kernel's verdicts and the gateway's forwarded packets.
+  3. accept-all the same for a bare netfilterqueue consumer whose callback does only pkt.accept(), bound the same way
                 (bind_queue, same options) on another queue number.
-  3. no queue   the forwarding rate of the same SYNs with no NFQUEUE rule.
-  4. latency    p50/p99 of a TCP connect() from the VM to a listener on port 25 in the internet namespace, through
+  4. no queue   the forwarding rate of the same SYNs with no NFQUEUE rule.
+  5. latency    p50/p99 of a TCP connect() from the VM to a listener on port 25 in the internet namespace, through
                 the gateway, with the worker's queue rule in place vs with no rule: sequential connects at idle, in
                 blocks alternating between the two.
 
 The queue rule is the project's own, IptablesBackend().install(RuleSpec(queue, 1, (25,), (), bypass=False)), run
-by a small agent process inside the gateway namespace; configurations 1 and 2 differ only in the queue number it
+by a small agent process inside the gateway namespace; configurations 1 to 3 differ only in the queue number it
 names. Every consumer is a child process (benchmarks/roles.py) started in the gateway namespace with
 enforcer.lab.netns.run_in, bound for the whole run (the idle ones wait in recv()), pinned to the last CPU.
 Configurations run interleaved, the order rotating each repetition.
@@ -78,11 +87,11 @@ from .fleet import compiled_fleet, pick_source
 from .kernel import busy_note, machine
 from .lab import Lab
 from .params import INTERNET4, SEED, TAG_PREFIX, VMS, WARMUP
-from .report import entry_text, is_clean, print_latency, print_ratios, print_throughput, print_window, \
-    print_window_header
+from .report import entry_text, is_clean, print_binding_check, print_latency, print_ratios, print_throughput, \
+    print_window, print_window_header
 
 PROG = "python -m benchmarks.dataplane"
-CONFIGS = ["worker", "accept", "none"]
+CONFIGS = ["worker", "bound", "accept", "none"]
 
 
 # ---------------------------------------------------------------- options
@@ -179,10 +188,18 @@ def print_lab(lab: Lab, source: str) -> None:
         t = r.get("table") or {}
         if t:
             print(f"  consumer {kind} (pid {r['pid']}): queue {lab.queues[kind]}, table of {t['entries']:,} entries "
-                  f"built in {t['seconds']} s, source judged {tuple(t['source_verdict'])}")
+                  f"built in {t['seconds']} s, source judged {tuple(t['source_verdict'])}, {binding_text(t)}")
         else:
             print(f"  consumer {kind} (pid {r['pid']}): queue {lab.queues[kind]}, callback pkt.accept()")
     print()
+
+
+def binding_text(t: dict) -> str:
+    """What the consumer's table binds: the source's binding as the callback finds it, and how many there are."""
+    if t.get("binding") is None:
+        return f"source not bound ({t.get('bindings', 0)} bindings)"
+    interface, mac = t["binding"]
+    return f"source bound to {interface}, MAC {mac} ({t['bindings']} binding)"
 
 
 def more_windows(rows: list[dict], rep: int, args: argparse.Namespace) -> bool:
@@ -306,10 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     med, per_cpu = print_throughput(rows, CONFIGS)
     print_ratios(rows, med, per_cpu)
+    accepted = print_binding_check(rows)
     if lat is not None:
         print_latency(lat, args.fifo, lab.sender_cpu, lab.consumer_cpu)
     print(f"\ntotal {time.perf_counter() - t_all:.1f} s")
-    return 0
+    return 0 if accepted else 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from enforcer.lab.netns import Topology, remove_tagged
 
 from .child import Child
 from .kernel import clock_ticks, cpu_ticks, dev_counters, rt_throttle, softnet_drops, steal_ticks, task_ticks
-from .params import DISTURBED, INTERNET4, PORT, QUEUE_ACCEPT, QUEUE_WORKER, TAG_PREFIX, TAIL, WARMUP
+from .params import DISTURBED, INTERNET4, PORT, QUEUE_ACCEPT, QUEUE_BOUND, QUEUE_WORKER, TAG_PREFIX, TAIL, WARMUP
 from .report import window_row
 
 
@@ -29,7 +29,7 @@ class Lab:
         self.log_dir = tempfile.mkdtemp(prefix="p25bench-")
         self.topology: Topology | None = None
         self.consumers: dict[str, Child] = {}
-        self.queues = {"worker": QUEUE_WORKER, "accept": QUEUE_ACCEPT}
+        self.queues = {"worker": QUEUE_WORKER, "bound": QUEUE_BOUND, "accept": QUEUE_ACCEPT}
         self.ready: dict[str, dict] = {}
         self.cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
         multi = len(self.cpus) >= 2
@@ -44,24 +44,30 @@ class Lab:
     # ------------------------------------------------------------ up and down
 
     def up(self, source: str) -> None:
-        """The topology, the rule agents of the gateway and the internet host, and both consumers, bound."""
+        """The topology, the rule agents of the gateway and the internet host, and the consumers, bound."""
         self.topology = Topology(self.tag, [INTERNET4])
         self.topology.add_vm("gen", [source])
         self.topology.up()
         self.gw = self.topology.gateway.namespace
         self.inet = self.topology.internet.namespace
         self.vm = self.topology.vms["gen"].namespace
+        self.vm_link = self.topology.vms["gen"].link
         self.vm_mac, self.gw_mac = self._macs()
         life = str(self.args.lifetime)
         self.gw_agent = self.child("gw-agent", self.gw, "agent", "--lifetime", life)
         self.inet_agent = self.child("inet-agent", self.inet, "agent", "--lifetime", life)
         for agent in (self.gw_agent, self.inet_agent):
             agent.read()
-        for kind, queue in self.queues.items():
+        for config, queue in self.queues.items():
+            kind = "accept" if config == "accept" else "worker"
             options = ["--kind", kind, "--queue", str(queue), "--cpu", str(self.consumer_cpu), "--lifetime", life]
             if kind == "worker":
                 options += ["--vms", str(self.args.vms), "--seed", str(self.args.seed), "--source", source]
-            self.consumers[kind] = self.child(f"consumer-{kind}", self.gw, "consumer", *options)
+            if config == "bound":
+                # where the generator's SYNs really come from: they arrive on the gateway's end of the VM's link
+                # and carry eth0's MAC (the ring sender writes it into every frame; the raw sender's kernel does)
+                options += ["--bind-interface", self.vm_link, "--bind-mac", self.vm_mac]
+            self.consumers[config] = self.child(f"consumer-{config}", self.gw, "consumer", *options)
         self.ready = {kind: c.read(120) for kind, c in self.consumers.items()}
         for kind, r in self.ready.items():
             if "error" in r:
@@ -127,7 +133,8 @@ class Lab:
     # ------------------------------------------------------------ throughput
 
     def throughput_phase(self, config: str, source: str) -> dict:
-        """One window of `config` (worker, accept, none) under the generator's SYNs: its row (report.window_row)."""
+        """One window of `config` (worker, bound, accept, none) under the generator's SYNs: its row
+        (report.window_row)."""
         self.rule(config)
         consumer = self.consumers.get(config)
         if consumer is not None:
@@ -139,11 +146,15 @@ class Lab:
         finally:
             if consumer is not None:
                 self.priority(consumer, False)
+        idle_limit = DISTURBED + (rt_throttle() if self.args.fifo else 0.0)
+        row = window_row(config, m0, m1, len(self.cpus), idle_limit)
+        if row.get("spoofed"):
+            raise RuntimeError(f"{config}: the callback dropped {row['spoofed']:,} of the generator's SYNs as "
+                               "spoofed-source; the window would measure drops, not accepts")
         if m1["fwd"] - m0["fwd"] < 0.01 * max(1, m1["vm_tx"] - m0["vm_tx"]):
             raise RuntimeError(f"{config}: the gateway forwarded {m1['fwd'] - m0['fwd']} of "
                                f"{m1['vm_tx'] - m0['vm_tx']} packets the VM sent; the lab is broken")
-        idle_limit = DISTURBED + (rt_throttle() if self.args.fifo else 0.0)
-        return window_row(config, m0, m1, len(self.cpus), idle_limit)
+        return row
 
     def _start_sender(self, config: str, source: str) -> Child:
         """The generator, ready to go; falls back to the raw-socket sender when the TX ring cannot be set up."""

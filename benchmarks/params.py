@@ -14,7 +14,7 @@ TAG_PREFIX = "p25b"    # the namespaces: p25b<6 hex digits>-gw, -inet, -0
 
 # the queue as the daemon binds it: its defaults (queue number, length, socket buffer, queue-full policy)
 DAEMON = Settings()
-QUEUE_WORKER, QUEUE_ACCEPT = DAEMON.queue, DAEMON.queue + 1
+QUEUE_WORKER, QUEUE_ACCEPT, QUEUE_BOUND = DAEMON.queue, DAEMON.queue + 1, DAEMON.queue + 2
 QUEUE_LENGTH, SOCKET_BUFFER = DAEMON.queue_length, DAEMON.socket_buffer
 FAIL_OPEN = DAEMON.queue_full == QueueFull.ACCEPT
 

@@ -10,7 +10,9 @@ from typing import Any
 from .kernel import clock_ticks
 from .params import AHEAD, DISTURBED, TARGET_RATIO
 
-NAMES = {"worker": "worker (PacketCallback)", "accept": "accept-all", "none": "no queue (forwarding)"}
+NAMES = {"worker": "worker (PacketCallback)", "bound": "worker, bound source", "accept": "accept-all",
+         "none": "no queue (forwarding)"}
+SHORT = {"worker": "worker", "bound": "worker-bound", "accept": "accept-all", "none": "no queue"}
 
 
 # ---------------------------------------------------------------- accounting
@@ -25,7 +27,7 @@ def window_row(config: str, m0: dict, m1: dict, ncpus: int, idle_limit: float) -
         "config": config, "wall": wall,
         "steal": (m1["steal"] - m0["steal"]) / ticks / wall / max(1, ncpus),
         "offered": (m1["vm_tx"] - m0["vm_tx"]) / wall,
-        "forwarded": (m1["fwd"] - m0["fwd"]) / wall,
+        "forwarded": (m1["fwd"] - m0["fwd"]) / wall, "fwd_count": m1["fwd"] - m0["fwd"],
         "backlog_drops": m1["softnet"] - m0["softnet"]}
     if m0["c"] is None:
         row.update(rate=row["forwarded"], saturated=None)
@@ -48,6 +50,9 @@ def queue_counts(c0: dict, c1: dict) -> dict:
            "queue_dropped": q1["queue_dropped"] - q0["queue_dropped"], "waiting": (q0["waiting"], q1["waiting"])}
     if c0["own"] is not None:
         out["own"] = c1["own"] - c0["own"]
+    if c0.get("allowed") is not None:
+        out["allowed"] = c1["allowed"] - c0["allowed"]
+        out["spoofed"] = c1["spoofed"] - c0["spoofed"]
     return out
 
 
@@ -114,7 +119,15 @@ def window_flags(row: dict, seconds: float) -> str:
         flag += f"  window {row['wall']:.2f} s"
     if "own" in row and abs(row["own"] - row["verdicts"]) > max(50, 0.01 * row["verdicts"]):
         flag += f"  (own count {row['own']:,} differs from the kernel's {row['verdicts']:,})"
+    if "allowed" in row and not accepted_all(row):
+        flag += f"  NOT ALL ACCEPTED: {row['allowed']:,} allowed, {row['spoofed']:,} spoofed-source"
     return flag
+
+
+def accepted_all(row: dict) -> bool:
+    """Whether the worker accepted the window's SYNs, by its own count: no spoofed-source drop, and as many
+    allowed as the kernel counted verdicts (within what the marks' few microseconds apart let through)."""
+    return row["spoofed"] == 0 and abs(row["allowed"] - row["verdicts"]) <= max(50, 0.01 * row["verdicts"])
 
 
 def print_window(row: dict, seconds: float) -> None:
@@ -165,13 +178,13 @@ def print_throughput(rows: list[dict], configs: list[str]) -> tuple[dict[str, fl
     return med, per_cpu
 
 
-def paired_ratios(rows: list[dict]) -> tuple[list[str], list[float]]:
-    """worker / accept-all per repetition (as text, * when a window of the pair was not clean), and the clean
-    pairs' ratios."""
+def paired_ratios(rows: list[dict], num: str = "worker", den: str = "accept") -> tuple[list[str], list[float]]:
+    """num / den per repetition (as text, * when a window of the pair was not clean), and the clean pairs'
+    ratios."""
     pairs, paired = [], []
     for i in sorted({r["rep"] for r in rows}):
-        w = next((r for r in rows if r["rep"] == i and r["config"] == "worker"), None)
-        a = next((r for r in rows if r["rep"] == i and r["config"] == "accept"), None)
+        w = next((r for r in rows if r["rep"] == i and r["config"] == num), None)
+        a = next((r for r in rows if r["rep"] == i and r["config"] == den), None)
         if w and a:
             clean = is_clean(w) and is_clean(a)
             pairs.append(f"{w['rate'] / a['rate']:.3f}{'' if clean else '*'}")
@@ -194,6 +207,9 @@ def print_ratios(rows: list[dict], med: dict[str, float], per_cpu: dict[str, flo
     if paired:
         print(f"      median of the clean pairs {statistics.median(paired):.3f}; per CPU-s "
               f"{per_cpu['worker'] / per_cpu['accept']:.3f}")
+    if "bound" in med:
+        print_pair(rows, med, per_cpu, "bound", "worker")
+        print_pair(rows, med, per_cpu, "bound", "accept")
     print(f"  worker / no queue          {med['worker'] / med['none']:.3f}")
     print(f"  accept-all / no queue      {med['accept'] / med['none']:.3f}")
     none_rows = [r for r in rows if r["config"] == "none"]
@@ -203,6 +219,43 @@ def print_ratios(rows: list[dict], med: dict[str, float], per_cpu: dict[str, flo
     us_per = {c: 1e6 / med[c] for c in ("worker", "accept")}
     print(f"  per verdict: worker {us_per['worker']:.2f} us, accept-all {us_per['accept']:.2f} us of the consumer "
           f"CPU: the PacketCallback costs {us_per['worker'] - us_per['accept']:.2f} us more per SYN")
+    if "bound" in med:
+        print_binding_cost(med, per_cpu)
+
+
+def print_pair(rows: list[dict], med: dict[str, float], per_cpu: dict[str, float], num: str, den: str) -> None:
+    """The ratio of two queue configurations' medians, per repetition, and of their clean pairs."""
+    pairs, paired = paired_ratios(rows, num, den)
+    starred = " (* a window of the pair was not clean)" if "*" in "".join(pairs) else ""
+    print(f"  {SHORT[num] + ' / ' + SHORT[den]:<26} {med[num] / med[den]:.3f}")
+    print(f"      per repetition {', '.join(pairs)}{starred}")
+    clean = f"median of the clean pairs {statistics.median(paired):.3f}; " if paired else ""
+    print(f"      {clean}per CPU-s {per_cpu[num] / per_cpu[den]:.3f}")
+
+
+def print_binding_cost(med: dict[str, float], per_cpu: dict[str, float]) -> None:
+    """Microseconds per verdict of the three consumers, from the median rates and from the rates per CPU-s."""
+    configs = ("worker", "bound", "accept")
+    wall = {c: 1e6 / med[c] for c in configs}
+    cpu = {c: 1e6 / per_cpu[c] for c in configs}
+    print(f"  per verdict: worker-bound {wall['bound']:.2f} us of the consumer CPU ({cpu['bound']:.2f} us per "
+          f"CPU-s; worker {cpu['worker']:.2f}, accept-all {cpu['accept']:.2f}): the binding check costs "
+          f"{wall['bound'] - wall['worker']:+.2f} us per SYN ({cpu['bound'] - cpu['worker']:+.2f} per CPU-s)")
+
+
+def print_binding_check(rows: list[dict]) -> bool:
+    """Whether the bound source's SYNs were accepted in every window of the bound worker (a spoofed-source drop
+    would make it measure drops): its own counts against the kernel's, and what the gateway forwarded."""
+    bound = [r for r in rows if r["config"] == "bound"]
+    if not bound:
+        return True
+    kernel, allowed = sum(r["verdicts"] for r in bound), sum(r["allowed"] for r in bound)
+    spoofed, fwd = sum(r["spoofed"] for r in bound), sum(r["fwd_count"] for r in bound)
+    ok = all(accepted_all(r) for r in bound)
+    print(f"  bound source accepted: {'yes' if ok else 'NO'}: in its {len(bound)} windows the kernel counted "
+          f"{kernel:,} verdicts, the callback allowed {allowed:,} ({spoofed:,} spoofed-source drops) and the "
+          f"gateway forwarded {fwd:,}")
+    return ok
 
 
 def print_latency(lat: dict, fifo: int, sender_cpu: int, consumer_cpu: int) -> None:

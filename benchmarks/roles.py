@@ -6,12 +6,16 @@ and spoken to in JSON lines: commands on its stdin, one JSON object per line on 
 {"ready": true, "pid": ...} or {"error": ...}); its stderr goes to a log the parent keeps when a run fails.
 Every child dies with its parent (PR_SET_PDEATHSIG). The roles and their options:
 
-  consumer  --kind worker|accept --queue Q [--vms N --seed N --source ADDR] [--cpu C] [--lifetime S]
+  consumer  --kind worker|accept --queue Q [--vms N --seed N --source ADDR] [--bind-interface IF]
+            [--bind-mac MAC] [--cpu C] [--lifetime S]
             (gateway) binds queue Q as the daemon does and gives verdicts: kind worker with the project's
             PacketCallback over the synthetic fleet's table of N VMs (--source: the address whose entry it
-            reports), kind accept with a callback that does only pkt.accept(). stdin: "mark" answers
-            {"t", "own", "q"} (own: the worker's own verdict count, null for accept; q: the kernel's counters of
-            the queue, null when unbound), "quit" or end of input stops it.
+            reports; --bind-interface/--bind-mac: bind that address to where its packets come from, the gateway
+            interface they arrive on and their source MAC, so that the callback runs its spoofing check),
+            kind accept with a callback that does only pkt.accept(). stdin: "mark" answers
+            {"t", "own", "allowed", "spoofed", "q"} (own: the worker's own verdict count, allowed: those that
+            accepted, spoofed: the spoofed-source drops, all null for accept; q: the kernel's counters of the
+            queue, null when unbound), "quit" or end of input stops it.
   agent     [--lifetime S]
             (gateway, internet) rules in its namespace: "install Q" (the project's queue rule naming queue Q),
             "remove", "run ARGV-as-JSON"; answers {"ok", ...} to each. Removes the project's rules at the end.
@@ -44,7 +48,7 @@ import threading
 import time
 from typing import Any
 
-from enforcer.core.table import pack
+from enforcer.core.table import SPOOFED, Binding, pack
 from enforcer.dataplane.callback import PacketCallback
 from enforcer.dataplane.queue import bind_queue, kernel_queue_stats, run_until_signalled
 from enforcer.dataplane.worker import die_with_parent
@@ -80,12 +84,39 @@ def accept_all(pkt: Any) -> None:
     pkt.accept()
 
 
-def worker_callback(vms: int, seed: int, source: str) -> tuple[PacketCallback, dict]:
-    """The project's packet callback over the synthetic fleet's table, and what to report of the table."""
+def worker_callback(vms: int, seed: int, source: str, binding: Binding | None) -> tuple[PacketCallback, dict]:
+    """The project's packet callback over the synthetic fleet's table (with `source` bound to `binding`, if
+    given), and what to report of the table."""
     inv, table, seconds = compiled_fleet(vms, seed)
     del inv
-    built = {"seconds": round(seconds, 2), "entries": len(table), "source_verdict": list(table.lookup(pack(source)))}
+    key = pack(source)
+    if binding is not None:
+        # the fleet registers no interfaces or MACs: bind the one source the generator sends from, as
+        # compile_table would for a VM registered with its interface and MAC
+        table.bindings[key] = binding
+    bound = table.binding(key, table.exact[key]) if key in table.exact else None  # as the callback finds it
+    built = {"seconds": round(seconds, 2), "entries": len(table), "source_verdict": list(table.lookup(key)),
+             "bindings": len(table.bindings),
+             "binding": None if bound is None else [bound.interface, bound.mac.hex() if bound.mac else None]}
     return PacketCallback(table), built
+
+
+def binding_option(args: argparse.Namespace) -> Binding | None:
+    """--bind-interface and --bind-mac as a Binding: the MAC as NFQUEUE reports it (6 bytes and two zeros)."""
+    if not args.bind_interface and not args.bind_mac:
+        return None
+    mac = bytes.fromhex(args.bind_mac.replace(":", "")) + b"\0\0" if args.bind_mac else None
+    return Binding(args.bind_interface or None, mac)
+
+
+def own_counts(cb: PacketCallback | None) -> dict:
+    """The worker's own verdict count, and of it the accepted and the spoofed-source drops (a bound source's
+    SYNs must all be accepted, or the window measures drops); all None for the accept-all consumer."""
+    if cb is None:
+        return {"own": None, "allowed": None, "spoofed": None}
+    hits = dict(cb.hits)  # copied at once under the GIL: the packet thread keeps counting
+    return {"own": sum(hits.values()) + cb.malformed + cb.errors,
+            "allowed": sum(n for entry, n in hits.items() if entry.allow), "spoofed": hits.get(SPOOFED, 0)}
 
 
 def stop_main_thread() -> None:
@@ -101,7 +132,7 @@ def consumer(args: argparse.Namespace) -> int:
     cb: PacketCallback | None = None
     built: dict = {}
     if args.kind == "worker":
-        cb, built = worker_callback(args.vms, args.seed, args.source)
+        cb, built = worker_callback(args.vms, args.seed, args.source, binding_option(args))
     pin(args.cpu)
     try:
         # a bound method, not the instance: what the daemon binds (see bind_queue)
@@ -115,7 +146,7 @@ def consumer(args: argparse.Namespace) -> int:
 
     def mark() -> dict:
         stats = kernel_queue_stats().get(args.queue)
-        return {"t": time.monotonic(), "own": own(), "q": None if stats is None else dataclasses.asdict(stats)}
+        return {"t": time.monotonic(), **own_counts(cb), "q": None if stats is None else dataclasses.asdict(stats)}
 
     stopping = threading.Event()
 
@@ -290,6 +321,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vms", type=int, default=VMS, help=f"registered VMs in the worker's table (default {VMS})")
     p.add_argument("--seed", type=int, default=SEED, help=f"seed of the synthetic fleet (default {SEED})")
     p.add_argument("--source", default="", help="the address whose table entry to report (kind worker)")
+    p.add_argument("--bind-interface", default="", help="bind --source to this gateway interface (kind worker)")
+    p.add_argument("--bind-mac", default="", help="bind --source to this source MAC (kind worker)")
     add_cpu(p)
     add_lifetime(p)
     p = roles.add_parser("agent", help="install and remove rules in its namespace")
