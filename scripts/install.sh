@@ -1,22 +1,37 @@
 #!/usr/bin/env bash
-# Installs what port25-enforcer needs on Debian 12, as root, idempotently:
-# the system packages (kernel tools, the libnetfilter_queue headers that the
-# netfilterqueue binding compiles against) and a virtual environment in .venv
-# holding the project in editable mode with its test extras.
+# Installs what port25-enforcer needs on Debian 12, as root, idempotently: the system packages (kernel tools, the
+# libnetfilter_queue headers that the netfilterqueue binding compiles against) and a virtual environment in .venv
+# holding the project in editable mode. That is all the daemon and `enforcer lab demo` need.
+# --test adds what the tests need: Vagrant and its libvirt plugin (the Vagrantfile's checks), shellcheck,
+# systemd (systemd-analyze verifies the unit) and the [test,dev] extras (pytest, the build backend, the linters).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+usage="usage: $0 [--test]"
+with_tests=0
+for arg in "$@"; do
+    case "$arg" in
+        --test) with_tests=1 ;;
+        -h|--help) echo "$usage"; exit 0 ;;
+        *) echo "install.sh: unknown argument '$arg'; $usage" >&2; exit 2 ;;
+    esac
+done
+
 if [ "$(id -u)" -ne 0 ]; then
-    echo "install.sh: run as root (it installs Debian packages): sudo $0" >&2
+    echo "install.sh: run as root (it installs Debian packages): sudo $0 $*" >&2
     exit 2
 fi
 
 packages=(
     python3 python3-venv python3-dev gcc make pkg-config
     libnetfilter-queue-dev libnfnetlink-dev
-    iproute2 iptables ipset nftables conntrack procps systemd
-    vagrant vagrant-libvirt shellcheck
+    iproute2 iptables ipset nftables conntrack procps
 )
+extras=""
+if [ "$with_tests" -eq 1 ]; then
+    packages+=(vagrant vagrant-libvirt shellcheck systemd)
+    extras="[test,dev]"
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,5 +46,9 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test,dev]'
-echo "install.sh: ready: .venv/bin/enforcer --help"
+.venv/bin/python -m pip install --quiet -e ".${extras}"
+if [ "$with_tests" -eq 1 ]; then
+    echo "install.sh: ready: .venv/bin/python -m pytest"
+else
+    echo "install.sh: ready: .venv/bin/enforcer lab demo (the tests need ./scripts/install.sh --test)"
+fi

@@ -29,7 +29,7 @@ lab_dir_option = click.option("--dir", "directory", type=click.Path(file_okay=Fa
                               default=LAB_DIR, show_default=True,
                               help="Where the lab keeps its state, logs and record.")
 lab_file_option = click.option("--lab", "lab_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                               help="The lab file (default: vagrant/lab.yml of this checkout).")
+                               help="The lab file (default: vagrant/lab.yml of the checkout, or the installed copy).")
 
 
 @lab.command("demo")

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..state.documents import read_document
 
-DEFAULT_LAB = Path(__file__).resolve().parents[2] / "vagrant" / "lab.yml"
+# The checkout's, where there is one (so an edit to it shows at once); else the one an install put beside the
+# profiles (pyproject.toml's data-files), as state/profiles.py finds those.
+CHECKOUT_LAB = Path(__file__).resolve().parents[2] / "vagrant" / "lab.yml"
+INSTALLED_LAB = Path(sys.prefix) / "share" / "port25-enforcer" / "vagrant" / "lab.yml"
+DEFAULT_LAB = CHECKOUT_LAB if CHECKOUT_LAB.is_file() else INSTALLED_LAB
 LAB_DIR = Path("/run/enforcer-lab")  # where `enforcer lab up` keeps its state, logs and record
 SMTP_PORTS = (25, 465, 587)          # the internet host's SMTP server listens on each; the demo tries each
 
@@ -18,7 +23,7 @@ def read_lab(lab_file: Path | None) -> tuple[str, dict[str, Any], list[str], dic
     """(path, document, internet addresses, what the spec expects per resource) of a lab file."""
     path = str(lab_file or DEFAULT_LAB)
     if not Path(path).exists():
-        raise UserError(f"no lab file at {path}; pass one: --lab vagrant/lab.yml")
+        raise UserError(f"no lab file at {path}; pass one: --lab FILE (see vagrant/lab.yml)")
     doc = read_document(path)
     lab = doc.get("lab") or {}
     try:

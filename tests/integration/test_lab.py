@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import threading
+from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import yaml
+from rich.console import Console
 
 from support.paths import LAB
 from enforcer.cli.main import main
+from enforcer.lab.demo import EXIT_LAB_NOT_READY, Demo
 from enforcer.lab.manage import tag_for
 from enforcer.lab.netns import Topology, can_build_namespaces, netns
 
@@ -50,6 +56,54 @@ def small_lab(tmp_path, **expect_changes) -> str:
 def test_demo_fails_when_an_outcome_differs_from_the_spec(tmp_path, capsys):
     out = run(capsys, "lab", "demo", "--lab", small_lab(tmp_path, **{"shop-web": "allowed"}), expect=1)
     assert "1 outcome(s) differ from the spec" in out and "DIFFERS" in out
+
+
+class FlakyIPv6Demo(Demo):
+    """The demo on a lab whose internet host drops IPv6 for a while after it comes up (the first-run symptom:
+    IPv6 paths not ready yet), or for good."""
+
+    def __init__(self, lab_file: str, for_seconds: float | None):
+        super().__init__(Path(lab_file), Console(width=200, record=True), timeout=1.5)
+        self.for_seconds = for_seconds
+
+    def build(self, lab):
+        super().build(lab)
+        inet = lab.topology.internet.namespace
+        rule = ["ip6tables", "-I", "INPUT", "-j", "DROP"]
+        subprocess.run(["ip", "netns", "exec", inet, *rule], check=True)
+        if self.for_seconds is not None:
+            lift = ["ip", "netns", "exec", inet, "ip6tables", "-D", "INPUT", "-j", "DROP"]
+            threading.Timer(self.for_seconds, subprocess.run, [lift]).start()
+
+
+def test_demo_waits_for_paths_that_are_not_ready_yet(tmp_path):
+    demo = FlakyIPv6Demo(small_lab(tmp_path), for_seconds=4)
+    assert demo.run() == 0
+    out = demo.console.export_text()
+    assert "every outcome matches the spec" in out and "DIFFERS" not in out
+
+
+def test_demo_says_lab_not_ready_instead_of_differs(tmp_path):
+    demo = FlakyIPv6Demo(small_lab(tmp_path), for_seconds=None)
+    with patch("enforcer.lab.demo.READY_WAIT", 5.0):
+        assert demo.run() == EXIT_LAB_NOT_READY
+    out = demo.console.export_text()
+    assert "lab not ready" in out and "to 2001:db8:ffff::25" in out and "DIFFERS" not in out
+
+
+def test_a_timeout_the_enforcer_did_not_cause_is_a_lab_fault(tmp_path):
+    """After the paths were proven, the internet host drops IPv6 port 25 itself: those time-outs have no drop
+    of the enforcer's behind them, so they are a lab fault, not a verdict."""
+    class LateFault(Demo):
+        def wait_until_ready(self, lab):
+            pending = super().wait_until_ready(lab)
+            subprocess.run(["ip", "netns", "exec", lab.topology.internet.namespace, "ip6tables", "-I", "INPUT",
+                            "-p", "tcp", "--dport", "25", "-j", "DROP"], check=True)
+            return pending
+    demo = LateFault(Path(small_lab(tmp_path)), Console(width=200, record=True), timeout=1.5)
+    assert demo.run() == EXIT_LAB_NOT_READY
+    out = demo.console.export_text()
+    assert "lab fault" in out and "ea-vm to 2001:db8:ffff::25 port 25" in out
 
 
 def test_lab_up_exec_status_down(labdir, capsys, tmp_path):

@@ -27,9 +27,9 @@ PROVISION = VAGRANT_DIR / "provision"
 PAAS_ONLY = {"paas", "app-service", "functions"}
 
 needs_vagrant = pytest.mark.skipif(shutil.which("vagrant") is None,
-                                   reason="vagrant is not installed (scripts/install.sh installs it)")
+                                   reason="vagrant is not installed (./scripts/install.sh --test installs it)")
 needs_shellcheck = pytest.mark.skipif(shutil.which("shellcheck") is None,
-                                      reason="shellcheck is not installed (scripts/install.sh installs it)")
+                                      reason="shellcheck is not installed (./scripts/install.sh --test installs it)")
 
 FAKE_VBOXMANAGE = """#!/bin/sh
 # Stands in for VirtualBox's VBoxManage: Vagrant asks for the version to load its VirtualBox provider; a machine

@@ -8,8 +8,9 @@ import pytest
 from support.paths import ROOT
 from enforcer.cli.main import main
 
-needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                           reason="systemd-analyze is not installed (scripts/install.sh installs it)")
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze is not installed (./scripts/install.sh --test installs it)")
 
 
 @needs_systemd_analyze
