@@ -15,17 +15,13 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-import yaml
 
-from enforcer.lab.files import DEFAULT_LAB, resources_of
 from enforcer.lab.namespace_lab import NamespaceLab
 from enforcer.lab.netns import can_build_namespaces
 
-from .soak import Sender, arrivals, count_arrivals
+from .soak import Sender, arrivals, count_arrivals, default_lab
 
 
 def project_rules(lab: NamespaceLab) -> list[str]:
@@ -82,16 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         print(f"python -m benchmarks.cycles {why}", file=sys.stderr)
         return 2
-    doc = yaml.safe_load(DEFAULT_LAB.read_text())
-    with tempfile.TemporaryDirectory(prefix="enforcer-cycles-") as tmp:
-        lab = NamespaceLab(Path(tmp), [str(a) for a in doc["lab"]["internet"]["addresses"]])
-        try:
-            lab.apply(str(DEFAULT_LAB), doc)
-            lab.up(resources_of(doc))
-            kills = kill_cycles(lab, args.kills, args.syns)
-            stops = stop_cycles(lab, args.stops)
-        finally:
-            lab.close()
+    with default_lab("enforcer-cycles-") as lab:
+        kills = kill_cycles(lab, args.kills, args.syns)
+        stops = stop_cycles(lab, args.stops)
     print("kill -9 cycles (--when-down block):", ", ".join(f"{k} {v:,}" for k, v in kills.items()))
     print("start/stop cycles (SIGTERM):", ", ".join(f"{k} {v:,}" for k, v in stops.items()))
     held = kills["shop-web_arrived"] == 0 and kills["ea-vm_arrived"] == 0 and not kills["rules_missing_after_kill"]

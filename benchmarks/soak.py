@@ -23,7 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import yaml
 
@@ -118,6 +119,20 @@ def flip(lab: NamespaceLab, allow: bool) -> None:
     lab.change("soak: enforcer vm restart devtest-vm", lifecycle.restart, TOGGLED)
 
 
+@contextmanager
+def default_lab(prefix: str) -> Iterator[NamespaceLab]:
+    """The lab of vagrant/lab.yml up in namespaces (no daemon yet); all of it removed afterwards."""
+    doc = yaml.safe_load(DEFAULT_LAB.read_text())
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        lab = NamespaceLab(Path(tmp), [str(a) for a in doc["lab"]["internet"]["addresses"]])
+        try:
+            lab.apply(str(DEFAULT_LAB), doc)
+            lab.up(resources_of(doc))
+            yield lab
+        finally:
+            lab.close()
+
+
 def soak(lab: NamespaceLab, seconds: float, rate: float) -> dict[str, Any]:
     steady = {vm: Sender(lab, vm, i) for i, vm in enumerate(STEADY)}
     toggled = Sender(lab, TOGGLED, 99)
@@ -180,16 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m benchmarks.soak {why}", file=sys.stderr)
         return 2
     seconds = 60.0 if args.quick else args.minutes * 60
-    doc = yaml.safe_load(DEFAULT_LAB.read_text())
-    with tempfile.TemporaryDirectory(prefix="enforcer-soak-") as tmp:
-        lab = NamespaceLab(Path(tmp), [str(a) for a in doc["lab"]["internet"]["addresses"]])
-        try:
-            lab.apply(str(DEFAULT_LAB), doc)
-            lab.up(resources_of(doc))
-            lab.start_daemon()
-            result = soak(lab, seconds, args.rate)
-        finally:
-            lab.close()
+    with default_lab("enforcer-soak-") as lab:
+        lab.start_daemon()
+        result = soak(lab, seconds, args.rate)
     return report(result, seconds, args.rate)
 
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 import yaml
-from support.netlab import NetLab, wait_for
+from support.netlab import NetLab, example_lab, wait_for
 from support.paths import LAB
 
 from enforcer.lab.netns import can_build_namespaces, run_in
@@ -32,15 +32,10 @@ COUNTER = "p25-test-syn-counter"
 
 @pytest.fixture
 def netlab(tmp_path):
-    lab = NetLab(tmp_path, DOC["lab"]["internet"]["addresses"])
-    assert lab.cli("apply", str(LAB)) == 0
-    try:
-        lab.up(RESOURCES)
+    with example_lab(tmp_path) as lab:
         count_syns_at_internet(lab)
         lab.start_daemon()
         yield lab
-    finally:
-        lab.close()
 
 
 def in_namespace(namespace: str, *argv: str, stdin: str | None = None) -> str:

@@ -18,7 +18,7 @@ from support.paths import LAB
 from enforcer.dataplane.control import ask
 from enforcer.lab.netns import can_build_namespaces, run_in
 from enforcer.cli.main import main as cli_main
-from support.netlab import NetLab, as_user, wait_for
+from support.netlab import NetLab, as_user, example_lab, wait_for
 
 WHY_NOT = can_build_namespaces()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
@@ -31,14 +31,8 @@ OUTCOME = {"allowed": "delivered", "blocked": "timeout"}
 
 @pytest.fixture
 def netlab(tmp_path):
-    lab = NetLab(tmp_path, DOC["lab"]["internet"]["addresses"])
-    assert lab.cli("apply", str(LAB)) == 0
-    try:
-        lab.up(RESOURCES)
+    with example_lab(tmp_path) as lab:
         yield lab
-    finally:
-        lab.close()
-        assert not [n for n in __import__("pyroute2").netns.listnetns() if n.startswith(lab.tag)]
 
 
 def live(lab: NetLab) -> dict:

@@ -7,8 +7,15 @@ import signal
 import sys
 import time
 
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
 from enforcer.cli.main import main
 from enforcer.lab.namespace_lab import NamespaceLab
+from support.paths import LAB
 
 
 class NetLab(NamespaceLab):
@@ -32,6 +39,22 @@ class NetLab(NamespaceLab):
 
     def delivered(self) -> int:
         return len(list(self.maildir.glob("*.eml"))) if self.maildir.exists() else 0
+
+
+@contextmanager
+def example_lab(workdir: Path) -> Iterator[NetLab]:
+    """The lab of vagrant/lab.yml up in namespaces, applied through the CLI, no daemon yet; all of it removed
+    afterwards (and checked to be gone), also when the test fails."""
+    doc = yaml.safe_load(LAB.read_text())
+    lab = NetLab(workdir, doc["lab"]["internet"]["addresses"])
+    assert lab.cli("apply", str(LAB)) == 0
+    try:
+        lab.up({r["name"]: r["addresses"] for r in doc["resources"]})
+        yield lab
+    finally:
+        lab.close()
+        from pyroute2 import netns
+        assert not [n for n in netns.listnetns() if n.startswith(lab.tag)]
 
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05):
