@@ -7,7 +7,8 @@ import click
 from ..core.converge import converge, wanted_profile
 from ..core.inventory import Inventory
 from ..core.profile import Profile
-from ..state.documents import read_document, shown
+from ..state.documents import read_document
+from ..state.files import shown
 from .context import Context, pass_ctx
 from .output import echo_lines
 

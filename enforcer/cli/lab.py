@@ -41,7 +41,7 @@ def lab_demo(lab_file: Path | None, timeout: float) -> None:
     every resource to 25, 465 and 587, compare with the spec, walk the exemption story, tear down.
     Needs root; exits non-zero if any outcome differs from the spec."""
     from ..lab.demo import run_demo
-    code = run_demo(lab_file, console, timeout)
+    code = run_demo(lab_file, console(), timeout)
     if code:
         raise SystemExit(code)
 

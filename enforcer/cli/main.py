@@ -6,6 +6,7 @@ untouched; a traceback means a bug.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -13,19 +14,30 @@ import click
 from .. import __version__
 from ..errors import UserError
 from ..state.settings import DEFAULT_STATE
-from .apply import apply
 from .context import Context
-from .daemon import run
-from .exemption import diagnose, exemption
-from .queries import audit, check, profile, status
-from .lab import lab, probe
-from .service import service
-from .subscription import subscription
-from .vm import vm
-from .vnet import vnet
+
+# Each command's module, imported only when the command runs (or help lists it), so that a plain command does
+# not pay for the YAML reader, the lab or the daemon.
+COMMANDS = {
+    "apply": "apply", "subscription": "subscription", "vnet": "vnet", "vm": "vm", "diagnose": "exemption",
+    "exemption": "exemption", "check": "queries", "audit": "queries", "status": "queries", "profile": "queries",
+    "probe": "lab", "lab": "lab", "run": "daemon", "service": "service",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"{__package__}.{COMMANDS[cmd_name]}")
+        command: click.Command = getattr(module, cmd_name.replace("-", "_"))
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--state", "state_path", envvar="ENFORCER_STATE", default=DEFAULT_STATE, show_default=True,
               metavar="PATH", help="The state database (also $ENFORCER_STATE).")
 @click.version_option(__version__, prog_name="port25-enforcer")
@@ -33,11 +45,6 @@ from .vnet import vnet
 def cli(ctx: click.Context, state_path: str) -> None:
     """Make a Linux lab gateway block outbound SMTP (TCP 25) the way Azure's platform does."""
     ctx.obj = Context(state_path, ctx.obj or [])
-
-
-for command in (apply, subscription, vnet, vm, diagnose, exemption, check, probe, audit, status, profile, run,
-                service, lab):
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.profile import Profile, parse_profile
 from ..errors import UserError
-from .documents import read_text
+from .files import read_text
 
 CHECKOUT_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 INSTALLED_POLICIES = Path(sys.prefix) / "share" / "port25-enforcer" / "policies"

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ..errors import UserError
-from .documents import read_text
+from .files import read_text
 
 DEFAULT_STATE = "/var/lib/enforcer/state.db"
 DEFAULT_SOCKET = "/run/enforcer/control.sock"
