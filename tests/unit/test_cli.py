@@ -179,6 +179,13 @@ MISTAKES = [
     (["audit", "--limit", "0"], "--limit"),
     (["frobnicate"], "No such command"),
     (["apply", "/nonexistent/lab.yml"], "cannot read it"),
+    (["vm", "add", "x1", "--subscription", "ea-prod", "--address", "198.18.1.77", "--interface", "eth 1"],
+     "invalid interface name"),
+    (["vm", "bind", "ea-vm"], "--interface and/or --mac"),
+    (["vm", "bind", "ea-vm", "--mac", "52:54:00:zz:00:01"], "invalid MAC address"),
+    (["vm", "bind", "ghost", "--interface", "eth1"], "no resource 'ghost'"),
+    (["vnet", "bind", "hub"], "--interface IF, or --unbind"),
+    (["vnet", "bind", "hub", "--interface", "a-name-far-too-long"], "invalid interface name"),
 ]
 
 
@@ -268,3 +275,20 @@ def test_a_profile_that_lost_a_type_gives_one_line(lab, tmp_path, monkeypatch):
     for args in (("vm", "list"), ("status",), ("check", "--from", "shop-web", "--to", "198.19.25.25")):
         err = lab(*args, expect=2)
         assert "'payg'" in err and "put the type back in the profile" in err and err.count("\n") == 1
+
+
+def test_binding_a_resource_and_a_vnet(lab, tmp_path):
+    """Where an address is accepted from: the CLI, `vm show`, and a file (the VNet's interface for its VMs)."""
+    assert "updated resource 'ea-vm': interface" in lab("vm", "bind", "ea-vm", "--interface", "v3")
+    assert lab.json("vm", "show", "ea-vm")["interface"] == "v3"
+    assert "bound to interface eth1" in lab("vnet", "bind", "shop", "--interface", "eth1")
+    assert "bound so already" in lab("vnet", "bind", "shop", "--interface", "eth1")
+    assert "interface" in lab("vm", "bind", "ea-vm", "--unbind")
+    assert lab.json("vm", "show", "ea-vm")["interface"] is None
+    doc = yaml.safe_load(LAB.read_text())
+    doc["vnets"][0]["interface"] = "eth9"
+    changed = tmp_path / "lab.yml"
+    changed.write_text(yaml.safe_dump(doc))
+    assert "virtual network 'hub': bound to interface eth9" in lab("apply", str(changed))
+    assert "no changes" in lab("apply", str(changed))
+    assert [v["interface"] for v in lab.json("vnet", "list") if v["name"] == "hub"] == ["eth9"]
