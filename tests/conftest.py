@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from support.cli import Cli
 from support.paths import LAB
@@ -13,3 +15,12 @@ def lab(cli) -> Cli:
     """A state holding the example lab inventory."""
     cli("apply", str(LAB))
     return cli
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lab_ranges_go_nowhere():
+    """Before any test builds a lab (as root), the host routes the lab ranges to `unreachable`, so that nothing
+    addressed to a lab host can leave this machine, whatever a test gets wrong."""
+    if os.geteuid() == 0:
+        from enforcer.lab.netns import guard_lab_ranges
+        guard_lab_ranges()

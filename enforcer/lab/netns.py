@@ -18,13 +18,38 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-from pyroute2 import NetNS, netns
+from pyroute2 import IPRoute, NetNS, netns
+from pyroute2.netlink.exceptions import NetlinkError
 
 GATEWAY4 = "198.18.0.1"   # the gateway's address on every VM link (the VMs' default route)
 GATEWAY6 = "fe80::1"
 IFA_F_NODAD = 0x02        # IPv6 addresses usable at once, no duplicate address detection wait
+# Every lab address comes from these; the host routes them nowhere (see guard_lab_ranges).
+LAB_RANGES = ("198.18.0.0/15", "2001:db8::/32")
+RTN_UNREACHABLE = 7
+EEXIST = 17
+
+
+def guard_lab_ranges(addresses: Iterable[str] = ()) -> list[str]:
+    """Route the lab ranges, and any lab address outside them, to `unreachable` in the host's own routing table,
+    so that nothing addressed to a lab host can leave this machine through its default route (a provider once
+    picked a lab address for SSH and sent it out that way). Idempotent; the routes stay: they only ever refuse.
+    Returns the prefixes guarded."""
+    prefixes = list(LAB_RANGES)
+    for a in addresses:
+        ip = ipaddress.ip_address(host_address(a))
+        if not any(ip in ipaddress.ip_network(p) for p in prefixes):
+            prefixes.append(str(ipaddress.ip_network(ip)))
+    with IPRoute() as host:
+        for prefix in prefixes:
+            try:
+                host.route("add", dst=prefix, type=RTN_UNREACHABLE)
+            except NetlinkError as e:
+                if e.code != EEXIST:
+                    raise
+    return prefixes
 
 
 @dataclass
@@ -88,6 +113,7 @@ class Topology:
     # ------------------------------------------------------------ building
 
     def up(self) -> None:
+        guard_lab_ranges(self.internet.addresses + [a for h in self.vms.values() for a in h.addresses])
         try:
             for name in (self.gateway.namespace, self.internet.namespace):
                 self._create(name)

@@ -153,3 +153,18 @@ def test_probe_reports_syn_ack_rst_and_silence(labdir, capsys):
     assert results == {("ea-vm", 25): "syn-ack", ("ea-vm", 26): "rst", ("shop-web", 25): "silence"}
     human = run(capsys, "probe", "--dir", str(labdir), "--in", "shop-web", "--to", "[2001:db8:ffff::25]:587")
     assert "SYN-ACK" in human
+
+
+def test_the_host_routes_every_lab_range_nowhere():
+    """Asked, not tried: the kernel's route for a lab address (and one a lab file adds) is `unreachable`."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from enforcer.lab.netns import guard_lab_ranges
+    assert guard_lab_ranges(["198.51.100.77"]) == ["198.18.0.0/15", "2001:db8::/32", "198.51.100.77/32"]
+    with IPRoute() as host:
+        for address in ("198.18.1.10", "198.19.25.25", "2001:db8:ffff::25", "198.51.100.77"):
+            with pytest.raises(NetlinkError) as refused:
+                host.route("get", dst=address)
+            assert refused.value.code in (101, 113), address  # ENETUNREACH, EHOSTUNREACH
+        host.route("del", dst="198.51.100.77/32", type=7)
