@@ -236,7 +236,7 @@ class Daemon:
             self.install(self.spec)
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
-            signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+            signal.signal(signal.SIGHUP, lambda *_: self.request_reload("SIGHUP"))
             notify("READY=1\nSTATUS=judging port 25 SYNs")
             log.info("port25-enforcer %s: %s backend, queue(s) %s, generation %d, when down: %s",
                      __version__, self.backend.name, self.queue_list(), self.generation, self.settings.when_down)
@@ -266,7 +266,9 @@ class Daemon:
             notify("STOPPING=1")
             self.shutdown()
 
-    def request_reload(self) -> None:
+    def request_reload(self, why: str = "") -> None:
+        if why:
+            log.info("recompiling on %s", why)
         self.reload_requested = True
         self.wake.set()
 

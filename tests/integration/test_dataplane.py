@@ -335,6 +335,7 @@ def test_sighup_recompiles(netlab):
     """ExecReload sends SIGHUP: the workers recompile (a profile may have changed) and judging goes on."""
     netlab.start_daemon()
     netlab.daemon.send_signal(signal.SIGHUP)
-    assert wait_for(lambda: "loaded state generation" in netlab.daemon_log.read_text(), timeout=10)
+    assert wait_for(lambda: "loaded state generation" in netlab.daemon_log.read_text(), timeout=30), \
+        netlab.daemon_log.read_text()
     assert netlab.daemon.poll() is None
     assert netlab.smtp([("ea-vm", V4, 25), ("shop-web", V4, 25)]) == ["delivered", "timeout"]
