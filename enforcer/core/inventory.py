@@ -231,14 +231,7 @@ def validate(inv: Inventory, profile: Profile) -> None:
         _validate_vnet(inv, vnet)
     owner: dict[str, str] = {}
     for r in inv.resources.values():
-        _validate_resource(inv, profile, r)
-        _validate_placement(inv, r)
-        _validate_egress(inv, profile, r)
-        for a in r.addresses:
-            if a in owner and owner[a] != r.name:
-                raise UserError(f"address {a} of '{r.name}' already belongs to '{owner[a]}'; "
-                                "give every resource its own addresses")
-            owner[a] = r.name
+        validate_resource(inv, profile, r, owner)
     for p in inv.internal_prefixes:
         ipaddress.ip_network(p)
 
@@ -253,6 +246,19 @@ def _validate_vnet(inv: Inventory, vnet: VNet) -> None:
         if not any(sn.version == n.version and sn.subnet_of(n) for n in nets):  # type: ignore[arg-type]
             raise UserError(f"subnet '{s.name}' ({s.prefix}) lies outside the prefixes of virtual network "
                             f"'{vnet.name}' ({', '.join(vnet.prefixes)}); pick a prefix inside them")
+
+
+def validate_resource(inv: Inventory, profile: Profile, r: Resource, owner: dict[str, str]) -> None:
+    """What validate() checks of one resource, in O(its own size): against the inventory's other tables by name,
+    and its addresses against `owner` (address -> resource), which it extends."""
+    _validate_resource(inv, profile, r)
+    _validate_placement(inv, r)
+    _validate_egress(inv, profile, r)
+    for a in r.addresses:
+        if a in owner and owner[a] != r.name:
+            raise UserError(f"address {a} of '{r.name}' already belongs to '{owner[a]}'; "
+                            "give every resource its own addresses")
+        owner[a] = r.name
 
 
 def _validate_resource(inv: Inventory, profile: Profile, r: Resource) -> None:

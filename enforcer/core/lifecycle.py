@@ -324,6 +324,17 @@ def add_resource(inv: Inventory, profile: Profile, name: str, subscription: str,
                  vnet: str | None = None, subnet: str | None = None, mac: str | None = None,
                  egress: str | None = None, state: State = State.RUNNING, interface: str | None = None) -> Result:
     """Create a resource. Created running, it pulls its subscription's current policy at once."""
+    r = new_resource(inv, profile, name, subscription, kind, addresses, vnet, subnet, mac, egress, state, interface)
+    inv = _put(inv, r)
+    validate(inv, profile)
+    return inv, [added(inv, profile, r)]
+
+
+def new_resource(inv: Inventory, profile: Profile, name: str, subscription: str, kind: str, addresses: list[str],
+                 vnet: str | None = None, subnet: str | None = None, mac: str | None = None,
+                 egress: str | None = None, state: State = State.RUNNING, interface: str | None = None) -> Resource:
+    """The resource add_resource() creates, not yet in the inventory nor checked against it (a convergence
+    adds many and checks each in O(1): see validate_resource)."""
     check_name("resource", name)
     if name in inv.resources:
         raise UserError(f"resource '{name}' exists already; remove it first: {hints.remove_resource(name)}")
@@ -331,13 +342,15 @@ def add_resource(inv: Inventory, profile: Profile, name: str, subscription: str,
     k = profile.kind_named(kind)
     if not addresses:
         raise UserError(f"resource '{name}' needs at least one address: --address 198.18.1.10")
-    r = Resource(name, subscription, k.id, tuple(normalize_address(a, allow_prefix=True) for a in addresses),
-                 vnet, subnet, normalize_mac(mac), egress, state, pull(sub) if state == State.RUNNING else None,
-                 normalize_interface(interface))
-    inv = _put(inv, r)
-    validate(inv, profile)
+    return Resource(name, subscription, k.id, tuple(normalize_address(a, allow_prefix=True) for a in addresses),
+                    vnet, subnet, normalize_mac(mac), egress, state, pull(sub) if state == State.RUNNING else None,
+                    normalize_interface(interface))
+
+
+def added(inv: Inventory, profile: Profile, r: Resource) -> str:
+    """What a person is told of a resource just created (it is in `inv`)."""
     allow, _, _ = assess(inv, profile, r)
-    return inv, [f"added {k.name} '{name}' ({state}); port 25 to the internet: {verdict_word(allow)}"]
+    return f"added {profile.kinds[r.kind].name} '{r.name}' ({r.state}); port 25 to the internet: {verdict_word(allow)}"
 
 
 def update_resource(inv: Inventory, profile: Profile, name: str, **fields: Any) -> Result:

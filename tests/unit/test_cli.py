@@ -211,6 +211,13 @@ BAD_FILES = [
     ("subscriptions: [{name: a, type: ea}\n  - oops", "not valid YAML at line"),
     ("- just\n- a list", "expected a mapping"),
     ("profile: gcp", "profile 'gcp' differs"),
+    ("resources: [{name: twin, subscription: ea-prod, kind: vm, addresses: [198.18.1.10]}]",
+     "resource 'twin': address 198.18.1.10 of 'twin' already belongs to 'ea-vm'"),
+    ("resources: [{name: a1, subscription: ea-prod, kind: vm, addresses: [198.18.7.1]},\n"
+     "            {name: a2, subscription: ea-prod, kind: vm, addresses: [198.18.7.1]}]",
+     "resource 'a2': address 198.18.7.1 of 'a2' already belongs to 'a1'"),
+    ("resources: [{name: r1, subscription: ea-prod, kind: vm, egress: shop-web, addresses: [198.18.7.2]}]",
+     "which is not an appliance"),
 ]
 
 
@@ -292,3 +299,23 @@ def test_binding_a_resource_and_a_vnet(lab, tmp_path):
     assert "virtual network 'hub': bound to interface eth9" in lab("apply", str(changed))
     assert "no changes" in lab("apply", str(changed))
     assert [v["interface"] for v in lab.json("vnet", "list") if v["name"] == "hub"] == ["eth9"]
+
+
+def test_apply_of_many_new_resources_is_checked_like_one_by_one(cli, tmp_path):
+    """The bulk path of apply (new resources added in place) ends where adding them one by one would: the same
+    resources, the same verdicts, an audit row each; and a second apply changes nothing."""
+    resources = "\n".join(f"  - {{name: v{i}, subscription: {'s2' if i % 2 else 's1'}, kind: vm, vnet: n, "
+                          f"addresses: [198.18.9.{i + 1}]{', egress: fw' if i % 5 == 0 else ''}}}"
+                          for i in range(40))
+    text = ("subscriptions: [{name: s1, type: ea}, {name: s2, type: payg}]\n"
+            "vnets: [{name: n, subscription: s1, prefixes: [198.18.9.0/24]}]\n"
+            "resources:\n  - {name: fw, subscription: s1, kind: azure-firewall, vnet: n, addresses: [198.18.9.200]}\n"
+            + resources + "\n")
+    inventory = tmp_path / "many.yml"
+    inventory.write_text(text)
+    assert cli("apply", str(inventory)).count("added virtual machine") == 40
+    vms = {d["name"]: d["port25"] for d in cli.json("vm", "list")}
+    assert len(vms) == 41
+    assert all(vms[f"v{i}"] == ("allowed" if i % 2 == 0 or i % 5 == 0 else "blocked") for i in range(40))
+    assert len([r for r in cli.json("audit", "--limit", "1000") if r["kind"] == "resource"]) == 41
+    assert cli("apply", str(inventory)).strip() == "no changes"
