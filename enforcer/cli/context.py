@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
 
 import click
 
@@ -21,8 +22,14 @@ class Context:
         self._profiles: dict[str, Profile] = {}
         self.command = " ".join(["enforcer", *argv])  # recorded in the audit log
 
-    def store(self, create: bool = False) -> Store:
-        return Store(self.state_path, create=create)
+    @contextmanager
+    def opened(self, create: bool = False) -> Iterator[Store]:
+        """The state, closed when the command is done with it (SQLite then folds its -wal back into the file)."""
+        store = Store(self.state_path, create=create)
+        try:
+            yield store
+        finally:
+            store.close()
 
     def profile(self, profile_id: str) -> Profile:
         if profile_id not in self._profiles:
@@ -30,7 +37,8 @@ class Context:
         return self._profiles[profile_id]
 
     def read(self) -> tuple[Inventory, Profile]:
-        inv, _ = self.store().read()
+        with self.opened() as store:
+            inv, _ = store.read()
         profile = self.profile(inv.profile)
         validate(inv, profile)  # a profile edited since the state was written would otherwise crash below
         return inv, profile
@@ -39,7 +47,8 @@ class Context:
         """Run operation(inv, profile, *args) in one transaction; returns what it says (the caller prints it)."""
         def run(inv: Inventory) -> tuple[Inventory, T]:
             return operation(inv, self.profile(inv.profile), *args, **kwargs)
-        return self.store(create=True).change(self.command, run)
+        with self.opened(create=True) as store:
+            return store.change(self.command, run)
 
 
 pass_ctx = click.make_pass_decorator(Context)

@@ -47,7 +47,8 @@ def check(c: Context, source: str, destination: str, as_json: bool) -> None:
 @pass_ctx
 def audit(c: Context, limit: int, as_json: bool) -> None:
     """The audit log: when, which uid, what changed, before and after."""
-    rows = c.store().audit(limit)
+    with c.opened() as store:
+        rows = store.audit(limit)
     if as_json:
         return emit_json(rows)
 
@@ -69,15 +70,16 @@ def audit(c: Context, limit: int, as_json: bool) -> None:
 @pass_ctx
 def status(c: Context, socket_path: str, as_json: bool) -> None:
     """A summary of the state, and the running daemon's live view."""
-    store = c.store()
-    inv, generation = store.read()
+    with c.opened() as store:
+        inv, generation = store.read()
+        path, exists = store.path, store.exists
     profile = c.profile(inv.profile)
     validate(inv, profile)
     running = [r for r in inv.resources.values() if r.state == State.RUNNING]
     allowed = [r.name for r in running if verdict_for(inv, profile, r).allow]
     pending = sorted(r.name for s in inv.subscriptions for r in pending_restart(inv, profile, s))
     doc: dict[str, Any] = {
-        "state": str(store.path), "exists": store.exists, "profile": profile.id, "generation": generation,
+        "state": str(path), "exists": exists, "profile": profile.id, "generation": generation,
         "subscriptions": len(inv.subscriptions), "vnets": len(inv.vnets), "resources": len(inv.resources),
         "running": len(running), "port25_allowed": len(allowed), "port25_blocked": len(running) - len(allowed),
         "pending_restart": pending, "internal_prefixes": list(inv.internal_prefixes)}
@@ -85,8 +87,8 @@ def status(c: Context, socket_path: str, as_json: bool) -> None:
     doc["daemon"] = live if live is not None else {"ok": False, "error": f"not running (no answer on {socket_path})"}
     if as_json:
         return emit_json(doc)
-    if not store.exists:
-        click.echo(f"state: {store.path} (none yet: start with enforcer apply FILE)")
+    if not exists:
+        click.echo(f"state: {path} (none yet: start with enforcer apply FILE)")
     for key, value in doc.items():
         if key != "daemon":
             click.echo(f"{key:17} {', '.join(value) if isinstance(value, list) else value}")

@@ -319,3 +319,4 @@ def test_apply_of_many_new_resources_is_checked_like_one_by_one(cli, tmp_path):
     assert all(vms[f"v{i}"] == ("allowed" if i % 2 == 0 or i % 5 == 0 else "blocked") for i in range(40))
     assert len([r for r in cli.json("audit", "--limit", "1000") if r["kind"] == "resource"]) == 41
     assert cli("apply", str(inventory)).strip() == "no changes"
+
