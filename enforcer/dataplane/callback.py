@@ -89,21 +89,19 @@ class PacketCallback:
             entry = table.exact.get(key)  # VerdictTable.entry_for, inlined
             if entry is None:
                 entry = table.prefix_entry(key)
+            hits = self.hits
+            came_from = None
             if entry.allow:
                 # an allowed source must come from where the inventory binds it (VerdictTable.binding, inlined)
                 binding = table.bindings.get(key) if entry.resource is None else entry.binding
-                if binding is not None and spoofed(pkt, binding, self.interfaces):
-                    self.hits[SPOOFED] = self.hits.get(SPOOFED, 0) + 1
-                    pkt.drop()
-                    self.drops.append((table, key, p, (pkt.indev, pkt.get_hw())))
+                if binding is None or not spoofed(pkt, binding, self.interfaces):
+                    hits[entry] = hits.get(entry, 0) + 1
+                    pkt.accept()
                     return
-            hits = self.hits
+                entry, came_from = SPOOFED, (pkt.indev, pkt.get_hw())
             hits[entry] = hits.get(entry, 0) + 1
-            if entry.allow:
-                pkt.accept()
-            else:
-                pkt.drop()
-                self.drops.append((table, key, p, None))  # at most the 128 bytes the queue copies
+            pkt.drop()
+            self.drops.append((table, key, p, came_from))  # at most the 128 bytes the queue copies
         except Exception:  # noqa: BLE001 - the loop must survive anything; count it and decide
             self.errors += 1
             try:

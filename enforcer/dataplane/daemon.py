@@ -188,7 +188,7 @@ class Daemon:
         forced, self.reload_requested = self.reload_requested, False
         failed_before = self.state_error
         try:
-            self._load_generation(generation, forced)
+            self._load_generation(forced)
         except UserError as e:
             self.state_error = f"generation {generation}: {e}"
             if self.state_error != failed_before:  # once per failure, not at every round
@@ -200,7 +200,7 @@ class Daemon:
             log.info("the state loads again")
         self.state_error = None
 
-    def _load_generation(self, generation: int, forced: bool) -> None:
+    def _load_generation(self, forced: bool) -> None:
         inv, generation = self.store.read()
         profile = load_profile(inv.profile)  # a forced reload (SIGHUP) may follow an edited profile
         # all workers compile at once; a forced reload recompiles even the same generation
