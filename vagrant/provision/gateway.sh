@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The lab's gateway. Run as root by the Vagrantfile; idempotent, safe to run again.
-#   gateway.sh setup     install the project from /vagrant-project (scripts/install.sh), turn on IPv4 and IPv6
-#                        forwarding for good (/etc/sysctl.d), install the enforcer service, apply lab.yml's
-#                        inventory and start the service
+#   gateway.sh setup     install the project from /vagrant-project: offline from the wheels that
+#                        vagrant/host/prepare.sh built (vagrant/.wheels), else with scripts/install.sh (needs the
+#                        internet); turn on IPv4 and IPv6 forwarding for good (/etc/sysctl.d), install the enforcer
+#                        service, apply lab.yml's inventory, bind each VNet to its interface here, and start the
+#                        service; install lifecycle.sh (the Vagrantfile's VM lifecycle triggers run it)
 #   gateway.sh network   add the addresses Vagrant does not configure (IPv6, further prefixes) and masquerade
 #                        the VNets toward the internet network (Vagrant runs this at every `vagrant up`;
 #                        p25-lab-network.service after a reboot)
@@ -17,11 +19,13 @@ set -euo pipefail
 ME=gateway.sh
 PROJECT=/vagrant-project
 LAB="$PROJECT/vagrant/lab.yml"
-ENFORCER="$PROJECT/.venv/bin/enforcer"
+WHEELS="$PROJECT/vagrant/.wheels"
+VENV=/opt/port25-enforcer
+ENFORCER=/usr/local/bin/enforcer
 NAT_CHAIN=P25-LAB-NAT
 : "${P25_NAME:?set by the Vagrantfile}" "${P25_LINKS:?set by the Vagrantfile}"
 : "${P25_NAT_OUT:?set by the Vagrantfile}" "${P25_VNET_PREFIXES:?set by the Vagrantfile}"
-: "${P25_GATEWAY:=}" "${P25_INTERNET:=}"
+: "${P25_GATEWAY:=}" "${P25_INTERNET:=}" "${P25_VNET_LINKS:=}"
 # The gateway routes nothing itself: it has an interface on every network.
 : "${P25_VIA4=}" "${P25_VIA6=}" "${P25_ROUTES4=}" "${P25_ROUTES6=}"
 
@@ -60,13 +64,40 @@ network() {
     fi
 }
 
-setup() {
-    local -a start
-    if [ ! -x "$PROJECT/scripts/install.sh" ]; then
-        echo "$ME: $PROJECT/scripts/install.sh is missing; sync the project: vagrant rsync gateway" >&2
+# The project into $VENV, linked as $ENFORCER: from the host's wheels with no index (the lab has no internet),
+# else as scripts/install.sh installs it (a public box on a host with the internet).
+install_project() {
+    local wheel
+    wheel=$(find "$WHEELS" -maxdepth 1 -name 'port25_enforcer-*.whl' 2>/dev/null | head -n 1)
+    if [ -n "$wheel" ]; then
+        [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+        "$VENV/bin/python" -m pip install --quiet --no-index --find-links "$WHEELS" "$wheel"
+        # the same version number with new code: replace the project itself, not its dependencies
+        "$VENV/bin/python" -m pip install --quiet --no-index --no-deps --force-reinstall "$wheel"
+        ln -sf "$VENV/bin/enforcer" "$ENFORCER"
+        log "installed $(basename "$wheel") into $VENV (offline, from $WHEELS)"
+    elif [ -x "$PROJECT/scripts/install.sh" ]; then
+        "$PROJECT/scripts/install.sh"
+        ln -sf "$PROJECT/.venv/bin/enforcer" "$ENFORCER"
+    else
+        echo "$ME: neither $WHEELS nor $PROJECT/scripts/install.sh; sync the project: vagrant rsync gateway" >&2
         exit 1
     fi
-    "$PROJECT/scripts/install.sh"
+}
+
+# Each VNet's resources are accepted only from the gateway's interface on that VNet (the one holding the
+# VNet's gateway address), and with their registered MACs. P25_VNET_LINKS: "VNET=ADDRESS ...".
+bind_vnets() {
+    local pair
+    for pair in $P25_VNET_LINKS; do
+        "$ENFORCER" vnet bind "${pair%%=*}" --interface "$(dev_with "${pair#*=}")"
+    done
+}
+
+setup() {
+    local -a start
+    install_project
+    install -D -m 0755 "$PROJECT/vagrant/provision/lifecycle.sh" /usr/local/lib/p25-lab/lifecycle.sh
 
     write_if_changed /etc/sysctl.d/60-p25-lab-forwarding.conf <<'CONF'
 # port25-enforcer lab: the gateway routes the VNets to the internet network
@@ -82,6 +113,7 @@ CONF
     # overwritten.
     "$ENFORCER" service install --force
     "$ENFORCER" apply "$LAB"
+    bind_vnets
 
     if systemctl is-active --quiet enforcer; then
         systemctl enable --quiet enforcer

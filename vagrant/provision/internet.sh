@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The lab's "internet" host: the SMTP server every resource tries to reach. Run as root by the Vagrantfile at
 # every `vagrant up` (Vagrant's own network setup drops what it did not configure); idempotent.
-#   internet.sh setup    install python3-aiosmtpd and run enforcer/smtpsink.py from /vagrant-project as
+#   internet.sh setup    install python3-aiosmtpd and run enforcer/lab/smtpsink.py from /vagrant-project as
 #                        p25-smtpsink.service on ports 25, 465 and 587 (mail lands in /var/lib/p25-smtpsink)
 #   internet.sh network  add the IPv6 address and route the lab's ranges back through the gateway
 #   internet.sh [all]    both
@@ -27,8 +27,8 @@ COMMON="$(dirname "$0")/common.sh"
 
 setup() {
     local mta
-    if [ ! -f "$PROJECT/enforcer/smtpsink.py" ]; then
-        echo "$ME: $PROJECT/enforcer/smtpsink.py is missing; sync the project: vagrant rsync $P25_NAME" >&2
+    if [ ! -f "$PROJECT/enforcer/lab/smtpsink.py" ]; then
+        echo "$ME: $PROJECT/enforcer/lab/smtpsink.py is missing; sync the project: vagrant rsync $P25_NAME" >&2
         exit 1
     fi
     if ! dpkg-query -W -f='${Status}' python3-aiosmtpd 2>/dev/null | grep -q "install ok installed"; then
