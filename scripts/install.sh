@@ -2,8 +2,10 @@
 # Installs what port25-enforcer needs on Debian 12, as root, idempotently: the system packages (kernel tools, the
 # libnetfilter_queue headers that the netfilterqueue binding compiles against) and a virtual environment in .venv
 # holding the project in editable mode. That is all the daemon and `enforcer lab demo` need.
-# --test adds what the tests need: Vagrant and its libvirt plugin (the Vagrantfile's checks), shellcheck,
-# systemd (systemd-analyze verifies the unit) and the [test,dev] extras (pytest, the build backend, the linters).
+# --test adds what the tests need: Vagrant, its libvirt plugin, libvirt and qemu (the Vagrant lab boots real VMs),
+# mmdebstrap (it builds their box from Debian packages), rsync and ssh (the synced folder, the tests' commands),
+# the shell linter, systemd (systemd-analyze verifies the unit) and the [test,dev] extras (pytest, the build
+# backend, the linters).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +31,8 @@ packages=(
 )
 extras=""
 if [ "$with_tests" -eq 1 ]; then
-    packages+=(vagrant vagrant-libvirt shellcheck systemd)
+    packages+=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
+               qemu-system-x86 qemu-utils dnsmasq-base mmdebstrap rsync openssh-client shellcheck systemd)
     extras="[test,dev]"
 fi
 missing=()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from ..core.inventory import Inventory, Pulled, Resource, Subnet, Subscription, VNet
 from ..errors import UserError
-from .trust import SQLITE_MAGIC, StateFile, size_fault
+from .trust import SQLITE_MAGIC, StateFile, new_file_mode, size_fault
 
 APPLICATION_ID = 0x50323545  # "P25E": marks the file as ours
 T = TypeVar("T")
@@ -155,7 +155,10 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
             self.file.check_owner()  # the directory, and an empty file: ours to fill only if nobody else can write it
             if not self.path.exists():
-                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                mode = new_file_mode(self.path.parent)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+                os.fchmod(fd, mode)  # whatever the umask: SQLite gives its -wal and -shm the state's mode
+                os.close(fd)
         except OSError as e:
             raise self.file.os_trouble(e, "create") from None
         self._cx = self._connect()

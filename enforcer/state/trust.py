@@ -6,7 +6,9 @@ replays a -wal or a hot -journal on open), a full or read-only disk, permissions
 from __future__ import annotations
 
 import errno
+import grp
 import os
+import pwd
 import sqlite3
 from contextlib import suppress
 from pathlib import Path
@@ -43,14 +45,40 @@ def size_fault(header: bytes, size: int, journal_live: bool) -> str | None:
     return None
 
 
-def untrusted(st: os.stat_result) -> str | None:
-    """Why root must not trust a file or directory with this status: another user could write it."""
+# The system user and group the service runs as (`enforcer service install` makes them): the daemon reads the
+# state as that user, so the state's directory and files are its group's, and the files SQLite keeps beside the
+# state may be its own. Whoever can act as it can change the state: it is the enforcer.
+SERVICE_ACCOUNT = "enforcer"
+
+
+def service_account() -> tuple[int, int] | None:
+    """(uid, gid) of the service's own user and group, where both exist."""
+    try:
+        return pwd.getpwnam(SERVICE_ACCOUNT).pw_uid, grp.getgrnam(SERVICE_ACCOUNT).gr_gid
+    except KeyError:
+        return None
+
+
+def untrusted(st: os.stat_result, service: tuple[int, int] | None = None) -> str | None:
+    """Why root must not trust a file or directory with this status: another user could write it. Root, and the
+    service's own user and group where they exist, may."""
     faults = []
-    if st.st_uid != 0:
+    if st.st_uid != 0 and (service is None or st.st_uid != service[0]):
         faults.append(f"owned by uid {st.st_uid}")
-    if st.st_mode & 0o022:
+    if st.st_mode & (0o002 if service is not None and st.st_gid == service[1] else 0o022):
         faults.append(f"writable by others (mode {st.st_mode & 0o7777:o})")
     return " and ".join(faults) or None
+
+
+def new_file_mode(directory: Path) -> int:
+    """The mode of a new state file: shared with the service's group in the directory `enforcer service install`
+    made for it (set-group-ID, that group's), else root's alone."""
+    service = service_account()
+    with suppress(OSError):
+        st = directory.stat()
+        if service is not None and st.st_gid == service[1] and st.st_mode & 0o2000:
+            return 0o660
+    return 0o600
 
 
 def mount_point(path: Path) -> Path:
@@ -110,11 +138,12 @@ class StateFile:
         if os.geteuid() != 0:
             return
         real = self.real
+        service = service_account()
         for directory in dict.fromkeys((self.path.absolute().parent, real.parent)):
-            self.check_directory(directory)
+            self.check_directory(directory, service)
         for path in (real, *(Path(f"{real}{suffix}") for suffix in COMPANIONS)):
             try:
-                why = untrusted(path.stat())
+                why = untrusted(path.stat(), service)
             except FileNotFoundError:
                 continue
             except OSError as e:
@@ -126,12 +155,12 @@ class StateFile:
                                 f"the state were left untouched: if you did not make it, delete it; if you did: "
                                 f"chown root {path} && chmod 600 {path}")
 
-    def check_directory(self, directory: Path) -> None:
+    def check_directory(self, directory: Path, service: tuple[int, int] | None = None) -> None:
         try:
             st = directory.stat()
         except OSError as e:
             raise self.os_trouble(e, "read") from None
-        why = untrusted(st)
+        why = untrusted(st, service)
         if why is None:
             return
         fix = (f"keep the state in a directory of its own (mkdir -m 700 DIR, then --state DIR/{self.path.name})"

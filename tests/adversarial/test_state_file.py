@@ -365,3 +365,36 @@ def test_read_only_disk_is_told_as_such(tmp_path):
     for what in ("list", "add"):
         told(out[what], "is on a read-only file system")
     assert out["unchanged"]
+
+
+SERVICE = (65534, 65534)  # stands in for the system user and group `enforcer service install` makes
+
+
+@root_only
+def test_the_service_accounts_group_shares_the_state_and_nobody_else(lab, tmp_path, monkeypatch):
+    """The daemon runs as its own system user: the state's directory and files are its group's (root's commands
+    trust that group's write bit, and files its user made beside the state), never another user's."""
+    from enforcer.state import trust
+    monkeypatch.setattr(trust, "service_account", lambda: SERVICE)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, 0, SERVICE[1])
+    os.chmod(shared, 0o2770)
+    state = shared / "state.db"
+    assert main(["--state", str(state), "apply", str(LAB)]) == 0
+    st = state.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, SERVICE[1], 0o660), "shared with the group"
+    shm = state.with_name("state.db-shm")
+    if shm.exists():
+        os.chown(shm, SERVICE[0], SERVICE[1])  # as the daemon makes it when it opens the state first
+    assert main(["--state", str(state), "vm", "stop", "ea-vm"]) == 0
+
+    planted = state.with_name("state.db-wal")
+    planted.write_bytes(b"")
+    os.chown(planted, 65533, SERVICE[1])  # another user, even in the group, is not the service
+    assert main(["--state", str(state), "vm", "list"]) == 2
+    planted.unlink()
+    os.chown(shared, 0, 0)  # group-writable, but not by the service's group
+    assert main(["--state", str(state), "vm", "list"]) == 2
+    os.chown(shared, 0, SERVICE[1])
+    assert main(["--state", str(state), "vm", "start", "ea-vm"]) == 0

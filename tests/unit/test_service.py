@@ -1,5 +1,6 @@
 """The systemd unit and the daemon's config file."""
 
+import os
 import shutil
 import subprocess
 
@@ -20,9 +21,13 @@ def test_installed_unit_passes_systemd_analyze_verify(tmp_path, capsys):
     text = unit.read_text()
     assert "Type=notify" in text and "WatchdogSec=" in text and "ExecReload=" in text
     assert "Restart=on-failure" in text and "NoNewPrivileges=yes" in text and "ProtectSystem=strict" in text
-    assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_CHOWN" in text
-    for d in ("StateDirectory=enforcer", "RuntimeDirectory=enforcer", "ConfigurationDirectory=enforcer"):
-        assert d in text
+    # a dedicated system user holding CAP_NET_ADMIN alone, system calls filtered, no IP peer but this host
+    for line in ("User=enforcer", "Group=enforcer", "CapabilityBoundingSet=CAP_NET_ADMIN\n",
+                 "AmbientCapabilities=CAP_NET_ADMIN\n", "SystemCallFilter=@system-service", "IPAddressDeny=any",
+                 "ReadWritePaths=-/var/lib/enforcer", "RuntimeDirectory=enforcer", "ConfigurationDirectory=enforcer"):
+        assert line in text, line
+    # StateDirectory= would give the state's directory to the service user, and root's commands would refuse it
+    assert "\nStateDirectory=" not in text
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
     assert (tmp_path / "etc/enforcer/enforcer.toml").read_text() == (ROOT / "systemd/enforcer.toml").read_text()
@@ -73,3 +78,25 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys, text, message):
     assert main(["--state", str(tmp_path / "s.db"), "run", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert message in err and str(config) in err and err.count("\n") == 1
+
+
+def test_install_refuses_an_executable_the_service_user_cannot_reach(capsys):
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory(dir="/tmp") as base:  # pytest's own tmp_path is itself private
+        os.chmod(base, 0o755)
+        check_private_part(Path(base))
+
+
+def check_private_part(tmp_path):
+    private = tmp_path / "home"
+    (private / "venv/bin").mkdir(parents=True)
+    exe = private / "venv/bin/enforcer"
+    exe.write_text("#!/usr/bin/python3\n")
+    exe.chmod(0o755)
+    private.chmod(0o700)
+    from enforcer.dataplane.service import private_part
+    assert private_part(str(exe)) == private
+    private.chmod(0o755)
+    assert private_part(str(exe)) is None
+    assert private_part(str(tmp_path / "missing")) == tmp_path / "missing"

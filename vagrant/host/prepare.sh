@@ -48,6 +48,8 @@ if [ -e /dev/kvm ] && getent group kvm >/dev/null; then
     chgrp kvm /dev/kvm
     chmod 0660 /dev/kvm
 fi
+# libvirt's `default` network forwards and masquerades to the outside: it must never start with libvirtd.
+rm -f /etc/libvirt/qemu/networks/autostart/default.xml
 if [ "$(cat /proc/1/comm)" = systemd ]; then
     systemctl start virtlogd.service libvirtd.service
 else
