@@ -120,9 +120,12 @@ def test_the_lab_ranges_are_unreachable_on_the_host(lab):
 
 
 def test_the_enforcer_runs_as_a_real_systemd_service_with_its_watchdog(lab):
-    show = dict(line.split("=", 1) for line in lab.gateway(
-        "systemctl show enforcer -p ActiveState -p Type -p WatchdogUSec -p NRestarts -p User").splitlines() if "=" in line)
+    out = lab.gateway("systemctl show enforcer -p ActiveState -p Type -p WatchdogUSec -p NRestarts -p User -p MainPID")
+    show = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     assert show["ActiveState"] == "active" and show["Type"] == "notify"
+    assert show["User"] == "enforcer", "the daemon runs as its own system user"
+    caps = lab.gateway(f"grep -E '^Cap(Eff|Amb)' /proc/{show['MainPID']}/status")
+    assert caps.split() == ["CapEff:", f"{1 << 12:016x}", "CapAmb:", f"{1 << 12:016x}"], "CAP_NET_ADMIN alone"
     assert show["WatchdogUSec"] not in ("0", "infinity", ""), show
     assert show["NRestarts"] == "0", show
     assert lab.gateway("systemctl is-active enforcer").strip() == "active"
