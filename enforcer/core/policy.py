@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from . import hints
 from .inventory import Inventory, Pulled, Resource, State, is_prefix, pull
-from .profile import OPERATOR_GRANTED, ChangeApplies, Exemption, Profile
+from .profile import OPERATOR_GRANTED, ChangeApplies, Exemption, Profile, exemption_conditions
 
 
 class Code(StrEnum):
@@ -137,7 +137,7 @@ def _restart_hint(inv: Inventory, r: Resource) -> str:
 
 def exemption_how(profile: Profile, sub_name: str, exemption: Exemption) -> str:
     """How an exemption is requested, in the provider's words where the profile gives them, and the command."""
-    words = profile.exemption_path.path
+    words = profile.exemption_path.path and profile.exemption_path.path + exemption_conditions(profile)
     if exemption == Exemption.SELF_SERVICE:
         return f"{words}: {hints.diagnose(sub_name)}" if words else hints.diagnose(sub_name)
     if exemption in OPERATOR_GRANTED:

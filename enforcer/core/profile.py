@@ -244,13 +244,18 @@ def type_says(profile: Profile, t: SubscriptionType) -> str:
 
 def exemption_words(profile: Profile) -> str:
     """The exemption path in the provider's words, with its conditions; or the kinds the types use."""
-    e = profile.exemption_path
     kinds = sorted({t.exemption for t in profile.types.values() if t.blocked_by_default}, key=list(Exemption).index)
-    words = e.path or "; ".join(EXEMPTION_WORDS[k] for k in kinds)
-    conditions = [f"the account is at least {e.min_age_days} days old"] if e.min_age_days else []
+    words = profile.exemption_path.path or "; ".join(EXEMPTION_WORDS[k] for k in kinds)
+    return words + exemption_conditions(profile)
+
+
+def exemption_conditions(profile: Profile) -> str:
+    """' (only once the account is at least 30 days old and its first invoice is paid)', or ''."""
+    e = profile.exemption_path
+    conditions = [f"the {profile.account_word} is at least {e.min_age_days} days old"] if e.min_age_days else []
     conditions += [{"verified": "its identity is verified",
                     "first-invoice-paid": "its first invoice is paid"}[r] for r in e.requires]
-    return words + (f" (only once {' and '.join(conditions)})" if conditions else "")
+    return f" (only once {' and '.join(conditions)})" if conditions else ""
 
 
 # ---------------------------------------------------------------- loading
