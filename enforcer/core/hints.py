@@ -84,3 +84,7 @@ def request_exemption(subscription: str) -> str:
 
 def set_attributes(subscription: str) -> str:
     return _command("subscription", "set", subscription)
+
+
+def revoke_exemption(subscription: str) -> str:
+    return _command("exemption", "revoke", subscription)

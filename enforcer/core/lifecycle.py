@@ -267,32 +267,51 @@ def run_diagnostic(inv: Inventory, profile: Profile, name: str, apply_now: bool 
     return inv, list(diagnosis.lines)
 
 
+def _operator_granted(inv: Inventory, profile: Profile, name: str) -> Subscription:
+    """The account, if its type is exempted by a request the operator decides; else a UserError naming its path."""
+    sub = inv.subscription(name)
+    t = profile.types[sub.type]
+    if t.exemption in OPERATOR_GRANTED:
+        return sub
+    if t.exemption == Exemption.SELF_SERVICE and not profile.exemption_path.path:
+        hint = f"run the diagnostic: {hints.diagnose(name)}"
+    elif t.exemption in SELF_GRANTED:
+        hint = f"its owner does it: {exemption_how(profile, name, t.exemption)}"
+    elif t.exemption == Exemption.REACTIVE:
+        hint = f"it is blocked only while flagged for spam; its owner lifts that: {hints.request_exemption(name)}"
+    elif t.exemption == Exemption.NOT_NEEDED:
+        hint = f"{profile.ports_phrase} {'are' if len(profile.restricted_ports) > 1 else 'is'} not blocked for it"
+    else:
+        hint = f"{t.name} {profile.account_word}s are never exempted; {profile.advice}"
+    path = profile.exemption_path.path and "a request the operator grants"
+    raise UserError(f"{profile.account_word} '{name}' ({t.name}) is not exempted through "
+                    f"{path or 'a support case'}; {hint}")
+
+
+def refuse_exemption(inv: Inventory, profile: Profile, name: str, case: str) -> Result:
+    """The operator refuses a request the provider decides by hand: nothing changes; the owner hears the advice."""
+    sub = _operator_granted(inv, profile, name)
+    acct = profile.account_word
+    if sub.exempt:
+        return inv, [f"{acct} '{name}' is exempt already (via {sub.exempt_via}); to end that: "
+                     f"{hints.revoke_exemption(name)}"]
+    are = "are" if len(profile.restricted_ports) > 1 else "is"
+    return inv, [f"{acct} '{name}': request {case} refused; {profile.ports_phrase} {are} still blocked; "
+                 f"{profile.advice}"]
+
+
 def grant_exemption(inv: Inventory, profile: Profile, name: str, case: str, apply_now: bool = False,
                     today: datetime.date | None = None) -> Result:
     """An exemption the operator grants by hand after the provider's request (a support case or ticket, a request
     form, a service-limit request): refused where the type has no such path or the account does not qualify."""
-    sub = inv.subscription(name)
-    t = profile.types[sub.type]
+    sub = _operator_granted(inv, profile, name)
     acct = profile.account_word
-    if t.exemption not in OPERATOR_GRANTED:
-        if t.exemption == Exemption.SELF_SERVICE and not profile.exemption_path.path:
-            hint = f"run the diagnostic: {hints.diagnose(name)}"
-        elif t.exemption in SELF_GRANTED:
-            hint = f"its owner does it: {exemption_how(profile, name, t.exemption)}"
-        elif t.exemption == Exemption.REACTIVE:
-            hint = f"it is blocked only while flagged for spam; its owner lifts that: {hints.request_exemption(name)}"
-        elif t.exemption == Exemption.NOT_NEEDED:
-            hint = f"{profile.ports_phrase} {'are' if len(profile.restricted_ports) > 1 else 'is'} not blocked for it"
-        else:
-            hint = f"{t.name} {acct}s are never exempted; {profile.advice}"
-        path = profile.exemption_path.path and "a request the operator grants"
-        raise UserError(f"{acct} '{name}' ({t.name}) is not exempted through {path or 'a support case'}; {hint}")
     if sub.exempt:
         return inv, [f"{acct} '{name}' is exempt already; nothing to do"]
     refusal = exemption_refusal(profile, sub, today)
     if refusal:
-        raise UserError(f"{acct} '{name}' ({t.name}) does not qualify for an exemption yet: {refusal}; "
-                        f"the provider's path: {profile.exemption_path.path}")
+        raise UserError(f"{acct} '{name}' ({profile.types[sub.type].name}) does not qualify for an exemption "
+                        f"yet: {refusal}; the provider's path: {profile.exemption_path.path}")
     inv = inv.with_(subscriptions={**inv.subscriptions, name: replace(sub, exempt=True, exempt_via=f"case {case}")})
     lines = [f"{acct} '{name}' is now exempt (support case {case})"]
     inv, more = _reach_running(inv, profile, name, apply_now)

@@ -179,17 +179,16 @@ class Profile:
 
     def rules(self) -> list[Rule]:
         """Every rule the profile states, each with its provenance."""
-        out = [Rule("ports", f"restricted: {self.ports_phrase}"
-                    + (f"; never restricted: {', '.join(map(str, sorted(self.never_restricted_ports)))}"
-                       if self.never_restricted_ports else ""), self.ports_provenance)]
+        never = ", ".join(map(str, sorted(self.never_restricted_ports)))
+        out = [Rule("ports", f"{self.ports_phrase} restricted" + (f"; {never} never restricted" if never else ""),
+                    self.ports_provenance)]
         for n in self.never_judged:
             where = "the account's own networks (VNet/VPC prefixes)" if n.own_network else ", ".join(n.prefixes)
             out.append(Rule(f"never-judged.{n.id}", f"never judged: {n.name}: {where}", n.provenance))
         for t in self.types.values():
             out.append(Rule(f"types.{t.id}", f"{t.name}: {type_says(self, t)}", t.provenance))
-        out.append(Rule("exemption", f"exemption: {exemption_words(self)}", self.exemption_path.provenance))
-        out.append(Rule("change-applies", f"a change applies: {CHANGE_WORDS[self.change_applies]}",
-                        self.change_provenance))
+        out.append(Rule("exemption", exemption_words(self), self.exemption_path.provenance))
+        out.append(Rule("change-applies", CHANGE_WORDS[self.change_applies], self.change_provenance))
         return out
 
     @property
