@@ -38,3 +38,27 @@ def resources_of(doc: dict[str, Any]) -> dict[str, list[str]]:
     """Each resource's addresses, as the lab file lists them."""
     return {str(r["name"]): [str(a) for a in (r["addresses"] if isinstance(r["addresses"], list)
                                                else [r["addresses"]])] for r in doc.get("resources") or []}
+
+
+def port_expectations(path: str, doc: dict[str, Any]) -> dict[str, dict[int, str]]:
+    """What the lab file's `lab.expect` says each resource's SMTP to the internet does, per port. A resource's
+    entry is a mapping {25: blocked, 465: blocked, 587: allowed} (the clouds' lab files), or one word for port 25,
+    465 and 587 then being allowed (vagrant/lab.yml: Azure restricts port 25 only)."""
+    expect = (doc.get("lab") or {}).get("expect") if isinstance(doc.get("lab"), dict) else None
+    if not isinstance(expect, dict):
+        raise UserError(f"{path}: lab.expect: missing; say what each resource's SMTP does, e.g. "
+                        "vm1: {25: blocked, 465: allowed, 587: allowed}")
+    verdicts = ("allowed", "blocked")
+    out: dict[str, dict[int, str]] = {}
+    for name, said in expect.items():
+        where = f"{path}: lab.expect.{name}"
+        if isinstance(said, str):
+            said = {25: said, 465: "allowed", 587: "allowed"}
+        if not isinstance(said, dict) or set(said) != set(SMTP_PORTS):
+            raise UserError(f"{where}: expected a mapping of ports {', '.join(map(str, SMTP_PORTS))} to allowed or "
+                            "blocked; write {25: blocked, 465: allowed, 587: allowed}")
+        bad = [v for v in said.values() if v not in verdicts]
+        if bad:
+            raise UserError(f"{where}: {bad[0]!r} is not a verdict; write allowed or blocked")
+        out[str(name)] = {int(p): str(v) for p, v in said.items()}
+    return out
