@@ -129,7 +129,7 @@ def _decision(provenance: Provenance) -> str:
 def _source_line(provenance: Provenance, p: Profile) -> str:
     s = provenance.source
     if s is None:
-        return f"source: {p.source} (no source recorded for this rule)"
+        return "source: none recorded in this profile"
     return f"source: {s.url} (read {s.read}, {provenance.status})"
 
 

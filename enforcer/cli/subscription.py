@@ -82,7 +82,7 @@ def subscription_list(c: Context, as_json: bool) -> None:
     docs = [subscription_doc(inv, profile, n) for n in inv.subscriptions]
     if as_json:
         return emit_json(docs)
-    show_table("Subscriptions", ["name", "type", "port 25", "exemption", "resources", "pending restart"],
+    show_table("Subscriptions", ["name", "type", profile.ports_phrase, "exemption", "resources", "pending restart"],
                [[d["name"], d["type_name"], d["port25"], d["exempt_via"] or "-" if d["exempt"] else "-",
                  str(len(d["resources"])), ", ".join(d["pending_restart"]) or "-"] for d in docs])
 

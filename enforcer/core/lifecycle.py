@@ -468,7 +468,8 @@ def new_resource(inv: Inventory, profile: Profile, name: str, subscription: str,
 def added(inv: Inventory, profile: Profile, r: Resource) -> str:
     """What a person is told of a resource just created (it is in `inv`)."""
     allow, _, _ = assess(inv, profile, r)
-    return f"added {profile.kinds[r.kind].name} '{r.name}' ({r.state}); port 25 to the internet: {verdict_word(allow)}"
+    return (f"added {profile.kinds[r.kind].name} '{r.name}' ({r.state}); {profile.ports_phrase} to the internet: "
+            f"{verdict_word(allow)}")
 
 
 def update_resource(inv: Inventory, profile: Profile, name: str, **fields: Any) -> Result:
@@ -530,7 +531,7 @@ def restart(inv: Inventory, profile: Profile, name: str) -> Result:
         lines += more
     r = inv.resources[name]
     allow, _, _ = assess(inv, profile, r)
-    return inv, lines + [f"'{name}' port 25 to the internet: {verdict_word(allow)}"]
+    return inv, lines + [f"'{name}' {profile.ports_phrase} to the internet: {verdict_word(allow)}"]
 
 
 def remove_resource(inv: Inventory, profile: Profile, name: str) -> Result:

@@ -108,12 +108,11 @@ def internal_destinations(inv: Inventory, profile: Profile | None = None) -> tup
 
 def _never_judged(inv: Inventory, profile: Profile | None) -> list[tuple[str, str]]:
     """(prefix, phrase naming it) for every never-judged destination prefix, in the order they are named."""
-    entries = profile.never_judged if profile is not None else ()
-    own = profile is None or any(n.own_network for n in entries)
+    own = profile is None or any(n.own_network for n in profile.never_judged)
     out = [(p, f"VNet '{vnet.name}'") for vnet in inv.vnets.values() for p in vnet.prefixes] if own else []
-    for n in entries:
-        out += [(p, f"{n.name} ({p}), which profile '{profile.id}' never judges")  # type: ignore[union-attr]
-                for p in n.prefixes]
+    if profile is not None:
+        out += [(p, f"{n.name} ({p}), which profile '{profile.id}' never judges")
+                for n in profile.never_judged for p in n.prefixes]
     return out + [(p, f"the declared internal range {p}") for p in inv.internal_prefixes]
 
 

@@ -235,10 +235,15 @@ EXEMPTION_WORDS = {
 def type_says(profile: Profile, t: SubscriptionType) -> str:
     """Who of this type is blocked, and how an exemption is had, in one phrase."""
     if not t.blocked_by_default:
-        return f"{profile.ports_phrase} not blocked"
+        return f"{profile.ports_phrase} not blocked" + _azure_rule(t)
     who = f"blocked if created on or after {t.created_from}" if t.created_from else \
         "blocked while flagged for spam" if t.when_flagged else "blocked"
-    return f"{who}; exemption: {EXEMPTION_WORDS[t.exemption]}"
+    return f"{who}; exemption: {EXEMPTION_WORDS[t.exemption]}" + _azure_rule(t)
+
+
+def _azure_rule(t: SubscriptionType) -> str:
+    """The Azure profiles name the numbered rule of docs/azure-policy.md a type encodes (their sources)."""
+    return f" (docs/azure-policy.md rule {t.rule})" if t.rule is not None and t.provenance.source is None else ""
 
 
 def exemption_words(profile: Profile) -> str:
