@@ -28,9 +28,11 @@ def read_lab(lab_file: Path | None) -> tuple[str, dict[str, Any], list[str], dic
     lab = doc.get("lab") or {}
     try:
         internet = [str(a) for a in lab["internet"]["addresses"]]
-        expect = {str(k): str(v) for k, v in (lab.get("expect") or {}).items()}
     except (KeyError, TypeError, AttributeError):
         raise UserError(f"{path}: the lab needs lab.internet.addresses; see vagrant/lab.yml") from None
+    # port 25's expectation per resource; a clouds' lab file states each port (port_expectations reads all)
+    expect = {name: by_port[25] for name, by_port in port_expectations(path, doc).items()} \
+        if lab.get("expect") else {}
     return path, doc, internet, expect
 
 
