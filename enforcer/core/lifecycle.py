@@ -253,7 +253,7 @@ def diagnose(inv: Inventory, profile: Profile, name: str, apply_now: bool = Fals
             lines.append(f"the {acct} does not qualify yet: {refusal}")
     else:
         outcome, eligible, blocked = Outcome.REFUSED, False, True
-        lines.append(f"{ports} {are} blocked and {t.name} {acct}s are never exempted; {profile.advice}")
+        lines.append(f"{ports} {are} blocked and {accounts_of(profile, t.name)} are never exempted; {profile.advice}")
     inv, more = _reach_running(inv, profile, name, apply_now and outcome == Outcome.GRANTED)
     lines += more
     validate(inv, profile)
@@ -265,6 +265,12 @@ def run_diagnostic(inv: Inventory, profile: Profile, name: str, apply_now: bool 
     """diagnose() as an operation like the others: the new inventory and the lines a person is told."""
     inv, diagnosis = diagnose(inv, profile, name, apply_now, today)
     return inv, list(diagnosis.lines)
+
+
+def accounts_of(profile: Profile, type_name: str) -> str:
+    """'Pay-As-You-Go subscriptions', 'DigitalOcean accounts' (a type named 'DigitalOcean account' says it once)."""
+    word = profile.account_word
+    return f"{type_name}s" if type_name.lower().endswith(word) else f"{type_name} {word}s"
 
 
 def _operator_granted(inv: Inventory, profile: Profile, name: str) -> Subscription:
@@ -282,7 +288,7 @@ def _operator_granted(inv: Inventory, profile: Profile, name: str) -> Subscripti
     elif t.exemption == Exemption.NOT_NEEDED:
         hint = f"{profile.ports_phrase} {'are' if len(profile.restricted_ports) > 1 else 'is'} not blocked for it"
     else:
-        hint = f"{t.name} {profile.account_word}s are never exempted; {profile.advice}"
+        hint = f"{accounts_of(profile, t.name)} are never exempted; {profile.advice}"
     path = profile.exemption_path.path and "a request the operator grants"
     raise UserError(f"{profile.account_word} '{name}' ({t.name}) is not exempted through "
                     f"{path or 'a support case'}; {hint}")

@@ -15,8 +15,29 @@ from ..state.documents import read_document
 CHECKOUT_LAB = Path(__file__).resolve().parents[2] / "vagrant" / "lab.yml"
 INSTALLED_LAB = Path(sys.prefix) / "share" / "port25-enforcer" / "vagrant" / "lab.yml"
 DEFAULT_LAB = CHECKOUT_LAB if CHECKOUT_LAB.is_file() else INSTALLED_LAB
+# the clouds' lab files, vagrant/labs/NAME.yml (NAME: the profile), found as lab.yml is
+CHECKOUT_LABS = CHECKOUT_LAB.parent / "labs"
+LABS = CHECKOUT_LABS if CHECKOUT_LABS.is_dir() else INSTALLED_LAB.parent / "labs"
+DEFAULT_PROFILE = "azure"            # vagrant/lab.yml's
 LAB_DIR = Path("/run/enforcer-lab")  # where `enforcer lab up` keeps its state, logs and record
 SMTP_PORTS = (25, 465, 587)          # the internet host's SMTP server listens on each; the demo tries each
+RELAY_PORT = 2525                    # where providers that block 587 too point a relay (DigitalOcean's advice)
+SINK_PORTS = (*SMTP_PORTS, RELAY_PORT)
+
+
+def lab_for_profile(name: str) -> Path:
+    """The lab file of a profile: vagrant/lab.yml for Azure's, vagrant/labs/NAME.yml for the others'."""
+    if name == DEFAULT_PROFILE:
+        return DEFAULT_LAB
+    path = LABS / f"{name}.yml"
+    if not path.is_file():
+        raise UserError(f"no lab file for profile '{name}'; use one of: {', '.join(every_lab())}")
+    return path
+
+
+def every_lab() -> dict[str, Path]:
+    """Every profile's lab file, by profile: Azure's first, then the clouds' in name order."""
+    return {DEFAULT_PROFILE: DEFAULT_LAB, **{p.stem: p for p in sorted(LABS.glob("*.yml"))}}
 
 
 def read_lab(lab_file: Path | None) -> tuple[str, dict[str, Any], list[str], dict[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.console import Console
 from support.paths import LAB
 from enforcer.cli.main import main
 from enforcer.lab.demo import EXIT_LAB_NOT_READY, Demo
+from enforcer.lab.files import LABS, every_lab
 from enforcer.lab.manage import tag_for
 from enforcer.lab.netns import Topology, can_build_namespaces, netns
 
@@ -56,6 +58,42 @@ def small_lab(tmp_path, **expect_changes) -> str:
 def test_demo_fails_when_an_outcome_differs_from_the_spec(tmp_path, capsys):
     out = run(capsys, "lab", "demo", "--lab", small_lab(tmp_path, **{"shop-web": "allowed"}), expect=1)
     assert "1 outcome(s) differ from the spec" in out and "DIFFERS" in out
+
+
+def test_every_providers_demo_matches_its_lab_file(capsys):
+    """`lab demo --all`: every provider's lab, for real, one after the other (about 3 minutes, so CI runs the
+    providers once, here), then the summary table; and what a newcomer reads of Hetzner's."""
+    out = run(capsys, "lab", "demo", "--all")
+    assert "DIFFERS" not in out and "lab fault" not in out and "not ready" not in out
+    assert out.count("every outcome matches the spec") == len(every_lab())
+    summary = out[out.index("Every provider's lab"):]
+    for name, path in every_lab().items():
+        assert f"│ {name} " in summary, name
+        for resource in yaml.safe_load(path.read_text())["resources"]:
+            assert f"│ {resource['name']} " in summary, (name, resource["name"])
+    assert "steps as the spec says" in summary and not re.search(r"(\d+) of (?!\1)\d+ steps", summary)
+    hetzner = out[out.index("Hetzner Cloud (/"):out.index("Every provider's lab")]
+    hetzner = hetzner[:hetzner.index("every outcome matches the spec")]
+    assert "Hetzner Cloud restricts" in hetzner and "ports 25 and 465" in hetzner
+    assert re.search(r"server-new +│ Hetzner account +│ timeout +│ timeout +│ delivered", hetzner)
+    assert "only once the account is at least 30 days old and its first invoice is paid" in hetzner
+    assert "refused: account 'new-acct' (Hetzner account) does not qualify for an exemption yet" in hetzner
+    assert re.search(r"server-new, still running: the change applies at once +port 25: delivered +port 465: "
+                     r"delivered +as the spec says", hetzner)
+    digitalocean = out[out.index("DigitalOcean (Droplets) (/"):]
+    assert re.search(r"through a relay on port 2525, as the advice says +port 2525: delivered", digitalocean)
+
+
+def test_a_providers_demo_judges_every_port(tmp_path, capsys):
+    """Hetzner's lab file, but saying its new server's port 465 is open: the real block of 465 differs."""
+    doc = yaml.safe_load((LABS / "hetzner.yml").read_text())
+    doc["lab"]["expect"]["server-new"][465] = "allowed"
+    path = tmp_path / "hetzner.yml"
+    path.write_text(yaml.safe_dump(doc))
+    out = run(capsys, "lab", "demo", "--lab", str(path), expect=1)
+    assert re.search(r"server-new +│ Hetzner account +│ timeout +│ timeout +│ delivered +│ 25 blocked, 465 "
+                     r"allowed +│ DIFFERS", out)
+    assert "1 outcome(s) differ from the spec" in out
 
 
 class FlakyIPv6Demo(Demo):
