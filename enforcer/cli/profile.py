@@ -90,6 +90,10 @@ def profile_show(c: Context, profile_id: str, as_json: bool) -> None:
     show_table("resource kinds", ["kind", "name", p.ports_phrase],
                [[k.id, k.name, f"follows its {p.account_word}" if k.follows_subscription else "never"]
                 for k in p.kinds.values()])
+    from ..lab.files import every_lab
+    if p.id in every_lab():
+        click.echo(f"see it for real (root): enforcer lab demo --profile {p.id}; before sending from a VM there: "
+                   f"enforcer probe --preflight YOUR-RELAY-OR-MX --profile {p.id}")
 
 
 @profile.command("table")

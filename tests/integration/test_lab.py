@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from unittest.mock import patch
@@ -13,6 +14,7 @@ import pytest
 import yaml
 from rich.console import Console
 
+from support.netlab import wait_for
 from support.paths import LAB
 from enforcer.cli.main import main
 from enforcer.lab.demo import EXIT_LAB_NOT_READY, Demo
@@ -191,6 +193,50 @@ def test_probe_reports_syn_ack_rst_and_silence(labdir, capsys):
     assert results == {("ea-vm", 25): "syn-ack", ("ea-vm", 26): "rst", ("shop-web", 25): "silence"}
     human = run(capsys, "probe", "--dir", str(labdir), "--in", "shop-web", "--to", "[2001:db8:ffff::25]:587")
     assert "SYN-ACK" in human
+
+
+def test_preflight_from_a_lab_vm_reports_connected_refused_and_timed_out(labdir, capsys, tmp_path):
+    """The preflight as a mail admin runs it on their VM, from a lab VM's namespace: a Pay-As-You-Go VM's port
+    25 times out (the enforcer drops it), 465 and 587 connect, a closed port is refused; each with its time, and
+    what Azure's rules say of it."""
+    run(capsys, "lab", "up", "--dir", str(labdir))
+    report = json.loads(run(capsys, "probe", "--dir", str(labdir), "--in", "shop-web", "--preflight", "198.19.25.25",
+                            "--port", "25", "--port", "465", "--port", "587", "--port", "26", "--profile", "azure",
+                            "--timeout", "1.5", "--json"))
+    by_port = {r["port"]: r for r in report["results"]}
+    assert {p: r["outcome"] for p, r in by_port.items()} == {25: "timeout", 465: "connected", 587: "connected",
+                                                             26: "refused"}
+    assert report["addresses"] == {"IPv4": "198.19.25.25", "IPv6": None}
+    assert by_port[25]["seconds"] >= 1.5 and by_port[587]["seconds"] < 1.5
+    assert "restricts port 25" in by_port[25]["provider_says"] and "silence" in by_port[25]["provider_says"]
+    assert by_port[25]["next_step"].startswith("ask for an exemption (where your subscription type has one)")
+    assert "not the provider's block" in by_port[26]["provider_says"]
+
+    # named by a host name with an IPv4 and an IPv6 address: both families tried (the name resolves from a hosts
+    # file bind-mounted in a mount namespace of the preflight's own, inside the VM's network namespace), once the
+    # IPv6 path is up (neighbour discovery takes a moment after `lab up`, as the demo's readiness wait knows)
+    def ipv6_ready() -> bool:
+        said = run(capsys, "probe", "--dir", str(labdir), "--in", "shop-web", "--preflight", "2001:db8:ffff::25",
+                   "--port", "587", "--timeout", "1", "--json")
+        return json.loads(said)["results"][0]["outcome"] == "connected"
+    assert wait_for(ipv6_ready, timeout=30, interval=0.5), "the lab's IPv6 path never came up"
+    namespace = json.loads(run(capsys, "lab", "status", "--dir", str(labdir), "--json"))["hosts"]["shop-web"][
+        "namespace"]
+    hosts = tmp_path / "hosts"
+    hosts.write_text("198.19.25.25 mx.lab.example\n2001:db8:ffff::25 mx.lab.example\n")
+    script = f"mount --bind {hosts} /etc/hosts && exec {sys.executable} -m enforcer.cli probe --preflight " \
+             "mx.lab.example --profile azure --timeout 1.5"
+    done = subprocess.run(["ip", "netns", "exec", namespace, "unshare", "--mount", "--propagation", "private", "sh",
+                           "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "preflight to mx.lab.example: IPv4 198.19.25.25, IPv6 2001:db8:ffff::25" in out
+    for family, address in (("IPv4", "198.19.25.25"), ("IPv6", "2001:db8:ffff::25")):
+        assert re.search(rf"{family} {address} port 25: timed out after 1\.\d+ s\n +Azure .* restricts port 25", out)
+        for port in (465, 587):
+            assert re.search(rf"{family} {address} port {port}: connected in 0\.\d+ s\n +Azure .* never restricts "
+                             rf"port {port}|{family} {address} port {port}: connected in 0\.\d+ s\n +Azure .* does "
+                             rf"not restrict port {port}", out), (family, port, out)
 
 
 def test_the_host_routes_every_lab_range_nowhere():

@@ -110,3 +110,8 @@ def test_a_profile_names_its_lab_file(tmp_path, capsys):
     out = cli("lab", "demo", "--profile", "gcp", "--all", expect=2)
     assert out.count("\n") == 1 and "give one of --lab FILE, --profile NAME or --all" in out
 
+
+def test_profile_show_points_a_newcomer_to_the_demo_and_the_preflight(tmp_path, capsys):
+    out = Cli(tmp_path / "state.db", capsys)("profile", "show", "hetzner")
+    assert "ports blocked     25, 465" in out and "a limit request" in out
+    assert "enforcer lab demo --profile hetzner" in out and "enforcer probe --preflight" in out
