@@ -41,9 +41,9 @@ lab_file_option = click.option("--lab", "lab_file", type=click.Path(dir_okay=Fal
 @click.option("--timeout", type=click.FloatRange(0.5, 30), default=2.5, show_default=True,
               help="Seconds an SMTP attempt waits before it counts as a time-out (a silent drop).")
 def lab_demo(lab_file: Path | None, profile: str | None, every: bool, timeout: float) -> None:
-    """Build a provider's lab in network namespaces, start the enforcer on its gateway, try real SMTP deliveries
-    from every resource to 25, 465 and 587, compare with the lab file, walk the provider's exemption story, tear
-    down. Azure's lab unless --lab, --profile or --all says otherwise. Needs root; exits non-zero if any outcome
+    """Build the lab in network namespaces (Azure's, or the provider's of --profile or --lab; --all: each in turn),
+    start the enforcer on its gateway, try real SMTP deliveries from every resource to 25, 465 and 587, compare
+    with the lab file, walk the provider's exemption story, tear down. Needs root; exits non-zero if any outcome
     differs from the lab file."""
     from ..lab.demo import run_all, run_demo
     from ..lab.files import lab_for_profile
