@@ -7,7 +7,7 @@ target's own answer, an unreachable is a route or an ICMP error; neither is the 
 
 from __future__ import annotations
 
-from .profile import EXEMPTION_WORDS, Exemption, Profile, exemption_conditions, type_says
+from .profile import Profile, exemption_paths, type_says
 
 OUTCOME_WORDS = {"connected": "connected in", "refused": "refused in", "timeout": "timed out after",
                  "unreachable": "unreachable in", "error": "failed in"}
@@ -60,11 +60,8 @@ def judge(profile: Profile, port: int, outcome: str) -> tuple[str, str]:
 
 def exemption_step(profile: Profile) -> str:
     """'ask for an exemption: PATH (CONDITIONS); meanwhile, ' where a blocked account type has a path; else ''."""
-    blocked = [t for t in profile.types.values() if t.blocked_by_default]
-    kinds = sorted({t.exemption for t in blocked if t.exemptible}, key=list(Exemption).index)
-    if not kinds:
+    path, not_all = exemption_paths(profile)
+    if not path:
         return ""
-    path = profile.exemption_path.path or " or ".join(EXEMPTION_WORDS[k] for k in kinds)
-    some = f" (where your {profile.account_word} type has one)" if len(kinds) < len({t.exemption for t in blocked}) \
-        else ""
-    return f"ask for an exemption{some}: {path}{exemption_conditions(profile)}; meanwhile, "
+    some = f" (where your {profile.account_word} type has one)" if not_all else ""
+    return f"ask for an exemption{some}: {path}; meanwhile, "

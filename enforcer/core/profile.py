@@ -253,6 +253,17 @@ def exemption_words(profile: Profile) -> str:
     return words + exemption_conditions(profile)
 
 
+def exemption_paths(profile: Profile) -> tuple[str, bool]:
+    """(the ways a blocked account is exempted, with the conditions; whether some blocked types have none), or
+    ('', True) where no blocked type can be exempted: how a person is told where to ask."""
+    blocked = [t for t in profile.types.values() if t.blocked_by_default]
+    kinds = sorted({t.exemption for t in blocked if t.exemptible}, key=list(Exemption).index)
+    if not kinds:
+        return "", True
+    words = profile.exemption_path.path or " or ".join(EXEMPTION_WORDS[k] for k in kinds)
+    return words + exemption_conditions(profile), any(not t.exemptible for t in blocked)
+
+
 def exemption_conditions(profile: Profile) -> str:
     """' (only once the account is at least 30 days old and its first invoice is paid)', or ''."""
     e = profile.exemption_path

@@ -296,7 +296,11 @@ def run_all(console: Console, timeout: float = 2.5) -> int:
             demo.outcome.code = EXIT_LAB_NOT_READY
     console.print()
     console.print(summary_table([d.outcome for d in demos], time.monotonic() - started))
-    codes = {d.outcome.code for d in demos}
+    return overall([d.outcome.code for d in demos])
+
+
+def overall(codes: list[int]) -> int:
+    """One exit status for many demos: any outcome that differs wins over a lab that was not ready."""
     return EXIT_DIFFERS if EXIT_DIFFERS in codes else EXIT_LAB_NOT_READY if EXIT_LAB_NOT_READY in codes else 0
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from ..core import lifecycle
 from ..core.inventory import Inventory, Resource, Subscription
 from ..core.profile import (CHANGE_WORDS, OPERATOR_GRANTED, SELF_GRANTED, ChangeApplies, Exemption, Profile,
-                            exemption_words)
+                            exemption_paths)
 from .files import RELAY_PORT, SMTP_PORTS
 
 CASE = "LAB-1"  # the support case, ticket or request the operator decides in the story
@@ -59,7 +59,10 @@ Step = Try | Run | Create
 
 def summary(profile: Profile) -> str:
     """The profile's exemption path and when a change applies, in one line."""
-    return f"exemption: {exemption_words(profile)}; a change applies {CHANGE_WORDS[profile.change_applies]}"
+    path, not_all = exemption_paths(profile)
+    said = f"exemption: {path}{' (some types only)' if not_all else ''}" if path else \
+        f"exemption: {profile.exemption_path.path or 'none'}"
+    return f"{said}; a change applies {CHANGE_WORDS[profile.change_applies]}"
 
 
 def open_port(profile: Profile) -> int:

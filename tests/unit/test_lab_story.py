@@ -115,3 +115,17 @@ def test_profile_show_points_a_newcomer_to_the_demo_and_the_preflight(tmp_path, 
     out = Cli(tmp_path / "state.db", capsys)("profile", "show", "hetzner")
     assert "ports blocked     25, 465" in out and "a limit request" in out
     assert "enforcer lab demo --profile hetzner" in out and "enforcer probe --preflight" in out
+
+
+def test_the_story_is_headed_by_the_providers_path_and_rule():
+    assert story.summary(load_profile("hetzner")).startswith("exemption: a limit request")
+    assert story.summary(load_profile("azure")) == ("exemption: self-service diagnostic (some types only); a change "
+                                                    "applies at the resource's next stop, deallocate and start")
+    assert story.summary(load_profile("gcp")).startswith("exemption: none: Google documents no way")
+
+
+def test_all_exits_with_the_worst_of_its_demos():
+    from enforcer.lab.demo import EXIT_DIFFERS, EXIT_LAB_NOT_READY, overall
+    assert overall([0, 0]) == 0
+    assert overall([0, EXIT_LAB_NOT_READY]) == EXIT_LAB_NOT_READY
+    assert overall([EXIT_LAB_NOT_READY, EXIT_DIFFERS, 0]) == EXIT_DIFFERS
