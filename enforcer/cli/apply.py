@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import click
 
 from ..core.converge import converge, wanted_profile
@@ -24,7 +26,8 @@ def apply(c: Context, file: str, dry_run: bool, prune: bool) -> None:
     where = shown(file)  # messages name the file: on one line, whatever its name holds
 
     def run(inv: Inventory, _: Profile) -> tuple[Inventory, list[str]]:
-        new, lines = converge(inv, c.profile(wanted_profile(inv, doc, where)), doc, where, prune=prune)
+        new, lines = converge(inv, c.profile(wanted_profile(inv, doc, where)), doc, where, prune=prune,
+                              today=datetime.date.today())
         return (inv if dry_run else new), (lines or ["no changes"])
 
     if dry_run:

@@ -1,7 +1,11 @@
-"""`enforcer diagnose` and `enforcer exemption ...`: exemptions from the port 25 block."""
+"""`enforcer diagnose` and `enforcer exemption ...`: exemptions from the port 25 block, by each provider's path:
+the owner's own (Azure's diagnostic, Scaleway's switch, lifting OVH's reactive block: `diagnose` or `exemption
+request`), or a request the operator grants or refuses (`exemption grant|refuse`); refused where the provider
+never exempts."""
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import asdict
 
 import click
@@ -19,7 +23,11 @@ from .views import subscription_doc
 @pass_ctx
 def diagnose(c: Context, name: str, apply_now: bool, as_json: bool) -> None:
     """Azure's "Cannot send email (SMTP-Port 25)" diagnostic: grants the exemption where the profile allows."""
-    result = c.change(lifecycle.diagnose, name, apply_now=apply_now)
+    _request(c, name, apply_now, as_json)
+
+
+def _request(c: Context, name: str, apply_now: bool, as_json: bool) -> None:
+    result = c.change(lifecycle.diagnose, name, apply_now=apply_now, today=datetime.date.today())
     if as_json:
         return emit_json(asdict(result))
     echo_lines(result.lines)
@@ -52,11 +60,33 @@ def exemption_revoke(c: Context, name: str, apply_now: bool) -> None:
     echo_lines(c.change(lifecycle.revoke_exemption, name, apply_now=apply_now))
 
 
+@exemption.command("request")
+@click.argument("name", metavar="ACCOUNT")
+@apply_now_option
+@json_option
+@pass_ctx
+def exemption_request(c: Context, name: str, apply_now: bool, as_json: bool) -> None:
+    """Take the provider's path for an account: the owner's own (a diagnostic, a switch, lifting a reactive block)
+    is done at once; a request the operator decides is described; where the provider never exempts, refused."""
+    _request(c, name, apply_now, as_json)
+
+
 @exemption.command("grant")
-@click.argument("name", metavar="SUBSCRIPTION")
-@click.option("--case", required=True, help="The support case that approved it.")
+@click.argument("name", metavar="ACCOUNT")
+@click.option("--case", required=True, help="The support case, ticket or request that approved it.")
 @apply_now_option
 @pass_ctx
 def exemption_grant(c: Context, name: str, case: str, apply_now: bool) -> None:
-    """Grant an exemption approved through a support case (profiles with such types, e.g. azure-2017)."""
-    echo_lines(c.change(lifecycle.grant_exemption, name, case, apply_now=apply_now))
+    """The operator grants a request the provider decides by hand (a support case or ticket, a request form, a
+    service-limit request), where the account meets the provider's conditions."""
+    echo_lines(c.change(lifecycle.grant_exemption, name, case, apply_now=apply_now, today=datetime.date.today()))
+
+
+@exemption.command("refuse")
+@click.argument("name", metavar="ACCOUNT")
+@click.option("--case", required=True, help="The support case, ticket or request refused.")
+@pass_ctx
+def exemption_refuse(c: Context, name: str, case: str) -> None:
+    """The operator refuses such a request: the account stays as it is, and is told the provider's advice."""
+    inv, profile = c.read()
+    echo_lines(lifecycle.refuse_exemption(inv, profile, name, case)[1])

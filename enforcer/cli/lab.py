@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -34,14 +35,23 @@ lab_file_option = click.option("--lab", "lab_file", type=click.Path(dir_okay=Fal
 
 @lab.command("demo")
 @lab_file_option
+@click.option("--profile", "profile", default=None, metavar="NAME",
+              help="The provider's lab: vagrant/labs/NAME.yml (azure: vagrant/lab.yml); see: enforcer profile list.")
+@click.option("--all", "every", is_flag=True, help="Every provider's lab in turn, then one summary table.")
 @click.option("--timeout", type=click.FloatRange(0.5, 30), default=2.5, show_default=True,
               help="Seconds an SMTP attempt waits before it counts as a time-out (a silent drop).")
-def lab_demo(lab_file: Path | None, timeout: float) -> None:
-    """Build the lab in network namespaces, start the enforcer on its gateway, try real SMTP deliveries from
-    every resource to 25, 465 and 587, compare with the spec, walk the exemption story, tear down.
-    Needs root; exits non-zero if any outcome differs from the spec."""
-    from ..lab.demo import run_demo
-    code = run_demo(lab_file, console(), timeout)
+def lab_demo(lab_file: Path | None, profile: str | None, every: bool, timeout: float) -> None:
+    """Build the lab in network namespaces (Azure's, or the provider's of --profile or --lab; --all: each in turn),
+    start the enforcer on its gateway, try real SMTP deliveries from every resource to 25, 465 and 587, compare
+    with the lab file, walk the provider's exemption story, tear down. Needs root; exits non-zero if any outcome
+    differs from the lab file."""
+    from ..lab.demo import run_all, run_demo
+    from ..lab.files import lab_for_profile
+    if sum((lab_file is not None, profile is not None, every)) > 1:
+        raise UserError("give one of --lab FILE, --profile NAME or --all, not several")
+    if profile is not None:
+        lab_file = lab_for_profile(profile)
+    code = run_all(console(), timeout) if every else run_demo(lab_file, console(), timeout)
     if code:
         raise SystemExit(code)
 
@@ -103,14 +113,50 @@ def lab_exec(directory: Path, host: str, command: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.option("--to", "destination", required=True, metavar="ADDRESS[:PORT]", help="Port 25 unless given.")
+@click.option("--to", "destination", default=None, metavar="ADDRESS[:PORT]",
+              help="One raw SYN to this address (port 25 unless given); needs root.")
+@click.option("--preflight", "target", default=None, metavar="HOST",
+              help="The preflight: connect to your relay or MX on ports 25, 465 and 587 over IPv4 and IPv6.")
+@click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True,
+              help="With --preflight: these ports instead (repeat for more).")
+@click.option("--profile", "profile_id", default=None, metavar="NAME",
+              help="With --preflight: what this provider's rules say of each outcome, and the next step.")
 @click.option("--in", "host", default=None, metavar="VM", help="Send from this host of the namespace lab.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               default=LAB_DIR, show_default=True, help="The namespace lab's directory.")
-@click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=None,
+              help="Seconds to wait for an answer [default: 2 for --to, 5 for --preflight].")
 @json_option
-def probe(destination: str, host: str | None, directory: Path, timeout: float, as_json: bool) -> None:
-    """Send one TCP SYN and report SYN-ACK, RST or silence, with the time it took (scapy; needs root)."""
+def probe(destination: str | None, target: str | None, ports: tuple[int, ...], profile_id: str | None,
+          host: str | None, directory: Path, timeout: float | None, as_json: bool) -> None:
+    """Try the way out to a destination you name. --to: send one TCP SYN and report SYN-ACK, RST or silence, with
+    the time it took (scapy; needs root). --preflight: on the machine you are about to send mail from, connect to
+    your relay or MX on 25, 465 and 587 over IPv4 and IPv6; with --profile, what the provider says and what next."""
+    if (destination is None) == (target is None):
+        raise UserError("enforcer probe needs one destination you name, and picks none itself: --preflight HOST "
+                        "(your relay or MX: ports 25, 465, 587, IPv4 and IPv6) or --to ADDRESS[:PORT] (one raw SYN)")
+    if target is None and (ports or profile_id):
+        raise UserError(f"{'--port' if ports else '--profile'} goes with --preflight HOST; with --to, write the "
+                        "port as ADDRESS:PORT")
+    if target is not None:
+        return _preflight(target, ports, profile_id, host, directory, 5.0 if timeout is None else timeout, as_json)
+    assert destination is not None
+    _raw_probe(destination, host, directory, 2.0 if timeout is None else timeout, as_json)
+
+
+def _in_lab_host(directory: Path, host: str, argv: list[str], wait: float) -> dict[str, Any]:
+    """Run a lab tool (python -m enforcer.lab.TOOL ...) inside a lab host's namespace; its one JSON line."""
+    from ..lab.manage import host_namespace
+    from ..lab.netns import run_in
+    proc = run_in(host_namespace(directory, host), [sys.executable, "-m", *argv], stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=wait + 60)
+    if proc.returncode != 0:
+        raise UserError(f"the probe failed inside {host}'s namespace")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def _raw_probe(destination: str, host: str | None, directory: Path, timeout: float, as_json: bool) -> None:
     from ..lab.probe import describe, probe as send_probe
     address, port = parse_destination(destination)
     if os.geteuid() != 0:
@@ -118,15 +164,47 @@ def probe(destination: str, host: str | None, directory: Path, timeout: float, a
     if host is None:
         result = send_probe(address, port, timeout)
     else:
-        from ..lab.manage import host_namespace
-        from ..lab.netns import run_in
-        proc = run_in(host_namespace(directory, host),
-                      [sys.executable, "-m", "enforcer.lab.probe", address, str(port), "--timeout", str(timeout),
-                       "--json"], stdout=subprocess.PIPE, text=True)
-        out, _ = proc.communicate(timeout=timeout + 60)
-        if proc.returncode != 0:
-            raise UserError(f"the probe failed inside {host}'s namespace")
-        result = json.loads(out)
+        result = _in_lab_host(directory, host, ["enforcer.lab.probe", address, str(port), "--timeout", str(timeout),
+                                                "--json"], timeout)
     if as_json:
         return emit_json(result)
     click.echo(describe(result))
+
+
+def _preflight(target: str, ports: tuple[int, ...], profile_id: str | None, host: str | None, directory: Path,
+               timeout: float, as_json: bool) -> None:
+    from ..core.preflight import judge, outcome_line
+    from ..lab.preflight import PREFLIGHT_PORTS, TargetError, preflight
+    from ..state.profiles import load_profile
+    profile = load_profile(profile_id) if profile_id else None  # a wrong name fails before anything is sent
+    ports = ports or PREFLIGHT_PORTS
+    if host is None:
+        try:
+            report = preflight(target, ports, timeout)
+        except TargetError as e:
+            raise UserError(str(e)) from None
+    else:
+        report = _in_lab_host(directory, host, ["enforcer.lab.preflight", target, "--timeout", str(timeout),
+                                                *[x for p in ports for x in ("--port", str(p))]], timeout)
+        if "error" in report:
+            raise UserError(report["error"])
+    if profile is not None:
+        for r in report["results"]:
+            r["provider_says"], r["next_step"] = judge(profile, r["port"], r["outcome"])
+        report["profile"] = profile.id
+    if as_json:
+        return emit_json(report)
+    found = report["addresses"]
+    click.echo(f"preflight to {report['target']}: " + ", ".join(f"{f} {a or 'none'}" for f, a in found.items()))
+    for family, address in found.items():
+        if address is None:
+            given = any(report["target"] == a for a in found.values())  # an address, not a name, was given
+            click.echo(f"{family}: nothing tried: " + (f"{report['target']} is an address of the other family; "
+                       "name the host to try both" if given else f"{report['target']} has no {family} address"))
+        for r in (r for r in report["results"] if r["family"] == family):
+            click.echo(outcome_line(r))
+            if profile is not None:
+                click.echo(f"    {r['provider_says']}")
+                click.echo(f"    next: {r['next_step']}")
+    if profile is None:
+        click.echo("add --profile NAME (see: enforcer profile list) to hear what your provider's rules say of it")

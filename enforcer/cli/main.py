@@ -20,8 +20,10 @@ from .context import Context
 # not pay for the YAML reader, the lab or the daemon.
 COMMANDS = {
     "apply": "apply", "subscription": "subscription", "vnet": "vnet", "vm": "vm", "diagnose": "exemption",
-    "exemption": "exemption", "check": "queries", "audit": "queries", "status": "queries", "profile": "queries",
+    "exemption": "exemption", "check": "queries", "audit": "queries", "status": "queries", "profile": "profile",
     "probe": "lab", "lab": "lab", "run": "daemon", "service": "service",
+    # the providers' words for a subscription: the same commands
+    "account": "subscription", "project": "subscription", "tenancy": "subscription", "organization": "subscription",
 }
 
 

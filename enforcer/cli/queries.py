@@ -1,4 +1,4 @@
-"""`enforcer check|audit|status|profile`: asking the state, the running daemon and the profiles."""
+"""`enforcer check|audit|status`: asking the state and the running daemon."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import click
 from ..core.inventory import State, validate
 from ..core.lifecycle import pending_restart
 from ..core.policy import decide, verdict_for
-from ..core.profile import Profile
 from ..dataplane.control import ask
-from ..state.profiles import available_profiles
 from ..state.settings import DEFAULT_SOCKET
 from .context import Context, json_option, pass_ctx
 from .output import emit_json, show_table
@@ -93,33 +91,3 @@ def status(c: Context, socket_path: str, as_json: bool) -> None:
         if key != "daemon":
             click.echo(f"{key:17} {', '.join(value) if isinstance(value, list) else value}")
     show_daemon(doc["daemon"])
-
-
-def profile_doc(p: Profile) -> dict[str, Any]:
-    return {"id": p.id, "name": p.name, "restricted_ports": sorted(p.restricted_ports),
-            "types": {k: asdict(t) for k, t in p.types.items()},
-            "kinds": {k: asdict(v) for k, v in p.kinds.items()}}
-
-
-@click.command("profile")
-@click.argument("profile_id", required=False)
-@json_option
-@pass_ctx
-def profile(c: Context, profile_id: str | None, as_json: bool) -> None:
-    """List the policy profiles, or show one's subscription types and resource kinds."""
-    if profile_id is None:
-        found = available_profiles()
-        if as_json:
-            return emit_json({k: str(v) for k, v in found.items()})
-        for k, v in found.items():
-            click.echo(f"{k:12} {v}")
-        return
-    p = c.profile(profile_id)
-    if as_json:
-        return emit_json(profile_doc(p))
-    show_table(f"{p.name}: subscription types", ["type", "name", "aliases", "port 25", "exemption"],
-               [[t.id, t.name, ", ".join(t.aliases) or "-", "blocked" if t.blocked_by_default else "allowed",
-                 t.exemption] for t in p.types.values()])
-    show_table("resource kinds", ["kind", "name", "port 25"],
-               [[k.id, k.name, "follows its subscription" if k.follows_subscription else "never"]
-                for k in p.kinds.values()])

@@ -70,7 +70,7 @@ def vm_list(c: Context, subscription: str | None, as_json: bool) -> None:
     if as_json:
         return emit_json(docs)
     show_table("Resources (why: enforcer vm show NAME)", ["name", "subscription", "kind", "state", "addresses",
-                                                          "port 25", "code"],
+                                                          profile.ports_phrase, "code"],
                [[d["name"], d["subscription"], d["kind"], d["state"], " ".join(d["addresses"]), d["port25"],
                  d["code"]] for d in docs])
 

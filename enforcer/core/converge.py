@@ -7,22 +7,24 @@ convergence onto the same document changes nothing.
 
 from __future__ import annotations
 
+import datetime
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ..errors import UserError
 from . import hints, lifecycle
-from .inventory import NAME_RE, Inventory, State, normalize_address, normalize_prefix, validate, validate_resource
-from .profile import Exemption, Profile
+from .inventory import (ATTRIBUTES, NAME_RE, Inventory, State, normalize_address, normalize_prefix, validate,
+                        validate_resource)
+from .profile import OPERATOR_GRANTED, SELF_GRANTED, Exemption, Profile
 
 TOP_KEYS = {"profile", "internal_prefixes", "subscriptions", "vnets", "resources", "lab"}
-SUB_KEYS = {"name", "type", "exempt"}
+SUB_KEYS = {"name", "type", "exempt", *ATTRIBUTES}
 VNET_KEYS = {"name", "subscription", "prefixes", "subnets", "interface"}
 SUBNET_KEYS = {"name", "prefix", "delegated"}
 RES_KEYS = {"name", "subscription", "kind", "addresses", "vnet", "subnet", "mac", "egress", "state", "interface"}
 STRING_KEYS = {"name", "type", "subscription", "kind", "vnet", "subnet", "mac", "egress", "state", "prefix",
                "interface"}
-BOOL_KEYS = {"delegated", "exempt"}
+BOOL_KEYS = {"delegated", "exempt", "verified", "first_invoice_paid", "flagged"}
 
 
 Document = dict[str, Any]
@@ -118,9 +120,11 @@ def _once(values: list[str]) -> None:
         seen.add(v)
 
 
-def converge(inv: Inventory, profile: Profile, doc: Document, path: str, prune: bool = False) -> lifecycle.Result:
+def converge(inv: Inventory, profile: Profile, doc: Document, path: str, prune: bool = False,
+             today: datetime.date | None = None) -> lifecycle.Result:
     """The inventory the document describes, reached through lifecycle operations; lines say what changed.
-    `profile` is the one the document asks for (wanted_profile())."""
+    `profile` is the one the document asks for (wanted_profile()); `today` judges an account's age where an
+    exemption the document asks for depends on it."""
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a mapping with keys {', '.join(sorted(TOP_KEYS))}")
     unknown = sorted(map(str, set(doc) - TOP_KEYS))
@@ -128,7 +132,7 @@ def converge(inv: Inventory, profile: Profile, doc: Document, path: str, prune: 
         raise UserError(f"{path}: unknown top-level key {unknown[0]!r}; use: {', '.join(sorted(TOP_KEYS))}")
     if wanted_profile(inv, doc, path) != profile.id:
         raise UserError(f"{path}: profile '{doc.get('profile')}' differs from the loaded profile '{profile.id}'")
-    run = _Convergence(inv.with_(profile=profile.id), profile, path)
+    run = _Convergence(inv.with_(profile=profile.id), profile, path, today)
     run.internal_prefixes(doc)
     run.subscriptions(doc)
     run.vnets(doc)
@@ -146,8 +150,8 @@ class _Convergence:
     and checks the whole inventory: a file of N new resources converges in O(N), not O(N^2). The whole
     inventory is still validated once at the end."""
 
-    def __init__(self, inv: Inventory, profile: Profile, path: str):
-        self.inv, self.profile, self.path = inv, profile, path
+    def __init__(self, inv: Inventory, profile: Profile, path: str, today: datetime.date | None = None):
+        self.inv, self.profile, self.path, self.today = inv, profile, path, today
         self.lines: list[str] = []
         self.owner: dict[str, str] | None = None  # address -> resource, while self.inv's dicts are ours to grow
 
@@ -185,10 +189,14 @@ class _Convergence:
         profile = self.profile
         for s in _items(self.path, doc, "subscriptions", SUB_KEYS, {"name", "type"}):
             with _at(_where(self.path, "subscription", s)):
+                attributes = {k: s[k] for k in ATTRIBUTES if k in s}
                 if s["name"] not in self.inv.subscriptions:
-                    self.step(lifecycle.add_subscription(self.inv, profile, str(s["name"]), str(s["type"])))
-                elif profile.type_named(str(s["type"])).id != self.inv.subscriptions[s["name"]].type:
-                    self.step(lifecycle.set_type(self.inv, profile, s["name"], str(s["type"])))
+                    self.step(lifecycle.add_subscription(self.inv, profile, str(s["name"]), str(s["type"]),
+                                                         **attributes))
+                else:  # attributes first: the new type may need one (a creation day)
+                    self.step(lifecycle.set_attributes(self.inv, profile, s["name"], **attributes))
+                    if profile.type_named(str(s["type"])).id != self.inv.subscriptions[s["name"]].type:
+                        self.step(lifecycle.set_type(self.inv, profile, s["name"], str(s["type"])))
                 if "exempt" in s:
                     self.exemption(s)
 
@@ -203,12 +211,20 @@ class _Convergence:
             self.step(lifecycle.revoke_exemption(self.inv, self.profile, sub.name))
             return
         t = self.profile.types[sub.type]
-        if t.exemption == Exemption.SUPPORT_CASE:
-            self.step(lifecycle.grant_exemption(self.inv, self.profile, sub.name, "from the inventory file"))
-        elif t.exemption == Exemption.SELF_SERVICE:
-            self.step(lifecycle.run_diagnostic(self.inv, self.profile, sub.name))
+        acct = self.profile.account_word
+        if t.exemption in OPERATOR_GRANTED:
+            self.step(lifecycle.grant_exemption(self.inv, self.profile, sub.name, "from the inventory file",
+                                                today=self.today))
+        elif t.exemption in SELF_GRANTED:
+            inv, lines = lifecycle.run_diagnostic(self.inv, self.profile, sub.name, today=self.today)
+            if not inv.subscriptions[sub.name].exempt:  # the owner's path refused: the account does not qualify
+                raise UserError(f"exempt: true, but {lines[-1]}")
+            self.step((inv, lines))
+        elif t.exemption == Exemption.REACTIVE:
+            raise UserError(f"exempt: true has no meaning where the block is reactive ({t.name}); "
+                            "write flagged: true or false instead")
         else:
-            raise UserError(f"exempt: true, but {t.name} subscriptions cannot be exempted; remove the key")
+            raise UserError(f"exempt: true, but {t.name} {acct}s cannot be exempted; remove the key")
 
     def vnets(self, doc: Document) -> None:
         for v in _items(self.path, doc, "vnets", VNET_KEYS, {"name", "subscription", "prefixes"}):

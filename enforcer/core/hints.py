@@ -76,3 +76,15 @@ def list_exemptions() -> str:
 
 def grant_exemption(subscription: str) -> str:
     return _command("exemption", "grant", subscription, "--case", "ID")
+
+
+def request_exemption(subscription: str) -> str:
+    return _command("exemption", "request", subscription)
+
+
+def set_attributes(subscription: str) -> str:
+    return _command("subscription", "set", subscription)
+
+
+def revoke_exemption(subscription: str) -> str:
+    return _command("exemption", "revoke", subscription)

@@ -5,6 +5,7 @@ Pure: no I/O. Operations (lifecycle.py) return a new Inventory; the store diffs 
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
@@ -29,17 +30,30 @@ MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 @dataclass(frozen=True, slots=True)
 class Pulled:
-    """The network policy a resource pulled when it last started: its subscription's type and exemption then."""
+    """The network policy a resource pulled when it last started: what of its subscription decided the verdict
+    then (its type, exemption, and the attributes a profile's rules read: creation day, spam flag)."""
     type: str
     exempt: bool
+    created: str | None = None
+    flagged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
+    """An account: Azure's subscription, AWS's account, Google's project, Oracle's tenancy (the profile's word).
+    Its attributes are data the lab sets; a profile's rules read them."""
     name: str
     type: str
     exempt: bool = False
     exempt_via: str | None = None  # "diagnostic", "support case ...", "inventory file"
+    created: str | None = None     # the day the account was created, YYYY-MM-DD
+    verified: bool = False         # its owner's identity is verified (KYC)
+    first_invoice_paid: bool = False
+    flagged: bool = False          # the platform's anti-spam system flagged it
+
+
+# The account attributes beyond type and exemption, as an inventory file and the CLI name them.
+ATTRIBUTES = ("created", "verified", "first_invoice_paid", "flagged")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +127,20 @@ class Inventory:
 
 
 def pull(sub: Subscription) -> Pulled:
-    return Pulled(sub.type, sub.exempt)
+    return Pulled(sub.type, sub.exempt, sub.created, sub.flagged)
+
+
+def normalize_day(value: object, what: str = "created") -> str:
+    """A day as YYYY-MM-DD, from a date (YAML reads 2021-06-24 as one) or such a string."""
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, str) and len(value.strip()) == 10:  # fromisoformat() also takes 20210624
+        try:
+            return datetime.date.fromisoformat(value.strip()).isoformat()
+        except ValueError:
+            pass
+    shown = repr(value) if isinstance(value, (str, int, float, bool)) or value is None else type(value).__name__
+    raise UserError(f"{what}: {shown[:60]} is not a day; write it as YYYY-MM-DD, e.g. 2021-06-24")
 
 
 # ---------------------------------------------------------------- normalising input
@@ -224,9 +251,7 @@ def validate(inv: Inventory, profile: Profile) -> None:
     if inv.profile != profile.id:
         raise UserError(f"the inventory uses profile '{inv.profile}' but '{profile.id}' was loaded")
     for sub in inv.subscriptions.values():
-        if sub.type not in profile.types:
-            raise UserError(f"subscription '{sub.name}' has type '{sub.type}', which profile '{profile.id}' "
-                            f"({profile.source}) does not have; put the type back in the profile")
+        validate_subscription(profile, sub)
     for vnet in inv.vnets.values():
         _validate_vnet(inv, vnet)
     owner: dict[str, str] = {}
@@ -234,6 +259,17 @@ def validate(inv: Inventory, profile: Profile) -> None:
         validate_resource(inv, profile, r, owner)
     for p in inv.internal_prefixes:
         ipaddress.ip_network(p)
+
+
+def validate_subscription(profile: Profile, sub: Subscription) -> None:
+    if sub.type not in profile.types:
+        raise UserError(f"subscription '{sub.name}' has type '{sub.type}', which profile '{profile.id}' "
+                        f"({profile.source}) does not have; put the type back in the profile")
+    cutoff = profile.types[sub.type].created_from
+    if cutoff is not None and sub.created is None:
+        raise UserError(f"{profile.account_word} '{sub.name}' has no creation day, which profile '{profile.id}' "
+                        f"needs: its {profile.types[sub.type].name} accounts created on or after {cutoff} are "
+                        "blocked; give it one: created: YYYY-MM-DD (or --created)")
 
 
 def _validate_vnet(inv: Inventory, vnet: VNet) -> None:

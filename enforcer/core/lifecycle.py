@@ -4,6 +4,7 @@ a person is told. Every result is validated, so an operation that would leave an
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from dataclasses import dataclass, replace
@@ -12,10 +13,10 @@ from typing import Any
 
 from ..errors import UserError
 from . import hints
-from .inventory import (Inventory, Resource, State, Subnet, Subscription, VNet, check_name, normalize_address,
-                        normalize_mac, normalize_prefix, pull, validate)
-from .policy import assess, assess_pulled, verdict_word
-from .profile import Exemption, Profile
+from .inventory import (ATTRIBUTES, Inventory, Resource, State, Subnet, Subscription, VNet, check_name,
+                        normalize_address, normalize_day, normalize_mac, normalize_prefix, pull, validate)
+from .policy import Code, assess, assess_pulled, exemption_how, verdict_word
+from .profile import OPERATOR_GRANTED, SELF_GRANTED, ChangeApplies, Exemption, Profile
 
 Result = tuple[Inventory, list[str]]
 INTERFACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,14}")  # what Linux accepts as a name (IFNAMSIZ 16)
@@ -43,19 +44,50 @@ def _put(inv: Inventory, r: Resource) -> Inventory:
 # ---------------------------------------------------------------- subscriptions
 
 
-def add_subscription(inv: Inventory, profile: Profile, name: str, type_word: str) -> Result:
+def _attributes(profile: Profile, given: dict[str, Any]) -> dict[str, Any]:
+    """Account attributes as the model keeps them: a known name each, the creation day as YYYY-MM-DD, flags
+    as booleans."""
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        if key not in ATTRIBUTES:
+            raise UserError(f"unknown {profile.account_word} attribute '{key}'; use one of: {', '.join(ATTRIBUTES)}")
+        if key == "created":
+            out[key] = None if value is None else normalize_day(value)
+        elif not isinstance(value, bool):
+            raise UserError(f"{key}: expected true or false, got {value!r}")
+        else:
+            out[key] = value
+    return out
+
+
+def add_subscription(inv: Inventory, profile: Profile, name: str, type_word: str, **attributes: Any) -> Result:
+    """A new account of the type `type_word` names, with the attributes given (created, verified, ...)."""
     check_name("subscription", name)
     if name in inv.subscriptions:
         raise UserError(f"subscription '{name}' exists already; change its type with: "
                         f"{hints.set_type(name)}")
     t = profile.type_named(type_word)
-    sub = Subscription(name, t.id)
+    sub = Subscription(name, t.id, **_attributes(profile, attributes))
+    said = "".join(f", {k} {getattr(sub, k)}" for k in ATTRIBUTES if k in attributes)
     return _done(inv.with_(subscriptions={**inv.subscriptions, name: sub}), profile,
-                 [f"added subscription '{name}' ({t.name})"])
+                 [f"added {profile.account_word} '{name}' ({t.name}{said})"])
 
 
-def _repull_running(inv: Inventory, sub_name: str) -> tuple[Inventory, list[str]]:
-    """The lab shortcut (--apply-now): every running resource of the subscription pulls the policy again."""
+def set_attributes(inv: Inventory, profile: Profile, name: str, apply_now: bool = False, **attributes: Any) -> Result:
+    """Change an account's attributes (the creation day, verified, first_invoice_paid, flagged)."""
+    sub = inv.subscription(name)
+    new = replace(sub, **_attributes(profile, attributes))
+    if new == sub:
+        return inv, []
+    changed = ", ".join(f"{k} {getattr(sub, k)} -> {getattr(new, k)}" for k in ATTRIBUTES
+                        if getattr(sub, k) != getattr(new, k))
+    inv = inv.with_(subscriptions={**inv.subscriptions, name: new})
+    inv, more = _reach_running(inv, profile, name, apply_now)
+    return _done(inv, profile, [f"{profile.account_word} '{name}': {changed}", *more])
+
+
+def _repull_running(inv: Inventory, sub_name: str, said: str) -> tuple[Inventory, list[str]]:
+    """Every running resource of the subscription pulls the policy again."""
     fresh = pull(inv.subscriptions[sub_name])
     changed = dict(inv.resources)
     names = []
@@ -63,15 +95,17 @@ def _repull_running(inv: Inventory, sub_name: str) -> tuple[Inventory, list[str]
         if r.subscription == sub_name and r.state == State.RUNNING and r.pulled != fresh:
             changed[r.name] = replace(r, pulled=fresh)
             names.append(r.name)
-    lines = [f"applied now (lab shortcut) to running: {', '.join(names)}"] if names else []
+    lines = [f"{said} to running: {', '.join(names)}"] if names else []
     return inv.with_(resources=changed), lines
 
 
 def _reach_running(inv: Inventory, profile: Profile, sub_name: str, apply_now: bool) -> tuple[Inventory, list[str]]:
-    """After a change to a subscription: apply it to running resources now (the shortcut), or say which of
-    them keep their old policy until restarted."""
+    """After a change to a subscription: apply it to running resources now (where the profile says a change
+    applies at once, or by the lab shortcut), or say which of them keep their old policy until restarted."""
+    if profile.change_applies == ChangeApplies.AT_ONCE:
+        return _repull_running(inv, sub_name, f"applied at once (profile '{profile.id}')")
     if apply_now:
-        return _repull_running(inv, sub_name)
+        return _repull_running(inv, sub_name, "applied now (lab shortcut)")
     return inv, _pending_lines(inv, profile, sub_name)
 
 
@@ -89,9 +123,10 @@ def _pending_lines(inv: Inventory, profile: Profile, sub_name: str) -> list[str]
     plain = [r.name for r in pending if not inv.in_delegated_subnet(r)]
     delegated_vnets = sorted({r.vnet for r in pending if r.vnet is not None and inv.in_delegated_subnet(r)})
     lines = []
+    until = "stopped, deallocated and started again" \
+        if profile.change_applies == ChangeApplies.STOP_DEALLOCATE_START else "restarted"
     if plain:
-        lines.append(f"running resources keep their old policy until stopped, deallocated and started again: "
-                     f"{', '.join(plain)} ({hints.restart()})")
+        lines.append(f"running resources keep their old policy until {until}: {', '.join(plain)} ({hints.restart()})")
     for v in delegated_vnets:
         lines.append(f"resources in delegated subnets of VNet '{v}' pick it up only after a temporary subnet is "
                      f"added and removed: {hints.refresh_delegated(v)}")
@@ -148,54 +183,143 @@ class Diagnosis:
     lines: tuple[str, ...]
 
 
-def diagnose(inv: Inventory, profile: Profile, name: str, apply_now: bool = False) -> tuple[Inventory, Diagnosis]:
-    """Azure's "Cannot send email (SMTP-Port 25)" diagnostic: grants the exemption where the profile allows."""
+def exemption_refusal(profile: Profile, sub: Subscription, today: datetime.date | None) -> str | None:
+    """Why the account does not meet the profile's conditions for an exemption yet (age, verified identity, paid
+    first invoice), or None when it does. `today` judges the age; the core reads no clock."""
+    e = profile.exemption_path
+    missing = []
+    if e.min_age_days:
+        if sub.created is None:
+            missing.append(f"its creation day is unknown (set it: {hints.set_attributes(sub.name)} --created "
+                           "YYYY-MM-DD)")
+        elif today is None:
+            raise ValueError("an account's age needs today's date")
+        elif (age := (today - datetime.date.fromisoformat(sub.created)).days) < e.min_age_days:
+            missing.append(f"it is {age} days old, not yet {e.min_age_days}")
+    if "verified" in e.requires and not sub.verified:
+        missing.append("its identity is not verified")
+    if "first-invoice-paid" in e.requires and not sub.first_invoice_paid:
+        missing.append("its first invoice is not paid")
+    return "; ".join(missing) or None
+
+
+def diagnose(inv: Inventory, profile: Profile, name: str, apply_now: bool = False,
+             today: datetime.date | None = None) -> tuple[Inventory, Diagnosis]:
+    """The owner's own exemption path: Azure's "Cannot send email (SMTP-Port 25)" diagnostic, a switch the owner
+    turns on, lifting a reactive block; elsewhere it says the provider's path, or refuses with its advice."""
     sub = inv.subscription(name)
     t = profile.types[sub.type]
-    lines = [f"subscription '{name}' is {t.name}"]
+    acct, ports = profile.account_word, profile.ports_phrase
+    are = "are" if len(profile.restricted_ports) > 1 else "is"
+    lines = [f"{acct} '{name}' is {t.name}"]
+    state_code = assess_pulled(profile, pull(sub))[1]
+    refusal = exemption_refusal(profile, sub, today) if t.exemption in SELF_GRANTED | OPERATOR_GRANTED else None
     if not t.blocked_by_default:
         outcome, eligible, blocked = Outcome.NOT_NEEDED, False, False
-        lines.append("port 25 is not blocked for this type: nothing to do")
+        lines.append(f"{ports} {are} not blocked for this type: nothing to do")
+    elif state_code == Code.CREATED_BEFORE_CUTOFF:
+        outcome, eligible, blocked = Outcome.NOT_NEEDED, False, False
+        lines.append(f"{ports} {are} not blocked: it was created on {sub.created}, before {t.created_from}")
+    elif t.exemption == Exemption.REACTIVE:
+        blocked, eligible = False, True
+        if sub.flagged:
+            outcome = Outcome.GRANTED
+            sub = replace(sub, flagged=False)
+            inv = inv.with_(subscriptions={**inv.subscriptions, name: sub})
+            how = profile.exemption_path.path or "by its owner"
+            lines.append(f"{ports} {are} unblocked: the spam flag is lifted ({how})")
+        else:
+            outcome = Outcome.NOT_NEEDED
+            lines.append(f"{ports} {are} not blocked: the platform has not flagged it for spam; nothing to lift")
     elif sub.exempt:
         outcome, eligible, blocked = Outcome.ALREADY_EXEMPT, True, False
-        lines.append(f"port 25 is unblocked: the subscription is exempt already (via {sub.exempt_via})")
-    elif t.exemption == Exemption.SELF_SERVICE:
+        lines.append(f"{ports} {are} unblocked: the {acct} is exempt already (via {sub.exempt_via})")
+    elif t.exemption in SELF_GRANTED and refusal:
+        outcome, eligible, blocked = Outcome.REFUSED, False, True
+        lines.append(f"{ports} {are} blocked and the {acct} does not qualify yet: {refusal}; "
+                     f"{profile.exemption_path.path or profile.advice}")
+    elif t.exemption in SELF_GRANTED:
         outcome, eligible, blocked = Outcome.GRANTED, True, False
-        sub = replace(sub, exempt=True, exempt_via="diagnostic")
+        via = "diagnostic" if t.exemption == Exemption.SELF_SERVICE else "switch"
+        sub = replace(sub, exempt=True, exempt_via=via)
         inv = inv.with_(subscriptions={**inv.subscriptions, name: sub})
-        lines.append("port 25 was blocked; the subscription qualifies and is now exempt")
-    elif t.exemption == Exemption.SUPPORT_CASE:
-        outcome, eligible, blocked = Outcome.SUPPORT_CASE, True, True
-        lines.append("port 25 is blocked; this type can be exempted only through a support case; once approved: "
+        lines.append(f"{ports} {'were' if are == 'are' else 'was'} blocked; the {acct} qualifies and is now exempt")
+    elif t.exemption in OPERATOR_GRANTED:
+        outcome, eligible, blocked = Outcome.SUPPORT_CASE, refusal is None, True
+        path = profile.exemption_path.path or "a support case"
+        lines.append(f"{ports} {are} blocked; this type can be exempted only through {path}; once approved: "
                      f"{hints.grant_exemption(name)}")
+        if refusal:
+            lines.append(f"the {acct} does not qualify yet: {refusal}")
     else:
         outcome, eligible, blocked = Outcome.REFUSED, False, True
-        lines.append(f"port 25 is blocked and {t.name} subscriptions are never exempted; {profile.advice}")
+        lines.append(f"{ports} {are} blocked and {accounts_of(profile, t.name)} are never exempted; {profile.advice}")
     inv, more = _reach_running(inv, profile, name, apply_now and outcome == Outcome.GRANTED)
     lines += more
     validate(inv, profile)
     return inv, Diagnosis(name, t.name, blocked, eligible, outcome, tuple(lines))
 
 
-def run_diagnostic(inv: Inventory, profile: Profile, name: str, apply_now: bool = False) -> Result:
+def run_diagnostic(inv: Inventory, profile: Profile, name: str, apply_now: bool = False,
+                   today: datetime.date | None = None) -> Result:
     """diagnose() as an operation like the others: the new inventory and the lines a person is told."""
-    inv, diagnosis = diagnose(inv, profile, name, apply_now)
+    inv, diagnosis = diagnose(inv, profile, name, apply_now, today)
     return inv, list(diagnosis.lines)
 
 
-def grant_exemption(inv: Inventory, profile: Profile, name: str, case: str, apply_now: bool = False) -> Result:
-    """An exemption granted by hand after a support case (types whose exemption is 'support-case')."""
+def accounts_of(profile: Profile, type_name: str) -> str:
+    """'Pay-As-You-Go subscriptions', 'DigitalOcean accounts' (a type named 'DigitalOcean account' says it once)."""
+    word = profile.account_word
+    return f"{type_name}s" if type_name.lower().endswith(word) else f"{type_name} {word}s"
+
+
+def _operator_granted(inv: Inventory, profile: Profile, name: str) -> Subscription:
+    """The account, if its type is exempted by a request the operator decides; else a UserError naming its path."""
     sub = inv.subscription(name)
     t = profile.types[sub.type]
-    if t.exemption != Exemption.SUPPORT_CASE:
-        hint = {Exemption.SELF_SERVICE: f"run the diagnostic: {hints.diagnose(name)}",
-                Exemption.NOT_NEEDED: "port 25 is not blocked for it",
-                Exemption.NEVER: f"{t.name} subscriptions are never exempted; {profile.advice}"}[t.exemption]
-        raise UserError(f"subscription '{name}' ({t.name}) is not exempted through a support case; {hint}")
+    if t.exemption in OPERATOR_GRANTED:
+        return sub
+    if t.exemption == Exemption.SELF_SERVICE and not profile.exemption_path.path:
+        hint = f"run the diagnostic: {hints.diagnose(name)}"
+    elif t.exemption in SELF_GRANTED:
+        hint = f"its owner does it: {exemption_how(profile, name, t.exemption)}"
+    elif t.exemption == Exemption.REACTIVE:
+        hint = f"it is blocked only while flagged for spam; its owner lifts that: {hints.request_exemption(name)}"
+    elif t.exemption == Exemption.NOT_NEEDED:
+        hint = f"{profile.ports_phrase} {'are' if len(profile.restricted_ports) > 1 else 'is'} not blocked for it"
+    else:
+        hint = f"{accounts_of(profile, t.name)} are never exempted; {profile.advice}"
+    path = profile.exemption_path.path and "a request the operator grants"
+    raise UserError(f"{profile.account_word} '{name}' ({t.name}) is not exempted through "
+                    f"{path or 'a support case'}; {hint}")
+
+
+def refuse_exemption(inv: Inventory, profile: Profile, name: str, case: str) -> Result:
+    """The operator refuses a request the provider decides by hand: nothing changes; the owner hears the advice."""
+    sub = _operator_granted(inv, profile, name)
+    acct = profile.account_word
     if sub.exempt:
-        return inv, [f"subscription '{name}' is exempt already; nothing to do"]
+        return inv, [f"{acct} '{name}' is exempt already (via {sub.exempt_via}); to end that: "
+                     f"{hints.revoke_exemption(name)}"]
+    are = "are" if len(profile.restricted_ports) > 1 else "is"
+    return inv, [f"{acct} '{name}': request {case} refused; {profile.ports_phrase} {are} still blocked; "
+                 f"{profile.advice}"]
+
+
+def grant_exemption(inv: Inventory, profile: Profile, name: str, case: str, apply_now: bool = False,
+                    today: datetime.date | None = None) -> Result:
+    """An exemption the operator grants by hand after the provider's request (a support case or ticket, a request
+    form, a service-limit request): refused where the type has no such path or the account does not qualify."""
+    sub = _operator_granted(inv, profile, name)
+    acct = profile.account_word
+    if sub.exempt:
+        return inv, [f"{acct} '{name}' is exempt already; nothing to do"]
+    refusal = exemption_refusal(profile, sub, today)
+    if refusal:
+        raise UserError(f"{acct} '{name}' ({profile.types[sub.type].name}) does not qualify for an exemption "
+                        f"yet: {refusal}; the provider's path: {profile.exemption_path.path}")
     inv = inv.with_(subscriptions={**inv.subscriptions, name: replace(sub, exempt=True, exempt_via=f"case {case}")})
-    lines = [f"subscription '{name}' is now exempt (support case {case})"]
+    lines = [f"{acct} '{name}' is now exempt (support case {case})"]
     inv, more = _reach_running(inv, profile, name, apply_now)
     lines += more
     return _done(inv, profile, lines)
@@ -350,7 +474,8 @@ def new_resource(inv: Inventory, profile: Profile, name: str, subscription: str,
 def added(inv: Inventory, profile: Profile, r: Resource) -> str:
     """What a person is told of a resource just created (it is in `inv`)."""
     allow, _, _ = assess(inv, profile, r)
-    return f"added {profile.kinds[r.kind].name} '{r.name}' ({r.state}); port 25 to the internet: {verdict_word(allow)}"
+    return (f"added {profile.kinds[r.kind].name} '{r.name}' ({r.state}); {profile.ports_phrase} to the internet: "
+            f"{verdict_word(allow)}")
 
 
 def update_resource(inv: Inventory, profile: Profile, name: str, **fields: Any) -> Result:
@@ -378,7 +503,9 @@ def start(inv: Inventory, profile: Profile, name: str) -> Result:
     if r.state == State.RUNNING:
         return inv, [f"'{name}' is running already; to pick up a new policy: {hints.restart(name)}"]
     fresh = pull(inv.subscriptions[r.subscription])
-    keep = r.pulled is not None and (r.state == State.STOPPED or inv.in_delegated_subnet(r))
+    # only Azure's model keeps a policy across a plain stop; elsewhere any start pulls the current one
+    kept_when_stopped = profile.change_applies == ChangeApplies.STOP_DEALLOCATE_START
+    keep = r.pulled is not None and ((r.state == State.STOPPED and kept_when_stopped) or inv.in_delegated_subnet(r))
     new = replace(r, state=State.RUNNING, pulled=r.pulled if keep else fresh)
     note = "kept the policy it pulled before (it was only stopped)" if keep and r.state == State.STOPPED else \
         f"kept its policy (delegated subnet: see {hints.refresh_delegated()})" if keep else \
@@ -410,7 +537,7 @@ def restart(inv: Inventory, profile: Profile, name: str) -> Result:
         lines += more
     r = inv.resources[name]
     allow, _, _ = assess(inv, profile, r)
-    return inv, lines + [f"'{name}' port 25 to the internet: {verdict_word(allow)}"]
+    return inv, lines + [f"'{name}' {profile.ports_phrase} to the internet: {verdict_word(allow)}"]
 
 
 def remove_resource(inv: Inventory, profile: Profile, name: str) -> Result:

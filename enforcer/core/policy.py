@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from . import hints
 from .inventory import Inventory, Pulled, Resource, State, is_prefix, pull
-from .profile import Exemption, Profile
+from .profile import OPERATOR_GRANTED, ChangeApplies, Exemption, Profile, exemption_conditions
 
 
 class Code(StrEnum):
@@ -26,6 +26,8 @@ class Code(StrEnum):
     KIND_NEVER = "kind-never-allowed"
     NOT_RUNNING = "not-running"
     TYPE_NOT_BLOCKED = "type-not-blocked"
+    CREATED_BEFORE_CUTOFF = "created-before-cutoff"  # the profile blocks only accounts created from a day on
+    NOT_FLAGGED = "not-flagged"                      # a reactive profile blocks only flagged accounts
     EXEMPT = "exempt"
     BLOCKED_EXEMPTIBLE = "blocked-exemptible"
     BLOCKED_NEVER_EXEMPTIBLE = "blocked-never-exemptible"
@@ -53,6 +55,11 @@ def assess_pulled(profile: Profile, pulled: Pulled) -> tuple[bool, Code]:
     ptype = profile.types[pulled.type]
     if not ptype.blocked_by_default:
         return True, Code.TYPE_NOT_BLOCKED
+    # a creation day unknown when it was pulled counts as after the cut-off: the block is the safe side
+    if ptype.created_from is not None and pulled.created is not None and pulled.created < ptype.created_from:
+        return True, Code.CREATED_BEFORE_CUTOFF
+    if ptype.when_flagged and not pulled.flagged:
+        return True, Code.NOT_FLAGGED
     if pulled.exempt:
         return True, Code.EXEMPT
     return False, Code.BLOCKED_EXEMPTIBLE if ptype.exemptible else Code.BLOCKED_NEVER_EXEMPTIBLE
@@ -93,23 +100,29 @@ def find_source(inv: Inventory, address: str) -> Resource | None:
     return best
 
 
-def internal_destinations(inv: Inventory) -> tuple[str, ...]:
-    """Every prefix whose destinations are never judged: the VNets' and the operator's declared ranges."""
-    return tuple(sorted({p for v in inv.vnets.values() for p in v.prefixes} | set(inv.internal_prefixes)))
+def internal_destinations(inv: Inventory, profile: Profile | None = None) -> tuple[str, ...]:
+    """Every prefix whose destinations are never judged: the profile's (the VNets' when it never-judges the
+    account's own networks, as a profile stating none does) and the operator's declared ranges."""
+    return tuple(sorted({p for p, _ in _never_judged(inv, profile)}))
 
 
-def internal_network(inv: Inventory, address: str) -> str | None:
-    """A phrase naming the lab network that contains `address`, or None when it is internet-bound."""
+def _never_judged(inv: Inventory, profile: Profile | None) -> list[tuple[str, str]]:
+    """(prefix, phrase naming it) for every never-judged destination prefix, in the order they are named."""
+    own = profile is None or any(n.own_network for n in profile.never_judged)
+    out = [(p, f"VNet '{vnet.name}'") for vnet in inv.vnets.values() for p in vnet.prefixes] if own else []
+    if profile is not None:
+        out += [(p, f"{n.name} ({p}), which profile '{profile.id}' never judges")
+                for n in profile.never_judged for p in n.prefixes]
+    return out + [(p, f"the declared internal range {p}") for p in inv.internal_prefixes]
+
+
+def internal_network(inv: Inventory, address: str, profile: Profile | None = None) -> str | None:
+    """A phrase naming the never-judged network that contains `address`, or None when it is internet-bound."""
     ip = ipaddress.ip_address(address)
-    for vnet in inv.vnets.values():
-        for p in vnet.prefixes:
-            net = ipaddress.ip_network(p)
-            if net.version == ip.version and ip in net:
-                return f"VNet '{vnet.name}'"
-    for p in inv.internal_prefixes:
+    for p, phrase in _never_judged(inv, profile):
         net = ipaddress.ip_network(p)
         if net.version == ip.version and ip in net:
-            return f"the declared internal range {p}"
+            return phrase
     return None
 
 
@@ -121,11 +134,36 @@ def _restart_hint(inv: Inventory, r: Resource) -> str:
     return f"restart it: {hints.restart(r.name)}"
 
 
+def exemption_how(profile: Profile, sub_name: str, exemption: Exemption) -> str:
+    """How an exemption is requested, in the provider's words where the profile gives them, and the command."""
+    words = profile.exemption_path.path and profile.exemption_path.path + exemption_conditions(profile)
+    if exemption == Exemption.SELF_SERVICE:
+        return f"{words}: {hints.diagnose(sub_name)}" if words else hints.diagnose(sub_name)
+    if exemption in OPERATOR_GRANTED:
+        return f"{words or 'a support case'}, then: {hints.grant_exemption(sub_name)}"
+    return f"{words}: {hints.request_exemption(sub_name)}" if words else hints.request_exemption(sub_name)
+
+
+def _change(profile: Profile, before: Pulled, after: Pulled) -> str:
+    """What changed in the account between the resource's pull and now, to end '... while (or before) the
+    subscription X ...': a pull that allowed what now is blocked, or the other way round."""
+    if before.exempt != after.exempt:
+        return "was exempt" if before.exempt else "was exempted"
+    allowed_before = assess_pulled(profile, before)[0]
+    if before.type != after.type:
+        return f"was of type {profile.types[before.type].name}" if allowed_before \
+            else f"changed to type {profile.types[after.type].name}"
+    if before.flagged != after.flagged:
+        return "was not flagged for spam" if after.flagged else "had its spam flag lifted"
+    return f"was recorded as created on {before.created if allowed_before else after.created}"
+
+
 def explain(inv: Inventory, profile: Profile, r: Resource, code: Code, decider: Resource) -> str:
     """One sentence on why assess() gave `code` for r."""
     sub = inv.subscriptions[decider.subscription]
+    acct, ports = profile.account_word, profile.ports_phrase
     who = f"{decider.kind} '{decider.name}'"
-    via = f"{r.kind} '{r.name}' leaves through {who}, judged by its subscription '{sub.name}': " \
+    via = f"{r.kind} '{r.name}' leaves through {who}, judged by its {acct} '{sub.name}': " \
         if decider is not r else ""
     if code == Code.KIND_NEVER:
         return f"{via}{profile.kinds[decider.kind].name} can never send on restricted ports; {profile.advice}"
@@ -137,23 +175,34 @@ def explain(inv: Inventory, profile: Profile, r: Resource, code: Code, decider: 
     current = pull(sub)
     now_allow, _ = assess_pulled(profile, current)
     allow, _ = assess_pulled(profile, pulled)
+    when = "at its next start" if profile.change_applies == ChangeApplies.STOP_DEALLOCATE_START \
+        else "at its next restart"
     if allow and not now_allow:
-        change = "was exempt" if pulled.exempt and not current.exempt else f"was of type {ptype.name}"
-        return (f"{via}{who} pulled its policy while subscription '{sub.name}' {change}; "
-                f"the change applies at its next start ({_restart_hint(inv, decider)})")
+        return (f"{via}{who} pulled its policy while {acct} '{sub.name}' {_change(profile, pulled, current)}; "
+                f"the change applies {when} ({_restart_hint(inv, decider)})")
     if not allow and now_allow:
-        change = "was exempted" if current.exempt and not pulled.exempt \
-            else f"changed to type {profile.types[sub.type].name}"
-        return f"{via}{who} pulled its policy before subscription '{sub.name}' {change}; {_restart_hint(inv, decider)}"
+        return (f"{via}{who} pulled its policy before {acct} '{sub.name}' {_change(profile, pulled, current)}; "
+                f"{_restart_hint(inv, decider)}")
     if code == Code.TYPE_NOT_BLOCKED:
-        return f"{via}subscription '{sub.name}' is {ptype.name}, where port 25 is not blocked"
+        return f"{via}{acct} '{sub.name}' is {ptype.name}, where {ports} {_are(profile)} not blocked"
+    if code == Code.CREATED_BEFORE_CUTOFF:
+        return (f"{via}{acct} '{sub.name}' ({ptype.name}) was created on {pulled.created}, before "
+                f"{ptype.created_from}, from when {ports} {_are(profile)} blocked")
+    if code == Code.NOT_FLAGGED:
+        return f"{via}{acct} '{sub.name}' is not flagged for spam, so {ports} {_are(profile)} not blocked"
     if code == Code.EXEMPT:
-        return f"{via}subscription '{sub.name}' ({ptype.name}) is exempt from the port 25 block"
+        return f"{via}{acct} '{sub.name}' ({ptype.name}) is exempt from the {ports} block"
     if code == Code.BLOCKED_EXEMPTIBLE:
-        how = hints.diagnose(sub.name) if ptype.exemption == Exemption.SELF_SERVICE \
-            else f"a support case, then: {hints.grant_exemption(sub.name)}"
-        return f"{via}subscription '{sub.name}' ({ptype.name}) blocks port 25 until it is exempted; request it: {how}"
-    return f"{via}subscription '{sub.name}' is {ptype.name}, which is never exempted; {profile.advice}"
+        how = exemption_how(profile, sub.name, ptype.exemption)
+        if ptype.when_flagged:
+            return (f"{via}{acct} '{sub.name}' ({ptype.name}) was flagged for spam, so {ports} {_are(profile)} "
+                    f"blocked until the block is lifted: {how}")
+        return f"{via}{acct} '{sub.name}' ({ptype.name}) blocks {ports} until it is exempted; request it: {how}"
+    return f"{via}{acct} '{sub.name}' is {ptype.name}, which is never exempted; {profile.advice}"
+
+
+def _are(profile: Profile) -> str:
+    return "are" if len(profile.restricted_ports) > 1 else "is"
 
 
 def verdict_for(inv: Inventory, profile: Profile, r: Resource) -> Verdict:
@@ -170,7 +219,7 @@ def decide(inv: Inventory, profile: Profile, source: Resource | str, destination
     if port not in profile.restricted_ports:
         return Verdict(True, Code.PORT_NOT_RESTRICTED,
                        f"allowed: port {port} is not restricted by profile '{profile.id}'", name)
-    inside = internal_network(inv, destination)
+    inside = internal_network(inv, destination, profile)
     if inside is not None:
         return Verdict(True, Code.INTERNAL_DESTINATION, f"allowed: {destination} is inside {inside}", name)
     if isinstance(source, str):

@@ -140,7 +140,8 @@ def compile_table(inv: Inventory, profile: Profile, generation: int = 0) -> Verd
     try:
         for r in inv.resources.values():
             p = r.pulled  # its fields, not the Pulled itself, whose dataclass __hash__ runs Python code
-            key = (r.subscription, r.kind, r.state, r.egress, p and p.type, p and p.exempt)
+            key = (r.subscription, r.kind, r.state, r.egress, p and p.type, p and p.exempt, p and p.created,
+                   p and p.flagged)
             shared = verdicts.get(key)
             if shared is None:
                 allow, code, decider = assess(inv, profile, r)

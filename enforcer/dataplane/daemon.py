@@ -159,7 +159,8 @@ class Daemon:
 
     def _spec(self, inv: Inventory, profile: Profile) -> RuleSpec:
         s = self.settings
-        return RuleSpec(s.queue, s.queues, tuple(sorted(profile.restricted_ports)), internal_destinations(inv),
+        return RuleSpec(s.queue, s.queues, tuple(sorted(profile.restricted_ports)),
+                        internal_destinations(inv, profile),
                         s.when_down == WhenDown.ALLOW, profile.dropped_protocol_numbers)
 
     def start_workers(self) -> None:

@@ -1,54 +1,84 @@
-"""`enforcer lab demo`: the lab in network namespaces, real SMTP deliveries from every resource to ports 25,
-465 and 587, a table of what happened next to what the spec expects, then the exemption story, then teardown.
-Exits non-zero if any outcome differs from the spec.
+"""`enforcer lab demo`: a lab file's lab in network namespaces, real SMTP deliveries from every resource to ports
+25, 465 and 587, a table of what happened next to what the lab file expects, then the profile's exemption story
+(story.py), then teardown. `--all` runs every provider's lab in turn and sums them up in one table.
+Exits non-zero if any outcome differs from what the lab file expects.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..core import lifecycle
+from ..core.converge import converge
 from ..core.inventory import Inventory
 from ..errors import UserError
 from ..state.profiles import load_profile
-from .files import SMTP_PORTS, read_lab, resources_of
-from .namespace_lab import Attempt, NamespaceLab
+from . import story
+from .files import SINK_PORTS, SMTP_PORTS, every_lab, port_expectations, read_lab, resources_of
+from .namespace_lab import Attempt, LabError, NamespaceLab
 from .netns import can_build_namespaces
 
 SPEC_OUTCOME = {"allowed": "delivered", "blocked": "timeout"}
-READY_PORT = 587       # never restricted: a delivery there proves the path, whatever the policy
 READY_WAIT = 30.0      # seconds the lab may take until every path delivers
 LAB_FAULT = "lab fault"  # a time-out the enforcer did not cause
 EXIT_DIFFERS, EXIT_LAB_NOT_READY = 1, 3
 
 
+@dataclass
+class Row:
+    """One resource's line of the table: what each port did, and whether that is what the lab file expects."""
+    resource: str
+    type_name: str
+    cells: dict[int, str]
+    ok: bool
+
+
+@dataclass
+class Findings:
+    """What one provider's demo found: its table, its story, and the exit status it ends with."""
+    profile: str
+    rows: list[Row] = field(default_factory=list)
+    story_steps: int = 0
+    story_failures: int = 0
+    code: int = 0
+
+
 class Demo:
     def __init__(self, lab_file: Path | None, console: Console, timeout: float):
-        self.path, self.doc, self.internet, self.expect = read_lab(lab_file)
+        self.path, self.doc, self.internet, _ = read_lab(lab_file)
         self.resources = resources_of(self.doc)
+        self.profile = load_profile(str(self.doc.get("profile", "azure")))
+        self.expect = port_expectations(self.path, self.doc)
         missing = sorted(set(self.resources) - set(self.expect))
         if missing:
             raise UserError(f"{self.path}: lab.expect says nothing of {', '.join(missing)}; add what the spec "
                             "expects of each (allowed or blocked)")
+        self.ready_port = story.open_port(self.profile)  # no policy blocks it: a delivery there proves the path
         self.console = console
         self.timeout = timeout
         self.failures = 0
         self.lab_faults: list[str] = []
+        self.outcome = Findings(self.profile.id)
 
     def run(self) -> int:
         why = can_build_namespaces()
         if why:
             raise UserError(f"enforcer lab demo {why}; run it as root")
+        self.outcome.code = self.run_lab()
+        return self.outcome.code
+
+    def run_lab(self) -> int:
         with tempfile.TemporaryDirectory(prefix="enforcer-demo-") as tmp:
             lab = NamespaceLab(Path(tmp), self.internet, tag=f"p25demo{uuid.uuid4().hex[:4]}")
             try:
@@ -56,7 +86,7 @@ class Demo:
                 not_ready = self.wait_until_ready(lab)
                 if not_ready:
                     self.console.print(f"\n[yellow]lab not ready[/]: after {READY_WAIT:g} s these paths still deliver "
-                                       f"nothing on port {READY_PORT}, which no policy blocks: "
+                                       f"nothing on port {self.ready_port}, which no policy blocks: "
                                        f"{', '.join(f'{vm} to {dst}' for vm, dst in not_ready)}; this is the lab, "
                                        "not the enforcer: run the demo again")
                     return EXIT_LAB_NOT_READY
@@ -86,9 +116,10 @@ class Demo:
         deadline = time.monotonic() + READY_WAIT
         total = len(pending)
         with self.progress() as p:
-            task = p.add_task("waiting until every path delivers on port 587", total=total)
+            task = p.add_task(f"waiting until every path delivers on port {self.ready_port}", total=total)
             while pending and time.monotonic() < deadline:
-                outcomes = lab.smtp_batched([(vm, dst, READY_PORT) for vm, dst in pending], timeout=self.timeout)
+                outcomes = lab.smtp_batched([(vm, dst, self.ready_port) for vm, dst in pending],
+                                            timeout=self.timeout)
                 pending = [path for path, outcome in zip(pending, outcomes, strict=True) if outcome != "delivered"]
                 p.update(task, completed=total - len(pending))
                 if pending:
@@ -132,8 +163,10 @@ class Demo:
             p.update(task, description="starting the enforcer on the gateway")
             lab.start_daemon()
             p.advance(task)
-        self.console.print(f"lab up: {len(self.resources)} resources, the gateway running [bold]enforcer run[/], "
-                           f"an SMTP server on {', '.join(self.internet)} ports 25, 465 and 587")
+        ports = ", ".join(map(str, SINK_PORTS[:-1])) + f" and {SINK_PORTS[-1]}"
+        n = len(self.resources)
+        self.console.print(f"lab up ({self.profile.name}): {n} resource{'s' if n != 1 else ''}, the gateway running "
+                           f"[bold]enforcer run[/], an SMTP server on {', '.join(self.internet)} ports {ports}")
 
     def table(self, lab: NamespaceLab) -> None:
         attempts = [(name, dst, port) for name, addresses in self.resources.items()
@@ -147,63 +180,95 @@ class Demo:
         for (name, _, port), outcome in zip(attempts, outcomes, strict=True):
             results.setdefault((name, port), set()).add(outcome)
         inv_types = self.subscription_types()
-        table = Table(title="SMTP from every resource to the internet host (IPv4, and IPv6 where it has one)",
-                      title_justify="left")
-        for column in ("resource", "subscription type", "25", "465", "587", "spec says (25)", ""):
+        restricted = sorted(self.profile.restricted_ports)
+        table = Table(title=f"SMTP from every resource to the internet host (IPv4, and IPv6 where it has one); "
+                            f"{self.profile.name} restricts {self.profile.ports_phrase}", title_justify="left")
+        for column in ("resource", f"{self.profile.account_word} type", *map(str, SMTP_PORTS),
+                       f"spec says ({', '.join(map(str, restricted))})", ""):
             table.add_column(column)
         for name in self.resources:
             cells = {port: " / ".join(sorted(results[(name, port)])) for port in SMTP_PORTS}
             expected = self.expect[name]
-            ok = cells[25] == SPEC_OUTCOME[expected] and cells[465] == cells[587] == "delivered"
+            ok = all(cells[p] == SPEC_OUTCOME[expected[p]] for p in SMTP_PORTS)
             self.failures += not ok
-            table.add_row(name, inv_types[name], *(self.colour(cells[p]) for p in SMTP_PORTS), expected,
+            self.outcome.rows.append(Row(name, inv_types[name], cells, ok))
+            table.add_row(name, inv_types[name], *(self.colour(cells[p]) for p in SMTP_PORTS),
+                          self.spec_words(expected, restricted),
                           "[green]as the spec says[/]" if ok else "[red]DIFFERS[/]")
         self.console.print(table)
+
+    @staticmethod
+    def spec_words(expected: dict[int, str], restricted: list[int]) -> str:
+        """What the lab file expects on the profile's restricted ports: one word where they agree."""
+        words = {p: expected[p] for p in restricted}
+        if len(set(words.values())) == 1:
+            return words[restricted[0]]
+        return ", ".join(f"{p} {w}" for p, w in words.items())
 
     def destinations(self, addresses: list[str]) -> list[str]:
         v6 = any(":" in a for a in addresses)
         return [a for a in self.internet if ":" not in a or v6]
 
     def subscription_types(self) -> dict[str, str]:
-        profile = load_profile(self.doc.get("profile", "azure"))
-        types = {s["name"]: profile.type_named(str(s["type"])).name for s in self.doc.get("subscriptions") or []}
+        types = {s["name"]: self.profile.type_named(str(s["type"])).name for s in self.doc.get("subscriptions") or []}
         return {str(r["name"]): types.get(r["subscription"], "?") for r in self.doc.get("resources") or []}
 
-    def step(self, lab: NamespaceLab, text: str, vm: str, expected: str) -> None:
-        attempt = (vm, self.internet[0], 25)
-        outcome = self.attribute(lab, [attempt], lab.smtp([attempt], timeout=self.timeout))[0]
-        ok = outcome == expected
-        self.failures += not ok
-        mark = "[green]as the spec says[/]" if ok else f"[red]expected {expected}[/]"
-        self.console.print(f"  {text:58} port 25: {self.colour(outcome)}  {mark}")
+    # ------------------------------------------------------------ the exemption story
 
-    def command(self, lab: NamespaceLab, words: str, operation: Callable[..., tuple[Inventory, list[str]]],
-                *args: Any, **kwargs: Any) -> None:
+    def exemption_story(self, lab: NamespaceLab) -> None:
+        today = datetime.date.today()
+        inv, _ = converge(Inventory(profile=self.profile.id), self.profile, self.doc, self.path, today=today)
+        steps = story.plan(self.profile, inv, self.expect, today)
+        self.console.print(f"\n[bold]The exemption story[/] ({self.profile.name}: "
+                           f"{story.summary(self.profile)}), with real deliveries")
+        if not steps:
+            self.console.print("  (skipped: no resource of the lab file is blocked by its account)")
+        before = self.failures
+        for step in steps:
+            if isinstance(step, story.Try):
+                self.step(lab, step)
+            elif isinstance(step, story.Create):
+                self.create(lab, step)
+            else:
+                self.command(lab, step)
+        self.outcome.story_steps = sum(isinstance(s, story.Try) for s in steps)
+        self.outcome.story_failures = self.failures - before
+
+    def step(self, lab: NamespaceLab, step: story.Try) -> None:
+        attempts = [(step.vm, self.internet[0], port) for port in step.ports]
+        outcomes = self.attribute(lab, attempts, lab.smtp(attempts, timeout=self.timeout))
+        ok = all(outcome == step.expected for outcome in outcomes)
+        self.failures += not ok
+        mark = "[green]as the spec says[/]" if ok else f"[red]expected {step.expected}[/]"
+        said = "  ".join(f"port {port}: {self.colour(o)}" for port, o in zip(step.ports, outcomes, strict=True))
+        self.console.print(f"  {step.text:58} {said}  {mark}")
+
+    def command(self, lab: NamespaceLab, run: story.Run) -> None:
         """What `enforcer WORDS` does, done through the lab's store: the line a person would type, then what
-        the operation tells them."""
-        command = f"enforcer {words}"
+        they are told; a step the provider's conditions refuse must fail with its one line."""
+        command = f"enforcer {run.words}"
         self.console.print(f"  [bold]$ {command}[/]")
-        for line in lab.change(command, operation, *args, **kwargs):
+        try:
+            lines = lab.change(command, run.operation, *run.args, **run.kwargs)
+        except UserError as e:
+            mark = "" if run.refused else "  [red]expected it to succeed[/]"
+            self.failures += not run.refused
+            self.console.print(f"    [dim]refused: {e}[/]{mark}", highlight=False)
+            return
+        if run.refused:
+            self.failures += 1
+            self.console.print("    [red]expected a refusal: the account does not meet the provider's "
+                               "conditions[/]")
+        for line in lines:
             self.console.print(f"    [dim]{line}[/]", highlight=False)
         lab.wait_synced()
 
-    def exemption_story(self, lab: NamespaceLab) -> None:
-        self.console.print("\n[bold]The exemption story[/] (rules 4 and 5), with real deliveries")
-        if "devtest-vm" not in self.resources or "shop-web" not in self.resources:
-            self.console.print("  (skipped: the lab file has no devtest-vm or shop-web)")
-            return
-        self.step(lab, "devtest-vm (Enterprise Dev/Test), before the diagnostic", "devtest-vm", "timeout")
-        self.command(lab, "diagnose devtest-lab", lifecycle.run_diagnostic, "devtest-lab")
-        self.step(lab, "devtest-vm, still running with its old policy", "devtest-vm", "timeout")
-        self.command(lab, "vm restart devtest-vm", lifecycle.restart, "devtest-vm")
-        self.step(lab, "devtest-vm after stop, deallocate, start", "devtest-vm", "delivered")
-        link = lab.attach("devtest-new", ["198.18.3.99"])
-        self.command(lab, f"vm add devtest-new --subscription devtest-lab --address 198.18.3.99 --interface {link}",
-                     lifecycle.add_resource, "devtest-new", "devtest-lab", "vm", ["198.18.3.99"], interface=link)
-        self.step(lab, "devtest-new, created after the exemption", "devtest-new", "delivered")
-        self.command(lab, "diagnose payg-shop", lifecycle.run_diagnostic, "payg-shop")
-        self.command(lab, "vm restart shop-web", lifecycle.restart, "shop-web")
-        self.step(lab, "shop-web (Pay-As-You-Go): diagnostic refused, restarted", "shop-web", "timeout")
+    def create(self, lab: NamespaceLab, new: story.Create) -> None:
+        link = lab.attach(new.name, [new.address])
+        kind = f" --kind {new.kind}" if new.kind != "vm" else ""
+        self.command(lab, story.Run(f"vm add {new.name} --subscription {new.subscription}{kind} --address "
+                                    f"{new.address} --interface {link}", lifecycle.add_resource,
+                                    (new.name, new.subscription, new.kind, [new.address]), {"interface": link}))
 
     @staticmethod
     def colour(word: str) -> str:
@@ -212,3 +277,51 @@ class Demo:
 
 def run_demo(lab_file: Path | None, console: Console, timeout: float = 2.5) -> int:
     return Demo(lab_file, console, timeout).run()
+
+
+def run_all(console: Console, timeout: float = 2.5) -> int:
+    """Every provider's demo in turn, each in a lab of its own torn down after it, then one summary table.
+    Non-zero if any provider's outcomes differ (1), else if any lab was not ready or lost attempts (3)."""
+    why = can_build_namespaces()
+    if why:
+        raise UserError(f"enforcer lab demo {why}; run it as root")
+    demos = [Demo(path, console, timeout) for path in every_lab().values()]  # every file read before any lab
+    started = time.monotonic()
+    for demo in demos:
+        console.rule(f"[bold]{demo.profile.name}[/] ({demo.path})")
+        try:
+            demo.run()
+        except LabError as e:  # one provider's lab failing to come up does not hide the others' results
+            console.print(f"[yellow]lab error[/]: {e}; this is the lab, not the enforcer")
+            demo.outcome.code = EXIT_LAB_NOT_READY
+    console.print()
+    console.print(summary_table([d.outcome for d in demos], time.monotonic() - started))
+    return overall([d.outcome.code for d in demos])
+
+
+def overall(codes: list[int]) -> int:
+    """One exit status for many demos: any outcome that differs wins over a lab that was not ready."""
+    return EXIT_DIFFERS if EXIT_DIFFERS in codes else EXIT_LAB_NOT_READY if EXIT_LAB_NOT_READY in codes else 0
+
+
+def summary_table(outcomes: list[Findings], seconds: float) -> Table:
+    """Provider x port x outcome: each resource's deliveries per port, and each provider's story."""
+    table = Table(title=f"Every provider's lab ({len(outcomes)}, {seconds:.0f} s): SMTP per port, and the exemption "
+                        "story", title_justify="left")
+    for column in ("provider", "resource", "type", *map(str, SMTP_PORTS), "", "exemption story"):
+        table.add_column(column)
+    for o in outcomes:
+        if not o.rows:
+            table.add_row(o.profile, "-", "-", *("-" for _ in SMTP_PORTS), "[yellow]lab not ready[/]", "-",
+                          end_section=True)
+            continue
+        told = f"{o.story_steps - o.story_failures} of {o.story_steps} steps as the spec says" \
+            if o.story_steps else "no story"
+        for i, row in enumerate(o.rows):
+            last = i == len(o.rows) - 1
+            table.add_row(o.profile if i == 0 else "", row.resource, row.type_name,
+                          *(Demo.colour(row.cells[p]) for p in SMTP_PORTS),
+                          "[green]as the spec says[/]" if row.ok else "[red]DIFFERS[/]",
+                          ("[green]" if not o.story_failures else "[red]") + told + "[/]" if i == 0 else "",
+                          end_section=last)
+    return table

@@ -15,8 +15,29 @@ from ..state.documents import read_document
 CHECKOUT_LAB = Path(__file__).resolve().parents[2] / "vagrant" / "lab.yml"
 INSTALLED_LAB = Path(sys.prefix) / "share" / "port25-enforcer" / "vagrant" / "lab.yml"
 DEFAULT_LAB = CHECKOUT_LAB if CHECKOUT_LAB.is_file() else INSTALLED_LAB
+# the clouds' lab files, vagrant/labs/NAME.yml (NAME: the profile), found as lab.yml is
+CHECKOUT_LABS = CHECKOUT_LAB.parent / "labs"
+LABS = CHECKOUT_LABS if CHECKOUT_LABS.is_dir() else INSTALLED_LAB.parent / "labs"
+DEFAULT_PROFILE = "azure"            # vagrant/lab.yml's
 LAB_DIR = Path("/run/enforcer-lab")  # where `enforcer lab up` keeps its state, logs and record
 SMTP_PORTS = (25, 465, 587)          # the internet host's SMTP server listens on each; the demo tries each
+RELAY_PORT = 2525                    # where providers that block 587 too point a relay (DigitalOcean's advice)
+SINK_PORTS = (*SMTP_PORTS, RELAY_PORT)
+
+
+def lab_for_profile(name: str) -> Path:
+    """The lab file of a profile: vagrant/lab.yml for Azure's, vagrant/labs/NAME.yml for the others'."""
+    if name == DEFAULT_PROFILE:
+        return DEFAULT_LAB
+    path = LABS / f"{name}.yml"
+    if not path.is_file():
+        raise UserError(f"no lab file for profile '{name}'; use one of: {', '.join(every_lab())}")
+    return path
+
+
+def every_lab() -> dict[str, Path]:
+    """Every profile's lab file, by profile: Azure's first, then the clouds' in name order."""
+    return {DEFAULT_PROFILE: DEFAULT_LAB, **{p.stem: p for p in sorted(LABS.glob("*.yml"))}}
 
 
 def read_lab(lab_file: Path | None) -> tuple[str, dict[str, Any], list[str], dict[str, str]]:
@@ -28,9 +49,11 @@ def read_lab(lab_file: Path | None) -> tuple[str, dict[str, Any], list[str], dic
     lab = doc.get("lab") or {}
     try:
         internet = [str(a) for a in lab["internet"]["addresses"]]
-        expect = {str(k): str(v) for k, v in (lab.get("expect") or {}).items()}
     except (KeyError, TypeError, AttributeError):
         raise UserError(f"{path}: the lab needs lab.internet.addresses; see vagrant/lab.yml") from None
+    # port 25's expectation per resource; a clouds' lab file states each port (port_expectations reads all)
+    expect = {name: by_port[25] for name, by_port in port_expectations(path, doc).items()} \
+        if lab.get("expect") else {}
     return path, doc, internet, expect
 
 
@@ -38,3 +61,27 @@ def resources_of(doc: dict[str, Any]) -> dict[str, list[str]]:
     """Each resource's addresses, as the lab file lists them."""
     return {str(r["name"]): [str(a) for a in (r["addresses"] if isinstance(r["addresses"], list)
                                                else [r["addresses"]])] for r in doc.get("resources") or []}
+
+
+def port_expectations(path: str, doc: dict[str, Any]) -> dict[str, dict[int, str]]:
+    """What the lab file's `lab.expect` says each resource's SMTP to the internet does, per port. A resource's
+    entry is a mapping {25: blocked, 465: blocked, 587: allowed} (the clouds' lab files), or one word for port 25,
+    465 and 587 then being allowed (vagrant/lab.yml: Azure restricts port 25 only)."""
+    expect = (doc.get("lab") or {}).get("expect") if isinstance(doc.get("lab"), dict) else None
+    if not isinstance(expect, dict):
+        raise UserError(f"{path}: lab.expect: missing; say what each resource's SMTP does, e.g. "
+                        "vm1: {25: blocked, 465: allowed, 587: allowed}")
+    verdicts = ("allowed", "blocked")
+    out: dict[str, dict[int, str]] = {}
+    for name, said in expect.items():
+        where = f"{path}: lab.expect.{name}"
+        if isinstance(said, str):
+            said = {25: said, 465: "allowed", 587: "allowed"}
+        if not isinstance(said, dict) or set(said) != set(SMTP_PORTS):
+            raise UserError(f"{where}: expected a mapping of ports {', '.join(map(str, SMTP_PORTS))} to allowed or "
+                            "blocked; write {25: blocked, 465: allowed, 587: allowed}")
+        bad = [v for v in said.values() if v not in verdicts]
+        if bad:
+            raise UserError(f"{where}: {bad[0]!r} is not a verdict; write allowed or blocked")
+        out[str(name)] = {int(p): str(v) for p, v in said.items()}
+    return out

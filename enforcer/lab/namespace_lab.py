@@ -7,6 +7,7 @@ Everything it makes carries a tag and is removed by close(), also when something
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from ..core.profile import Profile
 from ..dataplane.control import ask
 from ..state.profiles import load_profile
 from ..state.store import Store
-from .files import SMTP_PORTS
+from .files import SINK_PORTS
 from .netns import Topology, remove_tagged, run_in
 
 Attempt = tuple[str, str, int]  # (vm, destination, port)
@@ -68,9 +69,9 @@ class NamespaceLab:
             store.close()
 
     def apply(self, path: str, doc: dict[str, Any]) -> list[str]:
-        """Converge the lab's state onto a lab file's inventory."""
+        """Converge the lab's state onto a lab file's inventory (today judges an account's age, as `apply` does)."""
         def run(inv: Inventory, _: Profile) -> tuple[Inventory, list[str]]:
-            return converge(inv, load_profile(wanted_profile(inv, doc, path)), doc, path)
+            return converge(inv, load_profile(wanted_profile(inv, doc, path)), doc, path, today=datetime.date.today())
         return self.change(f"enforcer apply {path}", run)
 
     # ------------------------------------------------------------ building
@@ -117,7 +118,7 @@ class NamespaceLab:
     def start_sink(self) -> None:
         sink = run_in(self.topology.internet.namespace,
                       [sys.executable, "-m", "enforcer.lab.smtpsink", "--maildir", str(self.maildir),
-                       *[x for p in SMTP_PORTS for x in ("--port", str(p))]],
+                       *[x for p in SINK_PORTS for x in ("--port", str(p))]],
                       stdout=subprocess.PIPE, text=True, start_new_session=True)
         self.procs.append(sink)
         assert sink.stdout is not None

@@ -50,8 +50,21 @@ TABLES = {"subscriptions": Subscription, "vnets": VNet, "resources": Resource}
 Entity = Subscription | VNet | Resource
 
 
+# Fields added after the first schema (an account's attributes, and what a resource pulled of them): a stored
+# document leaves them out while they hold their default, so that a state that does not use them is stored as
+# before, and an older port25-enforcer still reads it. Reading fills them in from the dataclasses' defaults.
+LATER_FIELDS: dict[str, object] = {"created": None, "verified": False, "first_invoice_paid": False, "flagged": False}
+
+
+def _lean(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+
+
 def to_doc(entity: Entity) -> str:
-    return json.dumps(asdict(entity), separators=(",", ":"), sort_keys=True)
+    d = _lean(asdict(entity))
+    if isinstance(d.get("pulled"), dict):
+        d["pulled"] = _lean(d["pulled"])
+    return json.dumps(d, separators=(",", ":"), sort_keys=True)
 
 
 def from_doc(table: str, text: str) -> Entity:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from unittest.mock import patch
@@ -12,9 +14,11 @@ import pytest
 import yaml
 from rich.console import Console
 
+from support.netlab import wait_for
 from support.paths import LAB
 from enforcer.cli.main import main
 from enforcer.lab.demo import EXIT_LAB_NOT_READY, Demo
+from enforcer.lab.files import LABS, every_lab
 from enforcer.lab.manage import tag_for
 from enforcer.lab.netns import Topology, can_build_namespaces, netns
 
@@ -56,6 +60,42 @@ def small_lab(tmp_path, **expect_changes) -> str:
 def test_demo_fails_when_an_outcome_differs_from_the_spec(tmp_path, capsys):
     out = run(capsys, "lab", "demo", "--lab", small_lab(tmp_path, **{"shop-web": "allowed"}), expect=1)
     assert "1 outcome(s) differ from the spec" in out and "DIFFERS" in out
+
+
+def test_every_providers_demo_matches_its_lab_file(capsys):
+    """`lab demo --all`: every provider's lab, for real, one after the other (about 3 minutes, so CI runs the
+    providers once, here), then the summary table; and what a newcomer reads of Hetzner's."""
+    out = run(capsys, "lab", "demo", "--all")
+    assert "DIFFERS" not in out and "lab fault" not in out and "not ready" not in out
+    assert out.count("every outcome matches the spec") == len(every_lab())
+    summary = out[out.index("Every provider's lab"):]
+    for name, path in every_lab().items():
+        assert f"│ {name} " in summary, name
+        for resource in yaml.safe_load(path.read_text())["resources"]:
+            assert f"│ {resource['name']} " in summary, (name, resource["name"])
+    assert "steps as the spec says" in summary and not re.search(r"(\d+) of (?!\1)\d+ steps", summary)
+    hetzner = out[out.index("Hetzner Cloud (/"):out.index("Every provider's lab")]
+    hetzner = hetzner[:hetzner.index("every outcome matches the spec")]
+    assert "Hetzner Cloud restricts" in hetzner and "ports 25 and 465" in hetzner
+    assert re.search(r"server-new +│ Hetzner account +│ timeout +│ timeout +│ delivered", hetzner)
+    assert "only once the account is at least 30 days old and its first invoice is paid" in hetzner
+    assert "refused: account 'new-acct' (Hetzner account) does not qualify for an exemption yet" in hetzner
+    assert re.search(r"server-new, still running: the change applies at once +port 25: delivered +port 465: "
+                     r"delivered +as the spec says", hetzner)
+    digitalocean = out[out.index("DigitalOcean (Droplets) (/"):]
+    assert re.search(r"through a relay on port 2525, as the advice says +port 2525: delivered", digitalocean)
+
+
+def test_a_providers_demo_judges_every_port(tmp_path, capsys):
+    """Hetzner's lab file, but saying its new server's port 465 is open: the real block of 465 differs."""
+    doc = yaml.safe_load((LABS / "hetzner.yml").read_text())
+    doc["lab"]["expect"]["server-new"][465] = "allowed"
+    path = tmp_path / "hetzner.yml"
+    path.write_text(yaml.safe_dump(doc))
+    out = run(capsys, "lab", "demo", "--lab", str(path), expect=1)
+    assert re.search(r"server-new +│ Hetzner account +│ timeout +│ timeout +│ delivered +│ 25 blocked, 465 "
+                     r"allowed +│ DIFFERS", out)
+    assert "1 outcome(s) differ from the spec" in out
 
 
 class FlakyIPv6Demo(Demo):
@@ -153,6 +193,50 @@ def test_probe_reports_syn_ack_rst_and_silence(labdir, capsys):
     assert results == {("ea-vm", 25): "syn-ack", ("ea-vm", 26): "rst", ("shop-web", 25): "silence"}
     human = run(capsys, "probe", "--dir", str(labdir), "--in", "shop-web", "--to", "[2001:db8:ffff::25]:587")
     assert "SYN-ACK" in human
+
+
+def test_preflight_from_a_lab_vm_reports_connected_refused_and_timed_out(labdir, capsys, tmp_path):
+    """The preflight as a mail admin runs it on their VM, from a lab VM's namespace: a Pay-As-You-Go VM's port
+    25 times out (the enforcer drops it), 465 and 587 connect, a closed port is refused; each with its time, and
+    what Azure's rules say of it."""
+    run(capsys, "lab", "up", "--dir", str(labdir))
+    report = json.loads(run(capsys, "probe", "--dir", str(labdir), "--in", "shop-web", "--preflight", "198.19.25.25",
+                            "--port", "25", "--port", "465", "--port", "587", "--port", "26", "--profile", "azure",
+                            "--timeout", "1.5", "--json"))
+    by_port = {r["port"]: r for r in report["results"]}
+    assert {p: r["outcome"] for p, r in by_port.items()} == {25: "timeout", 465: "connected", 587: "connected",
+                                                             26: "refused"}
+    assert report["addresses"] == {"IPv4": "198.19.25.25", "IPv6": None}
+    assert by_port[25]["seconds"] >= 1.5 and by_port[587]["seconds"] < 1.5
+    assert "restricts port 25" in by_port[25]["provider_says"] and "silence" in by_port[25]["provider_says"]
+    assert by_port[25]["next_step"].startswith("ask for an exemption (where your subscription type has one)")
+    assert "not the provider's block" in by_port[26]["provider_says"]
+
+    # named by a host name with an IPv4 and an IPv6 address: both families tried (the name resolves from a hosts
+    # file bind-mounted in a mount namespace of the preflight's own, inside the VM's network namespace), once the
+    # IPv6 path is up (neighbour discovery takes a moment after `lab up`, as the demo's readiness wait knows)
+    def ipv6_ready() -> bool:
+        said = run(capsys, "probe", "--dir", str(labdir), "--in", "shop-web", "--preflight", "2001:db8:ffff::25",
+                   "--port", "587", "--timeout", "1", "--json")
+        return json.loads(said)["results"][0]["outcome"] == "connected"
+    assert wait_for(ipv6_ready, timeout=30, interval=0.5), "the lab's IPv6 path never came up"
+    namespace = json.loads(run(capsys, "lab", "status", "--dir", str(labdir), "--json"))["hosts"]["shop-web"][
+        "namespace"]
+    hosts = tmp_path / "hosts"
+    hosts.write_text("198.19.25.25 mx.lab.example\n2001:db8:ffff::25 mx.lab.example\n")
+    script = f"mount --bind {hosts} /etc/hosts && exec {sys.executable} -m enforcer.cli probe --preflight " \
+             "mx.lab.example --profile azure --timeout 1.5"
+    done = subprocess.run(["ip", "netns", "exec", namespace, "unshare", "--mount", "--propagation", "private", "sh",
+                           "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "preflight to mx.lab.example: IPv4 198.19.25.25, IPv6 2001:db8:ffff::25" in out
+    for family, address in (("IPv4", "198.19.25.25"), ("IPv6", "2001:db8:ffff::25")):
+        assert re.search(rf"{family} {address} port 25: timed out after 1\.\d+ s\n +Azure .* restricts port 25", out)
+        for port in (465, 587):
+            assert re.search(rf"{family} {address} port {port}: connected in 0\.\d+ s\n +Azure .* never restricts "
+                             rf"port {port}|{family} {address} port {port}: connected in 0\.\d+ s\n +Azure .* does "
+                             rf"not restrict port {port}", out), (family, port, out)
 
 
 def test_the_host_routes_every_lab_range_nowhere():

@@ -121,7 +121,16 @@ def test_the_profiles_come_from_the_install(installed):
 
 
 def test_lab_demo_help_works(installed):
-    assert "Build the lab in network namespaces" in installed.ok("enforcer", "lab", "demo", "--help")
+    said = installed.ok("enforcer", "lab", "demo", "--help")
+    assert "Build the lab in network namespaces" in said and "--profile NAME" in said and "--all" in said
+
+
+def test_every_providers_lab_is_the_installed_one(installed):
+    found = json.loads(installed.python("import json; from enforcer.lab.files import every_lab; "
+                                        "print(json.dumps({k: str(v) for k, v in every_lab().items()}))"))
+    assert Path(found.pop("azure")) == installed.share / "vagrant" / "lab.yml"
+    assert found == {p.stem: str(installed.share / "vagrant" / "labs" / p.name)
+                     for p in sorted((ROOT / "vagrant" / "labs").glob("*.yml"))}
 
 
 def test_slow_30s_as_root_the_installed_demo_runs_from_elsewhere_and_matches_the_spec(installed):
