@@ -180,8 +180,8 @@ def _who(p: Profile) -> str:
         return "; ".join(f"{t.name}: {_blocked_words(True, t.created_from, t.when_flagged)}" for t in p.types.values())
     created_from, when_flagged = conditions.pop()
     if created_from:
-        return f"{acct}s created on or after {created_from}"
-    return f"{acct}s flagged for spam" if when_flagged else f"every {acct}"
+        return f"{p.accounts_word} created on or after {created_from}"
+    return f"{p.accounts_word} flagged for spam" if when_flagged else f"every {acct}"
 
 
 def _exemption_cell(p: Profile) -> str:

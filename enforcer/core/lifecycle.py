@@ -270,7 +270,9 @@ def run_diagnostic(inv: Inventory, profile: Profile, name: str, apply_now: bool 
 def accounts_of(profile: Profile, type_name: str) -> str:
     """'Pay-As-You-Go subscriptions', 'DigitalOcean accounts' (a type named 'DigitalOcean account' says it once)."""
     word = profile.account_word
-    return f"{type_name}s" if type_name.lower().endswith(word) else f"{type_name} {word}s"
+    if type_name.lower().endswith(word):
+        return type_name[:-len(word)] + profile.accounts_word
+    return f"{type_name} {profile.accounts_word}"
 
 
 def _operator_granted(inv: Inventory, profile: Profile, name: str) -> Subscription:

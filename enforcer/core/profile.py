@@ -88,6 +88,10 @@ class Provenance:
 NO_PROVENANCE = Provenance()
 
 
+def plural(word: str) -> str:
+    return word[:-1] + "ies" if word.endswith("y") and word[-2:-1] not in ("a", "e", "i", "o", "u") else word + "s"
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriptionType:
     id: str
@@ -164,6 +168,11 @@ class Profile:
     change_applies: ChangeApplies = ChangeApplies.STOP_DEALLOCATE_START
     change_provenance: Provenance = NO_PROVENANCE
     sources: dict[str, Source] = field(default_factory=dict)
+
+    @property
+    def accounts_word(self) -> str:
+        """The account word in the plural: subscriptions, accounts, tenancies."""
+        return plural(self.account_word)
 
     @property
     def ports_phrase(self) -> str:

@@ -367,3 +367,10 @@ def test_stored_documents_keep_attributes_and_stay_lean_without_them(tmp_path):
 def test_exemption_kinds_name_the_provider_paths():
     assert {e.value for e in Exemption} >= {"self-service", "switch", "support-case", "request-form",
                                             "service-limit", "reactive", "never"}
+
+
+@pytest.mark.parametrize("word, words", [("subscription", "subscriptions"), ("tenancy", "tenancies"),
+                                         ("account", "accounts"), ("day", "days")])
+def test_the_account_word_in_the_plural(word, words):
+    from enforcer.core.profile import plural
+    assert plural(word) == words
