@@ -119,6 +119,14 @@ def test_the_lab_ranges_are_unreachable_on_the_host(lab):
     assert routes_unreachable() == {4: True, 6: True}
 
 
+@pytest.mark.parametrize("name", ["gateway", "internet", *RESOURCES])
+def test_no_machine_has_a_route_off_the_lab(lab, name):
+    """The management network hands out no router: a machine reaches the lab's ranges and nothing else."""
+    for family in (4, 6):
+        assert lab.ssh(name, f"ip -{family} route show default").stdout.strip() == "", name
+    assert lab.ssh(name, "ip -4 route get 192.0.2.1", check=False).returncode != 0, "TEST-NET-1 is routable"
+
+
 def test_the_enforcer_runs_as_a_real_systemd_service_with_its_watchdog(lab):
     out = lab.gateway("systemctl show enforcer -p ActiveState -p Type -p WatchdogUSec -p NRestarts -p User -p MainPID")
     show = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)

@@ -45,13 +45,13 @@ setup() {
     CHANGED=""
     write_if_changed /etc/systemd/system/p25-smtpsink.service <<UNIT
 [Unit]
-Description=port25-enforcer lab: the SMTP sink of the internet host (ports 25, 465, 587)
+Description=port25-enforcer lab: the SMTP sink of the internet host (ports 25, 465, 587 and a relay port, 2525)
 After=network-online.target
 Wants=network-online.target
 
 [Service]
 Environment=PYTHONPATH=$PROJECT
-ExecStart=/usr/bin/python3 -m enforcer.lab.smtpsink --maildir /var/lib/p25-smtpsink/mail --port 25 --port 465 --port 587
+ExecStart=/usr/bin/python3 -m enforcer.lab.smtpsink --maildir /var/lib/p25-smtpsink/mail --port 25 --port 465 --port 587 --port 2525
 StateDirectory=p25-smtpsink
 Restart=on-failure
 RestartSec=2s
@@ -75,7 +75,7 @@ UNIT
         echo "$ME: the SMTP sink did not start (its log is above)" >&2
         exit 1
     fi
-    log "SMTP sink listening on 25, 465 and 587 (mail in /var/lib/p25-smtpsink/mail)"
+    log "SMTP sink listening on 25, 465, 587 and 2525 (mail in /var/lib/p25-smtpsink/mail)"
 }
 
 network() {
