@@ -210,7 +210,7 @@ def diagnose(inv: Inventory, profile: Profile, name: str, apply_now: bool = Fals
     sub = inv.subscription(name)
     t = profile.types[sub.type]
     acct, ports = profile.account_word, profile.ports_phrase
-    are = "are" if len(profile.restricted_ports) > 1 else "is"
+    are = profile.ports_are
     lines = [f"{acct} '{name}' is {t.name}"]
     state_code = assess_pulled(profile, pull(sub))[1]
     refusal = exemption_refusal(profile, sub, today) if t.exemption in SELF_GRANTED | OPERATOR_GRANTED else None
@@ -288,7 +288,7 @@ def _operator_granted(inv: Inventory, profile: Profile, name: str) -> Subscripti
     elif t.exemption == Exemption.REACTIVE:
         hint = f"it is blocked only while flagged for spam; its owner lifts that: {hints.request_exemption(name)}"
     elif t.exemption == Exemption.NOT_NEEDED:
-        hint = f"{profile.ports_phrase} {'are' if len(profile.restricted_ports) > 1 else 'is'} not blocked for it"
+        hint = f"{profile.ports_phrase} {profile.ports_are} not blocked for it"
     else:
         hint = f"{accounts_of(profile, t.name)} are never exempted; {profile.advice}"
     path = profile.exemption_path.path and "a request the operator grants"
@@ -303,7 +303,7 @@ def refuse_exemption(inv: Inventory, profile: Profile, name: str, case: str) -> 
     if sub.exempt:
         return inv, [f"{acct} '{name}' is exempt already (via {sub.exempt_via}); to end that: "
                      f"{hints.revoke_exemption(name)}"]
-    are = "are" if len(profile.restricted_ports) > 1 else "is"
+    are = profile.ports_are
     return inv, [f"{acct} '{name}': request {case} refused; {profile.ports_phrase} {are} still blocked; "
                  f"{profile.advice}"]
 

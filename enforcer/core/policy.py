@@ -184,25 +184,21 @@ def explain(inv: Inventory, profile: Profile, r: Resource, code: Code, decider: 
         return (f"{via}{who} pulled its policy before {acct} '{sub.name}' {_change(profile, pulled, current)}; "
                 f"{_restart_hint(inv, decider)}")
     if code == Code.TYPE_NOT_BLOCKED:
-        return f"{via}{acct} '{sub.name}' is {ptype.name}, where {ports} {_are(profile)} not blocked"
+        return f"{via}{acct} '{sub.name}' is {ptype.name}, where {ports} {profile.ports_are} not blocked"
     if code == Code.CREATED_BEFORE_CUTOFF:
         return (f"{via}{acct} '{sub.name}' ({ptype.name}) was created on {pulled.created}, before "
-                f"{ptype.created_from}, from when {ports} {_are(profile)} blocked")
+                f"{ptype.created_from}, from when {ports} {profile.ports_are} blocked")
     if code == Code.NOT_FLAGGED:
-        return f"{via}{acct} '{sub.name}' is not flagged for spam, so {ports} {_are(profile)} not blocked"
+        return f"{via}{acct} '{sub.name}' is not flagged for spam, so {ports} {profile.ports_are} not blocked"
     if code == Code.EXEMPT:
         return f"{via}{acct} '{sub.name}' ({ptype.name}) is exempt from the {ports} block"
     if code == Code.BLOCKED_EXEMPTIBLE:
         how = exemption_how(profile, sub.name, ptype.exemption)
         if ptype.when_flagged:
-            return (f"{via}{acct} '{sub.name}' ({ptype.name}) was flagged for spam, so {ports} {_are(profile)} "
+            return (f"{via}{acct} '{sub.name}' ({ptype.name}) was flagged for spam, so {ports} {profile.ports_are} "
                     f"blocked until the block is lifted: {how}")
         return f"{via}{acct} '{sub.name}' ({ptype.name}) blocks {ports} until it is exempted; request it: {how}"
     return f"{via}{acct} '{sub.name}' is {ptype.name}, which is never exempted; {profile.advice}"
-
-
-def _are(profile: Profile) -> str:
-    return "are" if len(profile.restricted_ports) > 1 else "is"
 
 
 def verdict_for(inv: Inventory, profile: Profile, r: Resource) -> Verdict:

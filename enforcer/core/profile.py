@@ -183,6 +183,11 @@ class Profile:
         return f"ports {', '.join(ports[:-1])} and {ports[-1]}"
 
     @property
+    def ports_are(self) -> str:
+        """The verb that agrees with ports_phrase: 'port 25 is', 'ports 25 and 465 are'."""
+        return "are" if len(self.restricted_ports) > 1 else "is"
+
+    @property
     def judges_own_network(self) -> bool:
         return not any(n.own_network for n in self.never_judged)
 
