@@ -3,7 +3,7 @@
 # libnetfilter_queue headers that the netfilterqueue binding compiles against) and a virtual environment in .venv
 # holding the project in editable mode. That is all the daemon and `enforcer lab demo` need.
 # --test adds what the tests need: Vagrant, its libvirt plugin, libvirt and qemu (the Vagrant lab boots real VMs),
-# mmdebstrap (it builds their box from Debian packages), rsync and ssh (the synced folder, the tests' commands),
+# mmdebstrap and e2fsprogs (they build their box from Debian packages), rsync and ssh (the synced folder, the tests' commands),
 # the shell linter, systemd (systemd-analyze verifies the unit) and the [test,dev] extras (pytest, the build
 # backend, the linters).
 set -euo pipefail
@@ -32,7 +32,7 @@ packages=(
 extras=""
 if [ "$with_tests" -eq 1 ]; then
     packages+=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
-               qemu-system-x86 qemu-utils dnsmasq-base mmdebstrap rsync openssh-client shellcheck systemd)
+               qemu-system-x86 qemu-utils dnsmasq-base mmdebstrap e2fsprogs rsync openssh-client shellcheck systemd)
     extras="[test,dev]"
 fi
 missing=()
