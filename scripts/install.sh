@@ -3,9 +3,9 @@
 # libnetfilter_queue headers that the netfilterqueue binding compiles against) and a virtual environment in .venv
 # holding the project in editable mode. That is all the daemon and `enforcer lab demo` need.
 # --test adds what the tests need: Vagrant, its libvirt plugin, libvirt and qemu (the Vagrant lab boots real VMs),
-# mmdebstrap and e2fsprogs (they build their box from Debian packages), rsync and ssh (the synced folder, the tests' commands),
-# the shell linter, systemd (systemd-analyze verifies the unit) and the [test,dev] extras (pytest, the build
-# backend, the linters).
+# mmdebstrap and e2fsprogs (they build the VMs' box from Debian packages), rsync and ssh (the synced folder, the
+# tests' commands), the shell linter, systemd (systemd-analyze verifies the unit) and the [test,dev] extras
+# (pytest, the build backend, the linters).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
