@@ -31,8 +31,7 @@ def apply(c: Context, file: str, dry_run: bool, prune: bool) -> None:
         return (inv if dry_run else new), (lines or ["no changes"])
 
     if dry_run:
-        with c.opened() as store:
-            inv, _ = store.read()
-        echo_lines(f"would: {line}" if line != "no changes" else line for line in run(inv, c.profile(inv.profile))[1])
+        inv, profile = c.read()
+        echo_lines(f"would: {line}" if line != "no changes" else line for line in run(inv, profile)[1])
         return
     echo_lines(c.change(run))

@@ -1,4 +1,5 @@
-"""What every command shares: the state path, loaded profiles, and the transaction seam."""
+"""What every command shares: the state path, loaded profiles, the state for the command's length, and the
+transaction seam."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import click
 
-from ..core.inventory import Inventory, validate
+from ..core.inventory import Inventory
 from ..core.profile import Profile
 from ..state.profiles import load_profile
 from ..state.store import Store
@@ -20,16 +21,28 @@ class Context:
     def __init__(self, state_path: str, argv: list[str]):
         self.state_path = state_path
         self._profiles: dict[str, Profile] = {}
+        self._store: Store | None = None
         self.command = " ".join(["enforcer", *argv])  # recorded in the audit log
 
+    @property
+    def store(self) -> Store:
+        """The state, open until the command is done (close(): SQLite then folds its -wal back into the file)."""
+        if self._store is None:
+            self._store = Store(self.state_path)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     @contextmanager
-    def opened(self, create: bool = False) -> Iterator[Store]:
-        """The state, closed when the command is done with it (SQLite then folds its -wal back into the file)."""
-        store = Store(self.state_path, create=create)
+    def opened(self) -> Iterator[Store]:
+        """The state for a block of the command: closed after it."""
         try:
-            yield store
+            yield self.store
         finally:
-            store.close()
+            self.close()
 
     def profile(self, profile_id: str) -> Profile:
         if profile_id not in self._profiles:
@@ -37,18 +50,16 @@ class Context:
         return self._profiles[profile_id]
 
     def read(self) -> tuple[Inventory, Profile]:
-        with self.opened() as store:
-            inv, _ = store.read()
-        profile = self.profile(inv.profile)
-        validate(inv, profile)  # a profile edited since the state was written would otherwise crash below
-        return inv, profile
+        """The state as one snapshot, read as the command asks for rows: each row read is checked against the
+        profile (one edited since the state was written would otherwise crash what reads it)."""
+        inv = self.store.snapshot(self.profile)
+        return inv, self.profile(inv.profile)
 
     def change(self, operation: Operation[T], *args: Any, **kwargs: Any) -> T:
         """Run operation(inv, profile, *args) in one transaction; returns what it says (the caller prints it)."""
         def run(inv: Inventory) -> tuple[Inventory, T]:
             return operation(inv, self.profile(inv.profile), *args, **kwargs)
-        with self.opened(create=True) as store:
-            return store.change(self.command, run)
+        return self.store.change(self.command, run, profiles=self.profile)
 
 
 pass_ctx = click.make_pass_decorator(Context)

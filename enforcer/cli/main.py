@@ -20,7 +20,8 @@ from .context import Context
 # not pay for the YAML reader, the lab or the daemon.
 COMMANDS = {
     "apply": "apply", "subscription": "subscription", "vnet": "vnet", "vm": "vm", "diagnose": "exemption",
-    "exemption": "exemption", "check": "queries", "audit": "queries", "status": "queries", "profile": "profile",
+    "exemption": "exemption", "check": "queries", "audit": "queries", "status": "queries", "state": "queries",
+    "profile": "profile",
     "probe": "lab", "lab": "lab", "run": "daemon", "service": "service",
     # the providers' words for a subscription: the same commands
     "account": "subscription", "project": "subscription", "tenancy": "subscription", "organization": "subscription",
@@ -47,6 +48,7 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, state_path: str) -> None:
     """Make a Linux lab gateway block outbound SMTP (TCP 25) the way Azure's platform does."""
     ctx.obj = Context(state_path, ctx.obj or [])
+    ctx.call_on_close(ctx.obj.close)
 
 
 def main(argv: list[str] | None = None) -> int:

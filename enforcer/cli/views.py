@@ -27,7 +27,7 @@ def subscription_doc(inv: Inventory, profile: Profile, name: str) -> dict[str, A
     t = profile.types[sub.type]
     allow, _ = assess_pulled(profile, pull(sub))
     return {**asdict(sub), "type_name": t.name, "port25": verdict_word(allow), "exemption_method": t.exemption,
-            "resources": sorted(r.name for r in inv.resources.values() if r.subscription == name),
+            "resources": sorted(r.name for r in inv.resources_of(name)),
             "pending_restart": sorted(r.name for r in pending_restart(inv, profile, name))}
 
 

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from ..errors import UserError
 from . import hints, lifecycle
-from .inventory import (ATTRIBUTES, NAME_RE, Inventory, State, normalize_address, normalize_prefix, validate,
+from .inventory import (ATTRIBUTES, NAME_RE, Inventory, State, check_changes, normalize_address, normalize_prefix,
                         validate_resource)
 from .profile import OPERATOR_GRANTED, SELF_GRANTED, Exemption, Profile
 
@@ -139,7 +139,7 @@ def converge(inv: Inventory, profile: Profile, doc: Document, path: str, prune: 
     run.resources(doc)
     if prune:
         run.step(_prune(run.inv, profile, doc))
-    validate(run.inv, profile)
+    check_changes(run.inv, profile)
     return run.inv, run.lines
 
 
@@ -147,32 +147,25 @@ class _Convergence:
     """One convergence: the inventory so far, and the lines said about it.
 
     New resources are added in place, each checked on its own (O(1)), not through add_resource(), which copies
-    and checks the whole inventory: a file of N new resources converges in O(N), not O(N^2). The whole
-    inventory is still validated once at the end."""
+    the changes so far: a file of N new resources converges in O(N), not O(N^2). What changed is checked once more
+    at the end (check_changes)."""
 
     def __init__(self, inv: Inventory, profile: Profile, path: str, today: datetime.date | None = None):
         self.inv, self.profile, self.path, self.today = inv, profile, path, today
         self.lines: list[str] = []
-        self.owner: dict[str, str] | None = None  # address -> resource, while self.inv's dicts are ours to grow
+        self.growing = False  # whether self.inv's changes are ours to grow in place
 
     def step(self, result: lifecycle.Result) -> None:
         self.inv, more = result
         self.lines.extend(more)
-        self.owner = None  # the step may have returned an inventory shared with its caller
+        self.growing = False  # the step may have returned an inventory shared with its caller
 
     def add(self, name: str, state: State, attrs: dict[str, Any]) -> None:
         r = lifecycle.new_resource(self.inv, self.profile, name, state=state, **attrs)
-        if self.owner is None:  # one private copy to grow, and the index of the addresses taken
-            self.inv = self.inv.with_(resources=dict(self.inv.resources))
-            self.owner = {a: x.name for x in self.inv.resources.values() for a in x.addresses}
-        taken = [a for a in r.addresses if a not in self.owner]
-        try:
-            validate_resource(self.inv, self.profile, r, self.owner)
-        except UserError:
-            for a in taken:  # nothing of a refused resource stays in the index
-                self.owner.pop(a, None)
-            raise
-        self.inv.resources[name] = r
+        if not self.growing:
+            self.inv, self.growing = self.inv.grown(), True
+        validate_resource(self.inv, self.profile, r, {}, elsewhere=self.inv.owner_of)
+        self.inv.grow(r)
         self.lines.append(lifecycle.added(self.inv, self.profile, r))
 
     def internal_prefixes(self, doc: Document) -> None:
@@ -289,7 +282,7 @@ def _prune(inv: Inventory, profile: Profile, doc: Document) -> lifecycle.Result:
     """Remove what the document does not name: resources (appliances last), subnets, VNets, subscriptions."""
     lines: list[str] = []
     named = {key: {str(x.get("name")) for x in doc.get(key) or []} for key in ("subscriptions", "vnets", "resources")}
-    gone = [r for r in inv.resources.values() if r.name not in named["resources"]]
+    gone = [inv.resources[name] for name in inv.resources if name not in named["resources"]]
     for r in sorted(gone, key=lambda r: r.egress is None):
         inv, more = lifecycle.remove_resource(inv, profile, r.name)
         lines += more

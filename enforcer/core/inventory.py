@@ -8,13 +8,15 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import UserError
 from . import hints
 from .profile import Profile
+from .rows import TABLES, Changes, Group, MemorySource, Rows, Source
 
 
 class State(StrEnum):
@@ -90,13 +92,39 @@ class Resource:
     interface: str | None = None  # the gateway interface its packets arrive on (else its VNet's), if bound
 
 
-@dataclass(frozen=True)
 class Inventory:
-    profile: str = "azure"
-    subscriptions: dict[str, Subscription] = field(default_factory=dict)
-    vnets: dict[str, VNet] = field(default_factory=dict)
-    resources: dict[str, Resource] = field(default_factory=dict)
-    internal_prefixes: tuple[str, ...] = ()  # private ranges the operator declares: never judged
+    """Subscriptions, VNets and resources, read from a Source (dicts unless a store hands one), with the changes
+    operations made on top. Immutable to its users: an operation returns a new Inventory (put, removed, with_),
+    sharing the source and copying only the changes."""
+
+    __slots__ = ("profile", "internal_prefixes", "source", "changes", "subscriptions", "vnets", "resources")
+
+    def __init__(self, profile: str = "azure", subscriptions: dict[str, Subscription] | None = None,
+                 vnets: dict[str, VNet] | None = None, resources: dict[str, Resource] | None = None,
+                 internal_prefixes: tuple[str, ...] = (), *, source: Source | None = None,
+                 changes: Changes | None = None):
+        if source is None:
+            source = MemorySource(dict(subscriptions or {}), dict(vnets or {}), dict(resources or {}))
+        elif subscriptions or vnets or resources:
+            raise TypeError("give rows or a source, not both")
+        self.profile = profile
+        self.internal_prefixes = tuple(internal_prefixes)  # private ranges the operator declares: never judged
+        self.source = source
+        self.changes = changes if changes is not None else Changes()
+        tables = self.changes.tables
+        self.subscriptions: Mapping[str, Subscription] = Rows(source, "subscriptions", tables["subscriptions"])
+        self.vnets: Mapping[str, VNet] = Rows(source, "vnets", tables["vnets"])
+        self.resources: Mapping[str, Resource] = Rows(source, "resources", tables["resources"])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Inventory) and all(
+            getattr(self, k) == getattr(other, k) for k in ("profile", "internal_prefixes", *TABLES))
+
+    def __repr__(self) -> str:
+        return f"Inventory({self.profile!r}, {len(self.subscriptions)} subscriptions, {len(self.vnets)} VNets, " \
+               f"{len(self.resources)} resources)"
+
+    # ------------------------------------------------------------ what operations ask
 
     def subscription(self, name: str) -> Subscription:
         sub = self.subscriptions.get(name)
@@ -116,14 +144,105 @@ class Inventory:
             raise UserError(f"no resource {name!r}; list them with: {hints.list_resources()}")
         return res
 
+    def where(self, table: str, column: str, value: str) -> Iterator[Any]:
+        """The rows of `table` whose `column` (an indexed one: rows.INDEXED) equals `value`."""
+        changed = self.changes.tables[table]
+        for row in self.source.where(table, column, value):
+            if row.name not in changed:
+                yield row
+        for row in changed.values():
+            if row is not None and getattr(row, column) == value:
+                yield row
+
+    def resources_of(self, subscription: str) -> Iterator[Resource]:
+        return self.where("resources", "subscription", subscription)
+
+    def resources_in(self, vnet: str) -> Iterator[Resource]:
+        return self.where("resources", "vnet", vnet)
+
+    def egressing_through(self, appliance: str) -> Iterator[Resource]:
+        return self.where("resources", "egress", appliance)
+
+    def vnets_of(self, subscription: str) -> Iterator[VNet]:
+        return self.where("vnets", "subscription", subscription)
+
+    def owner_of(self, address: str) -> str | None:
+        """The resource holding `address` (a host address or a prefix, as normalised), if any."""
+        holder = self.changes.holders.get(address)
+        if holder is not None:
+            return holder
+        name = self.source.owner(address)
+        return None if name is None or name in self.changes.tables["resources"] else name
+
+    def prefixed(self) -> Iterator[Resource]:
+        """Resources registered with a prefix among their addresses (scale sets)."""
+        changed = self.changes.tables["resources"]
+        for r in self.source.prefixed():
+            if r.name not in changed:
+                yield r
+        for r in changed.values():
+            if r is not None and any(is_prefix(a) for a in r.addresses):
+                yield r
+
+    def running(self, subscription: str) -> list[Group]:
+        """The subscription's running resources, counted by the policy they pulled and their subnet."""
+        counts: dict[tuple[Any, ...], int] = {g[:3]: g.size for g in self.source.running(subscription)}
+        for name, r in self.changes.tables["resources"].items():
+            for row, step in ((self.source.row("resources", name), -1), (r, 1)):
+                if row is not None and row.subscription == subscription and row.state == State.RUNNING:
+                    key = (row.pulled, row.vnet, row.subnet)
+                    counts[key] = counts.get(key, 0) + step
+        return [Group(pulled, vnet, subnet, n) for (pulled, vnet, subnet), n in counts.items() if n > 0]
+
+    def running_names(self, group: Group, subscription: str, limit: int) -> list[str]:
+        """Up to `limit` names of a group's resources, in name order."""
+        changed = self.changes.tables["resources"]
+        names = [n for n in self.source.running_names(group, subscription, limit + len(changed)) if n not in changed]
+        names += [r.name for r in changed.values() if r is not None and r.subscription == subscription
+                  and r.state == State.RUNNING and (r.pulled, r.vnet, r.subnet) == group[:3]]
+        return sorted(names)[:limit]
+
     def in_delegated_subnet(self, r: Resource) -> bool:
         if r.vnet is None or r.subnet is None or r.vnet not in self.vnets:
             return False
         subnet = self.vnets[r.vnet].subnet(r.subnet)
         return subnet is not None and subnet.delegated
 
+    # ------------------------------------------------------------ new inventories
+
     def with_(self, **changes: Any) -> Inventory:
-        return replace(self, **changes)
+        """The same rows with another profile or internal prefixes."""
+        unknown = set(changes) - {"profile", "internal_prefixes"}
+        if unknown:
+            raise TypeError(f"with_() changes the profile and internal_prefixes, not {sorted(unknown)}: use put()")
+        values = {"profile": self.profile, "internal_prefixes": self.internal_prefixes, **changes}
+        return Inventory(values["profile"], internal_prefixes=values["internal_prefixes"], source=self.source,
+                         changes=self.changes)
+
+    def put(self, *rows: Subscription | VNet | Resource) -> Inventory:
+        """These rows added or replaced (each to its table by its type)."""
+        changes = self.changes.copy()
+        for row in rows:
+            changes.set(table_of(row), row.name, row, self.source)
+        return Inventory(self.profile, internal_prefixes=self.internal_prefixes, source=self.source, changes=changes)
+
+    def removed(self, table: str, name: str) -> Inventory:
+        changes = self.changes.copy()
+        changes.set(table, name, None, self.source)
+        return Inventory(self.profile, internal_prefixes=self.internal_prefixes, source=self.source, changes=changes)
+
+    def grown(self) -> Inventory:
+        """An inventory whose changes are its own, for a caller that adds many rows in place (grow())."""
+        return Inventory(self.profile, internal_prefixes=self.internal_prefixes, source=self.source,
+                         changes=self.changes.copy())
+
+    def grow(self, row: Subscription | VNet | Resource) -> None:
+        """In place, on an inventory from grown() that nobody else holds: a convergence adding N rows in O(N)."""
+        self.changes.set(table_of(row), row.name, row, self.source)
+
+
+def table_of(row: Subscription | VNet | Resource) -> str:
+    return {Subscription: "subscriptions", VNet: "vnets", Resource: "resources"}[type(row)]
 
 
 def pull(sub: Subscription) -> Pulled:
@@ -247,18 +366,69 @@ def _networks(prefixes: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress
 
 
 def validate(inv: Inventory, profile: Profile) -> None:
-    """Raise a UserError naming the first inconsistency; a valid inventory passes silently."""
+    """Raise a UserError naming the first inconsistency; a valid inventory passes silently. Reads every row: for
+    an inventory held whole (a compile, a test); an operation checks what it changed (check_changes)."""
     if inv.profile != profile.id:
         raise UserError(f"the inventory uses profile '{inv.profile}' but '{profile.id}' was loaded")
     for sub in inv.subscriptions.values():
         validate_subscription(profile, sub)
     for vnet in inv.vnets.values():
         _validate_vnet(inv, vnet)
-    owner: dict[str, str] = {}
+    claimed: dict[str, str] = {}
     for r in inv.resources.values():
-        validate_resource(inv, profile, r, owner)
+        validate_resource(inv, profile, r, claimed)
     for p in inv.internal_prefixes:
         ipaddress.ip_network(p)
+
+
+def check_changes(inv: Inventory, profile: Profile) -> None:
+    """validate() for what the inventory changed over its source, and for the rows that depend on a changed one (a
+    removed subscription's or VNet's rows, an appliance's dependents, a VNet's resources when a subnet went): the
+    check every operation ends with, in O(what changed). The source is consistent: every change that built it
+    passed this check."""
+    if inv.profile != profile.id:
+        raise UserError(f"the inventory uses profile '{inv.profile}' but '{profile.id}' was loaded")
+    tables = inv.changes.tables
+    for name, sub in tables["subscriptions"].items():
+        if sub is not None:
+            validate_subscription(profile, sub)
+        else:  # what still names it says so
+            for r in inv.resources_of(name):
+                _validate_resource(inv, profile, r)
+            for vnet in inv.vnets_of(name):
+                _validate_vnet(inv, vnet)
+    for name, changed_vnet in tables["vnets"].items():
+        _check_vnet_change(inv, name, changed_vnet)
+    claimed: dict[str, str] = {}
+    for name, changed in tables["resources"].items():
+        _check_resource_change(inv, profile, name, changed, claimed)
+    for p in inv.internal_prefixes:
+        ipaddress.ip_network(p)
+
+
+def _check_vnet_change(inv: Inventory, name: str, vnet: VNet | None) -> None:
+    if vnet is not None:
+        _validate_vnet(inv, vnet)
+    before: VNet | None = inv.source.row("vnets", name)
+    if before is not None and (vnet is None or {s.name for s in before.subnets} - {s.name for s in vnet.subnets}):
+        for r in inv.resources_in(name):  # a subnet went, or the VNet: its resources say whether they stood there
+            _validate_placement(inv, r)
+
+
+def _check_resource_change(inv: Inventory, profile: Profile, name: str, r: Resource | None,
+                           claimed: dict[str, str]) -> None:
+    if r is not None:
+        validate_resource(inv, profile, r, claimed, elsewhere=lambda a: _unchanged_owner(inv, a))
+    before: Resource | None = inv.source.row("resources", name)
+    if before is not None and (r is None or (r.kind, r.egress) != (before.kind, before.egress)):
+        for dependent in inv.egressing_through(name):  # is what they egress through still an appliance?
+            _validate_egress(inv, profile, dependent)
+
+
+def _unchanged_owner(inv: Inventory, address: str) -> str | None:
+    """The resource of the source that holds `address`, unless it changed (then its new row speaks for it)."""
+    name = inv.source.owner(address)
+    return None if name is None or name in inv.changes.tables["resources"] else name
 
 
 def validate_subscription(profile: Profile, sub: Subscription) -> None:
@@ -284,23 +454,39 @@ def _validate_vnet(inv: Inventory, vnet: VNet) -> None:
                             f"'{vnet.name}' ({', '.join(vnet.prefixes)}); pick a prefix inside them")
 
 
-def validate_resource(inv: Inventory, profile: Profile, r: Resource, owner: dict[str, str]) -> None:
+def validate_resource(inv: Inventory, profile: Profile, r: Resource, claimed: dict[str, str],
+                      elsewhere: Callable[[str], str | None] = lambda address: None) -> None:
     """What validate() checks of one resource, in O(its own size): against the inventory's other tables by name,
-    and its addresses against `owner` (address -> resource), which it extends."""
+    and its addresses against `claimed` (address -> resource: those checked before it, which it extends) and
+    `elsewhere` (who else holds an address: the rows not being checked)."""
     _validate_resource(inv, profile, r)
     _validate_placement(inv, r)
     _validate_egress(inv, profile, r)
     for a in r.addresses:
-        if a in owner and owner[a] != r.name:
-            raise UserError(f"address {a} of '{r.name}' already belongs to '{owner[a]}'; "
+        other = claimed.get(a) or elsewhere(a)
+        if other is not None and other != r.name:
+            raise UserError(f"address {a} of '{r.name}' already belongs to '{other}'; "
                             "give every resource its own addresses")
-        owner[a] = r.name
+        claimed[a] = r.name
+
+
+def check_row(profile: Profile, table: str, row: Any) -> None:
+    """What a stored row needs of the profile before anything reads it (the profile may have been edited since
+    the row was written): an account's type, a resource's kind, state and pulled policy."""
+    if table == "subscriptions":
+        validate_subscription(profile, row)
+    elif table == "resources":
+        _validate_resource_alone(profile, row)
 
 
 def _validate_resource(inv: Inventory, profile: Profile, r: Resource) -> None:
     if r.subscription not in inv.subscriptions:
         raise UserError(f"resource '{r.name}' names subscription '{r.subscription}', which does not exist; "
                         "add the subscription first")
+    _validate_resource_alone(profile, r)
+
+
+def _validate_resource_alone(profile: Profile, r: Resource) -> None:
     if r.kind not in profile.kinds:
         raise UserError(f"resource '{r.name}' has kind '{r.kind}', unknown to profile '{profile.id}'; "
                         f"use one of: {', '.join(profile.kinds)}")

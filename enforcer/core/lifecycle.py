@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import itertools
 import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -13,8 +14,8 @@ from typing import Any
 
 from ..errors import UserError
 from . import hints
-from .inventory import (ATTRIBUTES, Inventory, Resource, State, Subnet, Subscription, VNet, check_name,
-                        normalize_address, normalize_day, normalize_mac, normalize_prefix, pull, validate)
+from .inventory import (ATTRIBUTES, Inventory, Resource, State, Subnet, Subscription, VNet, check_changes, check_name,
+                        normalize_address, normalize_day, normalize_mac, normalize_prefix, pull)
 from .policy import Code, assess, assess_pulled, exemption_how, verdict_word
 from .profile import OPERATOR_GRANTED, SELF_GRANTED, ChangeApplies, Exemption, Profile
 
@@ -33,12 +34,8 @@ def normalize_interface(text: str | None) -> str | None:
 
 
 def _done(inv: Inventory, profile: Profile, lines: list[str]) -> Result:
-    validate(inv, profile)
+    check_changes(inv, profile)
     return inv, lines
-
-
-def _put(inv: Inventory, r: Resource) -> Inventory:
-    return inv.with_(resources={**inv.resources, r.name: r})
 
 
 # ---------------------------------------------------------------- subscriptions
@@ -69,8 +66,7 @@ def add_subscription(inv: Inventory, profile: Profile, name: str, type_word: str
     t = profile.type_named(type_word)
     sub = Subscription(name, t.id, **_attributes(profile, attributes))
     said = "".join(f", {k} {getattr(sub, k)}" for k in ATTRIBUTES if k in attributes)
-    return _done(inv.with_(subscriptions={**inv.subscriptions, name: sub}), profile,
-                 [f"added {profile.account_word} '{name}' ({t.name}{said})"])
+    return _done(inv.put(sub), profile, [f"added {profile.account_word} '{name}' ({t.name}{said})"])
 
 
 def set_attributes(inv: Inventory, profile: Profile, name: str, apply_now: bool = False, **attributes: Any) -> Result:
@@ -81,22 +77,17 @@ def set_attributes(inv: Inventory, profile: Profile, name: str, apply_now: bool 
         return inv, []
     changed = ", ".join(f"{k} {getattr(sub, k)} -> {getattr(new, k)}" for k in ATTRIBUTES
                         if getattr(sub, k) != getattr(new, k))
-    inv = inv.with_(subscriptions={**inv.subscriptions, name: new})
-    inv, more = _reach_running(inv, profile, name, apply_now)
+    inv, more = _reach_running(inv.put(new), profile, name, apply_now)
     return _done(inv, profile, [f"{profile.account_word} '{name}': {changed}", *more])
 
 
 def _repull_running(inv: Inventory, sub_name: str, said: str) -> tuple[Inventory, list[str]]:
     """Every running resource of the subscription pulls the policy again."""
     fresh = pull(inv.subscriptions[sub_name])
-    changed = dict(inv.resources)
-    names = []
-    for r in inv.resources.values():
-        if r.subscription == sub_name and r.state == State.RUNNING and r.pulled != fresh:
-            changed[r.name] = replace(r, pulled=fresh)
-            names.append(r.name)
-    lines = [f"{said} to running: {', '.join(names)}"] if names else []
-    return inv.with_(resources=changed), lines
+    changed = [replace(r, pulled=fresh) for r in inv.resources_of(sub_name)
+               if r.state == State.RUNNING and r.pulled != fresh]
+    lines = [f"{said} to running: {listed([r.name for r in changed], len(changed))}"] if changed else []
+    return inv.put(*changed), lines
 
 
 def _reach_running(inv: Inventory, profile: Profile, sub_name: str, apply_now: bool) -> tuple[Inventory, list[str]]:
@@ -111,22 +102,39 @@ def _reach_running(inv: Inventory, profile: Profile, sub_name: str, apply_now: b
 
 def pending_restart(inv: Inventory, profile: Profile, sub_name: str) -> list[Resource]:
     """Running resources of the subscription whose pulled policy differs in effect from its current one."""
-    sub = inv.subscriptions[sub_name]
-    now = assess_pulled(profile, pull(sub))[0]
-    return [r for r in inv.resources.values()
-            if r.subscription == sub_name and r.state == State.RUNNING and r.pulled is not None
-            and assess_pulled(profile, r.pulled)[0] != now]
+    now = assess_pulled(profile, pull(inv.subscriptions[sub_name]))[0]
+    return [r for r in inv.resources_of(sub_name)
+            if r.state == State.RUNNING and r.pulled is not None and assess_pulled(profile, r.pulled)[0] != now]
+
+
+LISTED = 20  # names a sentence lists before it counts the rest
+
+
+def listed(names: list[str], total: int) -> str:
+    """'a, b, c', or 'a, ..., t and 1,234 more' past LISTED names."""
+    more = total - min(len(names), LISTED)
+    return ", ".join(names[:LISTED]) + (f" and {more:,} more" if more > 0 else "")
 
 
 def _pending_lines(inv: Inventory, profile: Profile, sub_name: str) -> list[str]:
-    pending = pending_restart(inv, profile, sub_name)
-    plain = [r.name for r in pending if not inv.in_delegated_subnet(r)]
-    delegated_vnets = sorted({r.vnet for r in pending if r.vnet is not None and inv.in_delegated_subnet(r)})
+    """Which running resources keep their old policy: read from the subscription's running resources grouped by
+    what they pulled (a count per group), naming at most LISTED of them."""
+    now = assess_pulled(profile, pull(inv.subscriptions[sub_name]))[0]
+    pending = [g for g in inv.running(sub_name) if g.pulled is not None and assess_pulled(profile, g.pulled)[0] != now]
+
+    def delegated(vnet: str | None, subnet: str | None) -> bool:
+        found = inv.vnets[vnet].subnet(subnet) if vnet is not None and subnet is not None and vnet in inv.vnets \
+            else None
+        return found is not None and found.delegated
+    plain_groups = [g for g in pending if not delegated(g.vnet, g.subnet)]
+    plain = sorted(n for g in plain_groups for n in inv.running_names(g, sub_name, LISTED))
+    delegated_vnets = sorted({g.vnet for g in pending if g.vnet is not None and delegated(g.vnet, g.subnet)})
     lines = []
     until = "stopped, deallocated and started again" \
         if profile.change_applies == ChangeApplies.STOP_DEALLOCATE_START else "restarted"
     if plain:
-        lines.append(f"running resources keep their old policy until {until}: {', '.join(plain)} ({hints.restart()})")
+        names = listed(plain, sum(g.size for g in plain_groups))
+        lines.append(f"running resources keep their old policy until {until}: {names} ({hints.restart()})")
     for v in delegated_vnets:
         lines.append(f"resources in delegated subnets of VNet '{v}' pick it up only after a temporary subnet is "
                      f"added and removed: {hints.refresh_delegated(v)}")
@@ -143,22 +151,19 @@ def set_type(inv: Inventory, profile: Profile, name: str, type_word: str, apply_
     if sub.exempt and not t.exemptible:
         new_sub = replace(new_sub, exempt=False, exempt_via=None)
         lines.append("its exemption ends: the new type is not exemptible")
-    inv = inv.with_(subscriptions={**inv.subscriptions, name: new_sub})
-    inv, more = _reach_running(inv, profile, name, apply_now)
+    inv, more = _reach_running(inv.put(new_sub), profile, name, apply_now)
     lines += more
     return _done(inv, profile, lines)
 
 
 def remove_subscription(inv: Inventory, profile: Profile, name: str) -> Result:
     inv.subscription(name)
-    users = [r.name for r in inv.resources.values() if r.subscription == name] + \
-            [v.name for v in inv.vnets.values() if v.subscription == name]
+    users = [r.name for r in itertools.islice(inv.resources_of(name), 6)] + \
+            [v.name for v in itertools.islice(inv.vnets_of(name), 6)]
     if users:
         raise UserError(f"subscription '{name}' still holds {', '.join(sorted(users)[:5])}"
                         f"{' ...' if len(users) > 5 else ''}; remove them first")
-    subs = dict(inv.subscriptions)
-    del subs[name]
-    return _done(inv.with_(subscriptions=subs), profile, [f"removed subscription '{name}'"])
+    return _done(inv.removed("subscriptions", name), profile, [f"removed subscription '{name}'"])
 
 
 # ---------------------------------------------------------------- exemptions
@@ -225,7 +230,7 @@ def diagnose(inv: Inventory, profile: Profile, name: str, apply_now: bool = Fals
         if sub.flagged:
             outcome = Outcome.GRANTED
             sub = replace(sub, flagged=False)
-            inv = inv.with_(subscriptions={**inv.subscriptions, name: sub})
+            inv = inv.put(sub)
             how = profile.exemption_path.path or "by its owner"
             lines.append(f"{ports} {are} unblocked: the spam flag is lifted ({how})")
         else:
@@ -242,7 +247,7 @@ def diagnose(inv: Inventory, profile: Profile, name: str, apply_now: bool = Fals
         outcome, eligible, blocked = Outcome.GRANTED, True, False
         via = "diagnostic" if t.exemption == Exemption.SELF_SERVICE else "switch"
         sub = replace(sub, exempt=True, exempt_via=via)
-        inv = inv.with_(subscriptions={**inv.subscriptions, name: sub})
+        inv = inv.put(sub)
         lines.append(f"{ports} {'were' if are == 'are' else 'was'} blocked; the {acct} qualifies and is now exempt")
     elif t.exemption in OPERATOR_GRANTED:
         outcome, eligible, blocked = Outcome.SUPPORT_CASE, refusal is None, True
@@ -256,7 +261,7 @@ def diagnose(inv: Inventory, profile: Profile, name: str, apply_now: bool = Fals
         lines.append(f"{ports} {are} blocked and {accounts_of(profile, t.name)} are never exempted; {profile.advice}")
     inv, more = _reach_running(inv, profile, name, apply_now and outcome == Outcome.GRANTED)
     lines += more
-    validate(inv, profile)
+    check_changes(inv, profile)
     return inv, Diagnosis(name, t.name, blocked, eligible, outcome, tuple(lines))
 
 
@@ -320,7 +325,7 @@ def grant_exemption(inv: Inventory, profile: Profile, name: str, case: str, appl
     if refusal:
         raise UserError(f"{acct} '{name}' ({profile.types[sub.type].name}) does not qualify for an exemption "
                         f"yet: {refusal}; the provider's path: {profile.exemption_path.path}")
-    inv = inv.with_(subscriptions={**inv.subscriptions, name: replace(sub, exempt=True, exempt_via=f"case {case}")})
+    inv = inv.put(replace(sub, exempt=True, exempt_via=f"case {case}"))
     lines = [f"{acct} '{name}' is now exempt (support case {case})"]
     inv, more = _reach_running(inv, profile, name, apply_now)
     lines += more
@@ -331,7 +336,7 @@ def revoke_exemption(inv: Inventory, profile: Profile, name: str, apply_now: boo
     sub = inv.subscription(name)
     if not sub.exempt:
         raise UserError(f"subscription '{name}' has no exemption to revoke; see: {hints.list_exemptions()}")
-    inv = inv.with_(subscriptions={**inv.subscriptions, name: replace(sub, exempt=False, exempt_via=None)})
+    inv = inv.put(replace(sub, exempt=False, exempt_via=None))
     lines = [f"revoked the exemption of subscription '{name}'"]
     inv, more = _reach_running(inv, profile, name, apply_now)
     lines += more
@@ -352,8 +357,7 @@ def add_vnet(inv: Inventory, profile: Profile, name: str, subscription: str, pre
     vnet = VNet(name, subscription, tuple(normalize_prefix(p) for p in prefixes),
                 interface=normalize_interface(interface))
     on = f" on interface {vnet.interface}" if vnet.interface else ""
-    return _done(inv.with_(vnets={**inv.vnets, name: vnet}), profile,
-                 [f"added virtual network '{name}' ({', '.join(vnet.prefixes)}){on}"])
+    return _done(inv.put(vnet), profile, [f"added virtual network '{name}' ({', '.join(vnet.prefixes)}){on}"])
 
 
 def set_vnet_interface(inv: Inventory, profile: Profile, name: str, interface: str | None) -> Result:
@@ -363,18 +367,15 @@ def set_vnet_interface(inv: Inventory, profile: Profile, name: str, interface: s
     if vnet.interface == interface:
         return inv, []
     said = f"bound to interface {interface}" if interface else "no longer bound to an interface"
-    return _done(inv.with_(vnets={**inv.vnets, name: replace(vnet, interface=interface)}), profile,
-                 [f"virtual network '{name}': {said}"])
+    return _done(inv.put(replace(vnet, interface=interface)), profile, [f"virtual network '{name}': {said}"])
 
 
 def remove_vnet(inv: Inventory, profile: Profile, name: str) -> Result:
     inv.vnet(name)
-    users = sorted(r.name for r in inv.resources.values() if r.vnet == name)
+    users = sorted(r.name for r in itertools.islice(inv.resources_in(name), 5))
     if users:
-        raise UserError(f"virtual network '{name}' still holds {', '.join(users[:5])}; remove them first")
-    vnets = dict(inv.vnets)
-    del vnets[name]
-    return _done(inv.with_(vnets=vnets), profile, [f"removed virtual network '{name}'"])
+        raise UserError(f"virtual network '{name}' still holds {', '.join(users)}; remove them first")
+    return _done(inv.removed("vnets", name), profile, [f"removed virtual network '{name}'"])
 
 
 def add_subnet(inv: Inventory, profile: Profile, vnet_name: str, name: str, prefix: str, delegated: bool) -> Result:
@@ -384,7 +385,7 @@ def add_subnet(inv: Inventory, profile: Profile, vnet_name: str, name: str, pref
         raise UserError(f"virtual network '{vnet_name}' has a subnet '{name}' already")
     subnet = Subnet(name, normalize_prefix(prefix), delegated)
     vnet = replace(vnet, subnets=vnet.subnets + (subnet,))
-    return _done(inv.with_(vnets={**inv.vnets, vnet_name: vnet}), profile,
+    return _done(inv.put(vnet), profile,
                  [f"added {'delegated ' if delegated else ''}subnet '{name}' ({subnet.prefix}) to '{vnet_name}'"])
 
 
@@ -394,23 +395,22 @@ def remove_subnet(inv: Inventory, profile: Profile, vnet_name: str, name: str) -
     vnet = inv.vnet(vnet_name)
     if vnet.subnet(name) is None:
         raise UserError(f"virtual network '{vnet_name}' has no subnet '{name}'")
-    users = sorted(r.name for r in inv.resources.values() if r.vnet == vnet_name and r.subnet == name)
+    members = list(inv.resources_in(vnet_name))
+    users = sorted(r.name for r in members if r.subnet == name)
     if users:
         raise UserError(f"subnet '{name}' still holds {', '.join(users[:5])}; remove them first")
-    vnet = replace(vnet, subnets=tuple(s for s in vnet.subnets if s.name != name))
-    inv = inv.with_(vnets={**inv.vnets, vnet_name: vnet})
+    inv = inv.put(replace(vnet, subnets=tuple(s for s in vnet.subnets if s.name != name)))
     lines = [f"removed subnet '{name}' from '{vnet_name}'"]
-    resources = dict(inv.resources)
     refreshed = []
-    for r in inv.resources.values():
-        if r.vnet == vnet_name and inv.in_delegated_subnet(r):  # running or not: the policy is the subnet's
+    for r in members:
+        if inv.in_delegated_subnet(r):  # running or not: the policy is the subnet's
             fresh = pull(inv.subscriptions[r.subscription])
             if fresh != r.pulled:
-                resources[r.name] = replace(r, pulled=fresh)
-                refreshed.append(r.name)
+                refreshed.append(replace(r, pulled=fresh))
     if refreshed:
-        lines.append(f"resources in delegated subnets picked up their subscription's policy: {', '.join(refreshed)}")
-    return _done(inv.with_(resources=resources), profile, lines)
+        names = listed(sorted(r.name for r in refreshed), len(refreshed))
+        lines.append(f"resources in delegated subnets picked up their subscription's policy: {names}")
+    return _done(inv.put(*refreshed), profile, lines)
 
 
 def refresh_delegated(inv: Inventory, profile: Profile, vnet_name: str) -> Result:
@@ -428,8 +428,7 @@ def refresh_delegated(inv: Inventory, profile: Profile, vnet_name: str) -> Resul
 def _free_subnet(vnet: VNet, inv: Inventory) -> str:
     """A small prefix inside the VNet that no subnet and no resource uses."""
     used = [ipaddress.ip_network(s.prefix) for s in vnet.subnets]
-    used += [ipaddress.ip_network(a, strict=False) for r in inv.resources.values() if r.vnet == vnet.name
-             for a in r.addresses]
+    used += [ipaddress.ip_network(a, strict=False) for r in inv.resources_in(vnet.name) for a in r.addresses]
     for p in vnet.prefixes:
         net = ipaddress.ip_network(p)
         size = net.max_prefixlen - (2 if net.version == 4 else 64)
@@ -451,8 +450,8 @@ def add_resource(inv: Inventory, profile: Profile, name: str, subscription: str,
                  egress: str | None = None, state: State = State.RUNNING, interface: str | None = None) -> Result:
     """Create a resource. Created running, it pulls its subscription's current policy at once."""
     r = new_resource(inv, profile, name, subscription, kind, addresses, vnet, subnet, mac, egress, state, interface)
-    inv = _put(inv, r)
-    validate(inv, profile)
+    inv = inv.put(r)
+    check_changes(inv, profile)
     return inv, [added(inv, profile, r)]
 
 
@@ -495,7 +494,7 @@ def update_resource(inv: Inventory, profile: Profile, name: str, **fields: Any) 
     if new == r:
         return inv, []
     changed = ", ".join(f"{k}" for k in fields if getattr(r, k) != getattr(new, k))
-    return _done(_put(inv, new), profile, [f"updated resource '{name}': {changed}"])
+    return _done(inv.put(new), profile, [f"updated resource '{name}': {changed}"])
 
 
 def start(inv: Inventory, profile: Profile, name: str) -> Result:
@@ -512,14 +511,14 @@ def start(inv: Inventory, profile: Profile, name: str) -> Result:
     note = "kept the policy it pulled before (it was only stopped)" if keep and r.state == State.STOPPED else \
         f"kept its policy (delegated subnet: see {hints.refresh_delegated()})" if keep else \
         "pulled its subscription's current policy"
-    return _done(_put(inv, new), profile, [f"started '{name}': {note}"])
+    return _done(inv.put(new), profile, [f"started '{name}': {note}"])
 
 
 def stop(inv: Inventory, profile: Profile, name: str) -> Result:
     r = inv.resource(name)
     if r.state != State.RUNNING:
         return inv, [f"'{name}' is {r.state} already"]
-    return _done(_put(inv, replace(r, state=State.STOPPED)), profile,
+    return _done(inv.put(replace(r, state=State.STOPPED)), profile,
                  [f"stopped '{name}' (still allocated: it keeps its policy; deallocate to drop it)"])
 
 
@@ -527,7 +526,7 @@ def deallocate(inv: Inventory, profile: Profile, name: str) -> Result:
     r = inv.resource(name)
     if r.state == State.DEALLOCATED:
         return inv, [f"'{name}' is deallocated already"]
-    return _done(_put(inv, replace(r, state=State.DEALLOCATED)), profile,
+    return _done(inv.put(replace(r, state=State.DEALLOCATED)), profile,
                  [f"deallocated '{name}': it pulls the current policy at its next start"])
 
 
@@ -544,10 +543,8 @@ def restart(inv: Inventory, profile: Profile, name: str) -> Result:
 
 def remove_resource(inv: Inventory, profile: Profile, name: str) -> Result:
     inv.resource(name)
-    users = sorted(r.name for r in inv.resources.values() if r.egress == name)
+    users = sorted(r.name for r in itertools.islice(inv.egressing_through(name), 5))
     if users:
-        raise UserError(f"appliance '{name}' carries the traffic of {', '.join(users[:5])}; "
+        raise UserError(f"appliance '{name}' carries the traffic of {', '.join(users)}; "
                         "remove them or change their egress first")
-    resources = dict(inv.resources)
-    del resources[name]
-    return _done(inv.with_(resources=resources), profile, [f"removed '{name}'"])
+    return _done(inv.removed("resources", name), profile, [f"removed '{name}'"])

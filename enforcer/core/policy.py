@@ -87,16 +87,16 @@ def assess(inv: Inventory, profile: Profile, r: Resource) -> tuple[bool, Code, R
 def find_source(inv: Inventory, address: str) -> Resource | None:
     """The resource owning `address`: an exact host address first, else the longest registered prefix."""
     ip = ipaddress.ip_address(address)
+    exact = inv.owner_of(str(ip))
+    if exact is not None:
+        return inv.resources[exact]
     best, best_len = None, -1
-    for r in inv.resources.values():
+    for r in inv.prefixed():
         for a in r.addresses:
-            if not is_prefix(a):
-                if ipaddress.ip_address(a) == ip:
-                    return r
-                continue
-            net = ipaddress.ip_network(a)
-            if net.version == ip.version and ip in net and net.prefixlen > best_len:
-                best, best_len = r, net.prefixlen
+            if is_prefix(a):
+                net = ipaddress.ip_network(a)
+                if net.version == ip.version and ip in net and net.prefixlen > best_len:
+                    best, best_len = r, net.prefixlen
     return best
 
 

@@ -1,7 +1,8 @@
 """Durable state: the inventory in SQLite (WAL), a versioned schema, and an append-only audit log.
 
-Every change runs in one IMMEDIATE transaction: read the inventory, apply a pure operation, write the
-difference and its audit rows, bump the generation. Concurrent CLI processes serialise on the write lock,
+Every change runs in one IMMEDIATE transaction: the pure operation reads the rows it asks for (StoreSource: by
+name, or through an index), the rows it changed are written with their audit rows, the generation goes up. So a
+change costs what it touches, not the size of the state. Concurrent CLI processes serialise on the write lock,
 so none loses another's change. A file that is not our database, or is damaged, is never touched; a disk that
 is full or read-only is told as such.
 """
@@ -10,23 +11,32 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from ..core.inventory import Inventory, Pulled, Resource, Subnet, Subscription, VNet
+from ..core.inventory import Inventory, Pulled, Resource, Subnet, Subscription, VNet, check_row, validate
+from ..core.profile import Profile
+from ..core.rows import INDEXED, TABLES as TABLE_NAMES, Changes, Group
 from ..errors import UserError
 from .trust import SQLITE_MAGIC, StateFile, new_file_mode, size_fault
 
 APPLICATION_ID = 0x50323545  # "P25E": marks the file as ours
+# A state up to this size is checked whole (PRAGMA quick_check) before every change, and its inventory's tables at
+# every open: about 1 ms per MiB here. Past it (a state of ~100,000 resources and more) a command relies on the
+# checks SQLite makes of every page it reads and ours of every row it parses, so that it costs what it touches;
+# `enforcer state check` checks the whole file on demand, and the daemon checks it when it starts.
+CHECKED_WHOLE_UP_TO = 16 << 20
 T = TypeVar("T")
 
-# Schema migrations: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS = [
-    """
+# Schema migrations: the steps of MIGRATIONS[i] take the schema from version i to i + 1: SQL scripts, and
+# functions of the open transaction where rows must be rewritten.
+SCHEMA_1 = """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE subscriptions (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
     CREATE TABLE vnets (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
@@ -40,8 +50,45 @@ MIGRATIONS = [
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     INSERT INTO meta VALUES ('generation', '0'), ('profile', '"azure"'), ('internal_prefixes', '[]');
-    """,
-]
+    """
+# Version 2: what an operation or the daemon asks of the rows, as columns with indexes (the document stays the
+# row's whole truth; the columns repeat parts of it), and one row per address (its owner, and the bytes the packet
+# path looks up).
+RESOURCE_COLUMNS = ("subscription", "kind", "state", "vnet", "subnet", "egress", "mac", "interface", "pulled")
+SCHEMA_2 = """
+    ALTER TABLE resources ADD COLUMN subscription TEXT;
+    ALTER TABLE resources ADD COLUMN kind TEXT;
+    ALTER TABLE resources ADD COLUMN state TEXT;
+    ALTER TABLE resources ADD COLUMN vnet TEXT;
+    ALTER TABLE resources ADD COLUMN subnet TEXT;
+    ALTER TABLE resources ADD COLUMN egress TEXT;
+    ALTER TABLE resources ADD COLUMN mac TEXT;
+    ALTER TABLE resources ADD COLUMN interface TEXT;
+    ALTER TABLE resources ADD COLUMN pulled TEXT;
+    ALTER TABLE vnets ADD COLUMN subscription TEXT;
+    CREATE TABLE addresses (address TEXT PRIMARY KEY, resource TEXT NOT NULL, packed BLOB NOT NULL,
+                            prefix_len INTEGER) WITHOUT ROWID;
+    CREATE INDEX addresses_prefixes ON addresses (prefix_len) WHERE prefix_len IS NOT NULL;
+    CREATE INDEX resources_running ON resources (subscription, state, pulled, vnet, subnet, name);
+    CREATE INDEX resources_by_vnet ON resources (vnet) WHERE vnet IS NOT NULL;
+    CREATE INDEX resources_by_egress ON resources (egress) WHERE egress IS NOT NULL;
+    CREATE INDEX vnets_by_subscription ON vnets (subscription);
+    """
+
+
+def _fill_columns(cx: sqlite3.Connection) -> None:
+    """Version 2's columns and address rows for the rows a version 1 state holds."""
+    for (doc,) in cx.execute("SELECT doc FROM vnets").fetchall():
+        vnet = from_doc("vnets", doc)
+        assert isinstance(vnet, VNet)
+        cx.execute("UPDATE vnets SET subscription = ? WHERE name = ?", (vnet.subscription, vnet.name))
+    for (doc,) in cx.execute("SELECT doc FROM resources").fetchall():
+        r = from_doc("resources", doc)
+        assert isinstance(r, Resource)
+        _write_resource(cx, r, doc, None)
+
+
+MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [[SCHEMA_1], [SCHEMA_2, _fill_columns]]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 TABLES = {"subscriptions": Subscription, "vnets": VNet, "resources": Resource}
@@ -67,6 +114,40 @@ def to_doc(entity: Entity) -> str:
     return json.dumps(d, separators=(",", ":"), sort_keys=True)
 
 
+def pulled_doc(pulled: Pulled | None) -> str | None:
+    """A pulled policy as its resource's `pulled` column holds it: canonical, so that equal policies group."""
+    return None if pulled is None else json.dumps(_lean(asdict(pulled)), separators=(",", ":"), sort_keys=True)
+
+
+def pulled_of(doc: str | None) -> Pulled | None:
+    return None if doc is None else Pulled(**json.loads(doc))
+
+
+def _packed(address: str) -> tuple[bytes, int | None]:
+    """An address as the packet path's bytes, and its prefix length when it is a prefix (the network's bytes)."""
+    host, _, plen = address.partition("/")
+    return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host), int(plen) if plen else None
+
+
+def _write_resource(cx: sqlite3.Connection, r: Resource, doc: str, before: Resource | None) -> None:
+    """A resource's row, its columns and its address rows."""
+    columns = (r.subscription, r.kind, str(r.state), r.vnet, r.subnet, r.egress, r.mac, r.interface,
+               pulled_doc(r.pulled))
+    cx.execute(f"INSERT OR REPLACE INTO resources (name, doc, {', '.join(RESOURCE_COLUMNS)}) "
+               f"VALUES (?, ?{', ?' * len(RESOURCE_COLUMNS)})", (r.name, doc, *columns))
+    _drop_addresses(cx, before, keep=set(r.addresses))
+    kept = set(before.addresses) if before is not None else set()
+    cx.executemany("INSERT OR REPLACE INTO addresses (address, resource, packed, prefix_len) VALUES (?, ?, ?, ?)",
+                   [(a, r.name, *_packed(a)) for a in r.addresses if a not in kept])
+
+
+def _drop_addresses(cx: sqlite3.Connection, before: Resource | None, keep: set[str]) -> None:
+    # only where the row still names this resource: another one may have taken the address in the same change
+    if before is not None:
+        cx.executemany("DELETE FROM addresses WHERE address = ? AND resource = ?",
+                       [(a, before.name) for a in before.addresses if a not in keep])
+
+
 def from_doc(table: str, text: str) -> Entity:
     d = json.loads(text)
     if table == "vnets":
@@ -90,6 +171,7 @@ class Store:
         self.path = Path(path)
         self.file = StateFile(self.path)
         self._cx: sqlite3.Connection | None = None
+        self.checks_whole_file = True
         if self._size() > 0:
             self._open_existing()
         elif create:
@@ -122,6 +204,7 @@ class Store:
         fault = size_fault(header, size, journal_live)
         if fault:
             raise self.file.damaged(fault)
+        self.checks_whole_file = size <= CHECKED_WHOLE_UP_TO
         cx = self._connect()
         try:
             stale = self._admit(cx)
@@ -149,7 +232,8 @@ class Store:
                 raise self.file.refuse(f"was written by a newer port25-enforcer (schema {version}, this one knows "
                                    f"{SCHEMA_VERSION}); upgrade port25-enforcer")
             current = app_id == APPLICATION_ID and version == SCHEMA_VERSION
-            self._quick_check(cx, ("meta", *TABLES) if current else ())
+            self._quick_check(cx, ("meta", *TABLES) if current and self.checks_whole_file else ("meta",) if current
+                              else ())
         except sqlite3.Error as e:
             raise self.file.trouble(e) from None
         return not current
@@ -183,9 +267,13 @@ class Store:
             cx.execute("PRAGMA journal_mode = WAL")
             cx.execute("BEGIN IMMEDIATE")
             version = cx.execute("PRAGMA user_version").fetchone()[0]
-            for step in range(version, SCHEMA_VERSION):
-                for statement in _statements(MIGRATIONS[step]):
-                    cx.execute(statement)
+            for steps in MIGRATIONS[version:]:
+                for step in steps:
+                    if callable(step):
+                        step(cx)
+                        continue
+                    for statement in _statements(step):
+                        cx.execute(statement)
             cx.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             cx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             cx.execute("COMMIT")
@@ -235,13 +323,7 @@ class Store:
         return json.loads(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
 
     def _rows(self, table: str) -> dict[str, Entity]:
-        rows = {}
-        for name, doc in self._db.execute(f"SELECT name, doc FROM {table} ORDER BY name"):
-            try:
-                rows[name] = from_doc(table, doc)
-            except (ValueError, TypeError, KeyError, AttributeError) as e:
-                raise self.file.damaged(f"{table} row {name!r} does not parse: {type(e).__name__}: {e}") from None
-        return rows
+        return {row.name: row for row in StoreSource(self._db, self.file).rows(table)}
 
     def _load(self) -> Inventory:
         with self._reading():
@@ -249,10 +331,24 @@ class Store:
             return Inventory(profile=self._meta("profile"),
                              internal_prefixes=tuple(self._meta("internal_prefixes")), **parts)
 
+    def _lazy(self, profiles: Callable[[str], Profile] | None) -> Inventory:
+        """The inventory of the open transaction, read row by row as it is asked (StoreSource); every row read is
+        checked against the state's profile, when `profiles` loads it."""
+        with self._reading():
+            profile_id = self._meta("profile")
+            check = None
+            if profiles is not None:
+                profile = profiles(profile_id)
+                check = lambda table, row: check_row(profile, table, row)  # noqa: E731
+            return Inventory(profile_id, internal_prefixes=tuple(self._meta("internal_prefixes")),
+                             source=StoreSource(self._db, self.file, check))
+
     def read(self) -> tuple[Inventory, int]:
-        """A consistent snapshot: (inventory, generation). A state that does not exist yet reads as empty."""
+        """A consistent snapshot held whole in memory: (inventory, generation). A state that does not exist yet
+        reads as empty. O(the state): for what needs every row; a command takes snapshot()."""
         if self._cx is None:
             return Inventory(), 0
+        self.end_snapshot()
         with self._reading():
             self._cx.execute("BEGIN")
             try:
@@ -260,6 +356,37 @@ class Store:
             finally:
                 self._rollback()  # a read transaction: ending it keeps nothing either way
         return inv, generation
+
+    def snapshot(self, profiles: Callable[[str], Profile] | None = None) -> Inventory:
+        """The state as one consistent snapshot, read lazily: a read transaction that lasts until close() (or
+        end_snapshot()). A state that does not exist yet reads as empty."""
+        if self._cx is None:
+            return Inventory()
+        self.end_snapshot()
+        with self._reading():
+            self._cx.execute("BEGIN")
+        return self._lazy(profiles)
+
+    def end_snapshot(self) -> None:
+        self._rollback()
+
+    def verify(self, profiles: Callable[[str], Profile]) -> dict[str, int]:
+        """The whole state checked, whatever its size: every page (PRAGMA quick_check), every row parsed and the
+        inventory validated against its profile, the address rows against the resources. Counts of what it holds."""
+        if self._cx is None:
+            raise UserError(f"no state at {self.path}")
+        with self._reading():
+            self._quick_check(self._db)
+        inv, _ = self.read()
+        validate(inv, profiles(inv.profile))
+        with self._reading():
+            held = int(self._db.execute("SELECT count(*) FROM addresses").fetchone()[0])
+            audit = int(self._db.execute("SELECT count(*) FROM audit").fetchone()[0])
+        named = sum(len(r.addresses) for r in inv.resources.values())
+        if held != named:
+            raise self.file.damaged(f"the resources name {named} addresses, the address rows hold {held}")
+        return {"subscriptions": len(inv.subscriptions), "vnets": len(inv.vnets), "resources": len(inv.resources),
+                "addresses": held, "audit rows": audit}
 
     def generation(self) -> int:
         if self._cx is None:
@@ -284,22 +411,28 @@ class Store:
 
     # ------------------------------------------------------------ changing
 
-    def change(self, command: str, operation: Callable[[Inventory], tuple[Inventory, T]]) -> T:
-        """Run `operation` on the current inventory in one transaction and store what it changed.
-        If it raises, nothing is written."""
+    def change(self, command: str, operation: Callable[[Inventory], tuple[Inventory, T]],
+               profiles: Callable[[str], Profile] | None = None) -> T:
+        """Run `operation` on the current inventory in one transaction and store what it changed. If it raises,
+        nothing is written. `profiles` (profile id -> Profile) checks every row the operation reads."""
         if self._cx is None:
             self._create()
+        self.end_snapshot()
         cx = self._db
         try:
             cx.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             raise self.file.trouble(e) from None
         try:
-            self._quick_check(cx)  # the whole file, the audit log and the free list too: this writes into them
-            old = self._load()
+            if self.checks_whole_file:
+                self._quick_check(cx)  # the whole file, the audit log and the free list too: this writes into them
+            old = self._lazy(profiles)
             new, result = operation(old)
-            if self._write_difference(old, new, command):
-                cx.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            if new.source is not old.source:
+                new = _over(old, new)
+            with self._reading():
+                if self._write_changes(old, new, command):
+                    cx.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
             cx.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
@@ -309,32 +442,140 @@ class Store:
             raise
         return result
 
-    def _write_difference(self, old: Inventory, new: Inventory, command: str) -> int:
+    def _write_changes(self, old: Inventory, new: Inventory, command: str) -> int:
+        """Write the rows `new` changed over its source, and one audit row each; the number of audit rows."""
         at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         uid = os.getuid()
+        cx = self._db
         rows = []
         for table in TABLES:
-            before, after = getattr(old, table), getattr(new, table)
-            for name in sorted(before.keys() | after.keys()):
-                b, a = before.get(name), after.get(name)
-                if b == a:
+            for name, after in sorted(new.changes.tables[table].items()):
+                before = new.source.row(table, name)
+                if before == after:
                     continue
-                bdoc, adoc = (to_doc(b) if b else None), (to_doc(a) if a else None)
-                if a is None:
-                    self._db.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
+                bdoc, adoc = (to_doc(before) if before else None), (to_doc(after) if after else None)
+                if after is None:
+                    cx.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
+                    if isinstance(before, Resource):
+                        _drop_addresses(cx, before, keep=set())
+                elif isinstance(after, Resource):
+                    assert adoc is not None and (before is None or isinstance(before, Resource))
+                    _write_resource(cx, after, adoc, before)
+                elif isinstance(after, VNet):
+                    cx.execute("INSERT OR REPLACE INTO vnets (name, doc, subscription) VALUES (?, ?, ?)",
+                               (name, adoc, after.subscription))
                 else:
-                    self._db.execute(f"INSERT OR REPLACE INTO {table} (name, doc) VALUES (?, ?)", (name, adoc))
+                    cx.execute(f"INSERT OR REPLACE INTO {table} (name, doc) VALUES (?, ?)", (name, adoc))
                 rows.append((at, uid, command, table[:-1], name, bdoc, adoc))
         for key in ("profile", "internal_prefixes"):
             b, a = getattr(old, key), getattr(new, key)
             if b != a:
                 doc = json.dumps(list(a) if isinstance(a, tuple) else a)
-                self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (doc, key))
+                cx.execute("UPDATE meta SET value = ? WHERE key = ?", (doc, key))
                 rows.append((at, uid, command, "setting", key, json.dumps(b if isinstance(b, str) else list(b)),
                              doc))
-        self._db.executemany("INSERT INTO audit (at, uid, command, kind, name, before, after) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        cx.executemany("INSERT INTO audit (at, uid, command, kind, name, before, after) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
+
+
+class StoreSource:
+    """The rows of an open transaction, as an Inventory's source: each read as it is asked for (and kept for the
+    transaction's length), each question answered by an index. A row that does not parse is damage; `check`
+    (table, row) refuses a row the state's profile cannot judge."""
+
+    def __init__(self, cx: sqlite3.Connection, file: StateFile,
+                 check: Callable[[str, Entity], None] | None = None):
+        self.cx, self.file, self.check = cx, file, check
+        self.cache: dict[str, dict[str, Entity | None]] = {t: {} for t in TABLE_NAMES}
+
+    def _parse(self, table: str, name: str, doc: str, keep: bool = True) -> Entity:
+        cached = self.cache[table].get(name)
+        if cached is not None:
+            return cached
+        try:
+            row = from_doc(table, doc)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise self.file.damaged(f"{table} row {name!r} does not parse: {type(e).__name__}: {e}") from None
+        if self.check is not None:
+            self.check(table, row)
+        if keep:
+            self.cache[table][name] = row
+        return row
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self.cx.execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise self.file.trouble(e) from None
+
+    def _stream(self, sql: str) -> Iterator[Any]:
+        """A whole table's rows as they come (a listing), not gathered first."""
+        try:
+            yield from self.cx.execute(sql)
+        except sqlite3.Error as e:
+            raise self.file.trouble(e) from None
+
+    def row(self, table: str, name: str) -> Entity | None:
+        rows = self.cache[table]
+        if name in rows:
+            return rows[name]
+        found = self._all(f"SELECT doc FROM {table} WHERE name = ?", (name,))
+        if not found:
+            rows[name] = None
+            return None
+        return self._parse(table, name, found[0][0])
+
+    def names(self, table: str) -> Iterable[str]:
+        return (name for (name,) in self._stream(f"SELECT name FROM {table} ORDER BY name"))
+
+    def rows(self, table: str) -> Iterable[Entity]:
+        for name, doc in self._stream(f"SELECT name, doc FROM {table} ORDER BY name"):
+            yield self._parse(table, name, doc, keep=False)  # a listing of the whole table must not hold it twice
+
+    def count(self, table: str) -> int:
+        return int(self._all(f"SELECT count(*) FROM {table}")[0][0])
+
+    def where(self, table: str, column: str, value: str) -> Iterable[Entity]:
+        if (table, column) not in INDEXED:
+            raise ValueError(f"{table}.{column} has no index")
+        return [self._parse(table, name, doc)
+                for name, doc in self._all(f"SELECT name, doc FROM {table} WHERE {column} = ? ORDER BY name",
+                                           (value,))]
+
+    def owner(self, address: str) -> str | None:
+        found = self._all("SELECT resource FROM addresses WHERE address = ?", (address,))
+        return str(found[0][0]) if found else None
+
+    def prefixed(self) -> Iterable[Entity]:
+        names = [n for (n,) in self._all("SELECT DISTINCT resource FROM addresses WHERE prefix_len IS NOT NULL")]
+        return [row for row in (self.row("resources", n) for n in names) if row is not None]
+
+    def running(self, subscription: str) -> Iterable[Group]:
+        try:
+            return [Group(pulled_of(pulled), vnet, subnet, int(n)) for pulled, vnet, subnet, n in self._all(
+                "SELECT pulled, vnet, subnet, count(*) FROM resources WHERE subscription = ? AND state = 'running' "
+                "GROUP BY pulled, vnet, subnet", (subscription,))]
+        except (ValueError, TypeError) as e:
+            raise self.file.damaged(f"a pulled policy of {subscription!r} does not parse: {e}") from None
+
+    def running_names(self, group: Group, subscription: str, limit: int) -> list[str]:
+        return [n for (n,) in self._all(
+            "SELECT name FROM resources WHERE subscription = ? AND state = 'running' AND pulled IS ? AND vnet IS ? "
+            "AND subnet IS ? ORDER BY name LIMIT ?",
+            (subscription, pulled_doc(group.pulled), group.vnet, group.subnet, limit))]
+
+
+def _over(old: Inventory, new: Inventory) -> Inventory:
+    """An inventory built apart from `old` (a whole one, handed in), as changes over old's rows: row by row, so
+    O(the state); an operation that derives its inventory from the one it is given costs what it changed."""
+    changes = Changes()
+    for table in TABLE_NAMES:
+        before, after = getattr(old, table), getattr(new, table)
+        for name in sorted(set(before) | set(after)):
+            if before.get(name) != after.get(name):
+                changes.set(table, name, after.get(name), old.source)
+    return Inventory(new.profile, internal_prefixes=new.internal_prefixes, source=old.source, changes=changes)
 
 
 def _statements(script: str) -> list[str]:

@@ -18,7 +18,7 @@ APPLIANCE_KINDS = sorted(k for k, v in PROFILE.kinds.items() if v.appliance)
 
 # A small address space, so that random sources often hit registered hosts and prefixes.
 host4 = st.integers(0, 63).map(lambda i: f"198.18.0.{i}")
-host6 = st.integers(0, 63).map(lambda i: f"2001:db8::{i:x}")
+host6 = st.integers(0, 63).map(lambda i: str(ipaddress.ip_address(f"2001:db8::{i:x}")))  # canonical, as stored
 prefix4 = st.sampled_from([24, 26, 28, 30]).flatmap(
     lambda plen: st.integers(0, 255 >> (plen - 24)).map(
         lambda i: str(ipaddress.ip_network(f"198.18.0.{(i << (32 - plen)) & 255}/{plen}"))))

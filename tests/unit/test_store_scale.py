@@ -1,0 +1,182 @@
+"""A change costs what it touches: the store reads the rows an operation asks for, through indexes, and writes what
+it changed; the lazy, store-backed inventory answers every question as the in-memory one does; a version 1 state
+is migrated in place."""
+
+import datetime
+import json
+import sqlite3
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import enforcer.state.store as store_module
+from enforcer.core import lifecycle
+from enforcer.core.converge import converge
+from enforcer.core.inventory import Resource, State, pull
+from enforcer.errors import UserError
+from enforcer.state.documents import read_document
+from enforcer.state.profiles import load_profile
+from enforcer.state.store import SCHEMA_1, SCHEMA_VERSION, Store, to_doc
+from support.paths import LAB
+
+PROFILE = load_profile("azure")
+TODAY = datetime.date(2026, 12, 4)
+
+
+def lab_state(path, extra: int = 0) -> Store:
+    """The example lab, and `extra` more VMs spread over its subscriptions (one store change)."""
+    store = Store(path, create=True)
+    doc = read_document(str(LAB))
+    store.change("lab", lambda inv: converge(inv, PROFILE, doc, "lab.yml", today=TODAY))
+
+    def fleet(inv):
+        inv = inv.grown()
+        names = sorted(inv.subscriptions)
+        for i in range(extra):
+            sub = names[i % len(names)]
+            inv.grow(Resource(f"vm-{i:05d}", sub, "vm", (f"2001:db8:1000::{i + 1:x}",), state=State.RUNNING,
+                              pulled=pull(inv.subscriptions[sub])))
+        return inv, None
+    store.change("fleet", fleet)
+    return store
+
+
+class Parses:
+    """Counts the stored documents the store parses (every row it reads is parsed once)."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        original = store_module.from_doc
+
+        def counting(table, text):
+            self.n += 1
+            return original(table, text)
+        monkeypatch.setattr(store_module, "from_doc", counting)
+
+
+OPERATIONS = [
+    ("restart", lambda inv: lifecycle.restart(inv, PROFILE, "devtest-vm")),
+    ("add", lambda inv: lifecycle.add_resource(inv, PROFILE, "new-vm", "payg-shop", "vm", ["198.18.9.9"])),
+    ("remove", lambda inv: lifecycle.remove_resource(inv, PROFILE, "msdn-vm")),
+    ("exempt", lambda inv: lifecycle.run_diagnostic(inv, PROFILE, "devtest-lab", today=TODAY)),
+    ("set-type", lambda inv: lifecycle.set_type(inv, PROFILE, "payg-shop", "ea")),
+    ("bind", lambda inv: lifecycle.update_resource(inv, PROFILE, "ea-vm", mac="52:54:00:99:99:99")),
+]
+
+
+@pytest.mark.parametrize("what, operation", OPERATIONS, ids=[o[0] for o in OPERATIONS])
+def test_a_change_reads_the_same_rows_whatever_the_state_holds(tmp_path, monkeypatch, what, operation):
+    """The same change on the lab alone and on the lab with 1,300 more VMs in its subscriptions reads the same
+    number of rows (the new VMs sit in no VNet, hold no address the change asks about, egress nowhere)."""
+    read = {}
+    for extra in (0, 1300):
+        store = lab_state(tmp_path / f"state-{extra}.db", extra)
+        parses = Parses(monkeypatch)
+        store.change(what, operation)
+        read[extra] = parses.n
+        store.close()
+    assert read[0] == read[1300], read
+    assert read[0] <= 12, read
+
+
+def test_what_diagnose_tells_of_a_big_subscription_is_counted_not_read(tmp_path, monkeypatch):
+    """The resources that keep their old policy are counted through the index; a few are named, the rest counted."""
+    store = lab_state(tmp_path / "state.db", 1300)
+    parses = Parses(monkeypatch)
+    lines = store.change("diagnose", lambda inv: lifecycle.run_diagnostic(inv, PROFILE, "devtest-lab", today=TODAY))
+    pending = [line for line in lines if line.startswith("running resources keep their old policy")]
+    assert len(pending) == 1, lines
+    named = pending[0].split("again: ", 1)[1].split(" and ")[0].split(", ")
+    assert len(named) == lifecycle.LISTED and named[:2] == ["devtest-vm", "vm-00001"], pending
+    assert f"and {100 + 1 - lifecycle.LISTED} more" in pending[0], pending  # 1,300 / 13 subscriptions + devtest-vm
+    assert any("delegated subnets of VNet 'devnet'" in line for line in lines), lines  # devtest-ase
+    assert parses.n <= 6
+
+
+def test_store_backed_inventory_answers_as_the_in_memory_one(tmp_path):
+    store = lab_state(tmp_path / "state.db", 40)
+    whole, _ = store.read()  # every row in memory: a MemorySource
+    lazy = store.snapshot()
+    for sub in sorted(whole.subscriptions):
+        assert [r.name for r in lazy.resources_of(sub)] == sorted(r.name for r in whole.resources_of(sub))
+        assert sorted(lazy.running(sub), key=repr) == sorted(whole.running(sub), key=repr)
+        for g in whole.running(sub):
+            assert lazy.running_names(g, sub, 5) == whole.running_names(g, sub, 5)
+    for vnet in whole.vnets:
+        assert sorted(r.name for r in lazy.resources_in(vnet)) == sorted(r.name for r in whole.resources_in(vnet))
+    assert [r.name for r in lazy.egressing_through("fw1")] == ["shop-relay"]
+    assert sorted(r.name for r in lazy.prefixed()) == ["mcae-vmss"]
+    for r in whole.resources.values():
+        for a in r.addresses:
+            assert lazy.owner_of(a) == whole.owner_of(a) == r.name
+    assert lazy.owner_of("198.18.200.200") is None
+    assert lazy == whole
+    store.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.sampled_from(range(8)), min_size=1, max_size=8), vm=st.sampled_from(
+    ["ea-vm", "devtest-vm", "shop-web", "fw1", "mcae-vmss"]))
+def test_changes_through_the_store_equal_changes_in_memory(tmp_path_factory, steps, vm):
+    """Each operation run through the store (lazy rows, written changes) leaves what it leaves in memory."""
+    path = tmp_path_factory.mktemp("s") / "state.db"
+    store = lab_state(path)
+    memory, _ = store.read()
+    ops = [lambda inv, p: lifecycle.restart(inv, p, vm), lambda inv, p: lifecycle.stop(inv, p, vm),
+           lambda inv, p: lifecycle.deallocate(inv, p, vm), lambda inv, p: lifecycle.start(inv, p, vm),
+           lambda inv, p: lifecycle.run_diagnostic(inv, p, "devtest-lab", apply_now=True, today=TODAY),
+           lambda inv, p: lifecycle.set_type(inv, p, "payg-shop", "ea"),
+           lambda inv, p: lifecycle.update_resource(inv, p, vm, addresses=["198.18.7.7"]),
+           lambda inv, p: lifecycle.remove_resource(inv, p, "shop-relay")]
+    for i in steps:
+        def op(inv, op=ops[i]):
+            return op(inv, PROFILE)
+        try:
+            memory, said = op(memory)
+        except UserError as e:
+            with pytest.raises(UserError) as refused:
+                store.change("step", op)
+            assert str(refused.value) == str(e)
+            continue
+        assert store.change("step", op) == said
+        again, _ = store.read()
+        assert again == memory
+        for r in memory.resources.values():  # the address rows follow the documents
+            for a in r.addresses:
+                assert store.snapshot().owner_of(a) == r.name
+    store.close()
+
+
+def test_a_version_1_state_is_migrated_in_place(tmp_path):
+    path = tmp_path / "state.db"
+    lab, _ = lab_state(tmp_path / "lab.db").read()
+    cx = sqlite3.connect(path, isolation_level=None)
+    cx.executescript(SCHEMA_1)
+    for table in ("subscriptions", "vnets", "resources"):
+        for row in getattr(lab, table).values():
+            cx.execute(f"INSERT INTO {table} (name, doc) VALUES (?, ?)", (row.name, to_doc(row)))
+    cx.execute("PRAGMA application_id = 1345467717")
+    cx.execute("PRAGMA user_version = 1")
+    cx.execute("PRAGMA journal_mode = WAL")
+    cx.close()
+    store = Store(path)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    inv, _ = store.read()
+    assert inv == lab
+    assert store.snapshot().owner_of("2001:db8:2::10") == "shop-web"
+    assert sorted(g.size for g in store.snapshot().running("payg-shop")) == [1, 3]  # shop-blob: no VNet
+    assert store.verify(load_profile)["addresses"] == sum(len(r.addresses) for r in lab.resources.values())
+    store.close()
+
+
+def test_state_check_reads_everything_a_command_would_not(lab):
+    out = lab("state", "check")
+    assert out.startswith(f"{lab.state}: ok (13 subscriptions, 5 vnets, 19 resources, 27 addresses")
+    cx = sqlite3.connect(lab.state)
+    doc = json.loads(cx.execute("SELECT doc FROM resources WHERE name = 'other-vm'").fetchone()[0])
+    doc["addresses"] = ["198.18.5.18", "198.18.5.99"]  # the document says more than the address rows
+    cx.execute("UPDATE resources SET doc = ? WHERE name = 'other-vm'", (json.dumps(doc),))
+    cx.commit()
+    cx.close()
+    err = lab("state", "check", expect=2)
+    assert "is damaged (the resources name 28 addresses, the address rows hold 27)" in err and err.count("\n") == 1
