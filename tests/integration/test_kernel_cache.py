@@ -266,7 +266,7 @@ def test_reinstall_replaces_the_sets_while_rules_name_them_and_remove_leaves_not
 
 
 def test_a_rule_batch_the_kernel_refuses_leaves_no_set_behind(cl):
-    """The sets go in before the rules are tested; when the test fails (here: a queue-balance range the kernel
+    """The sets go in before the rules are tested; when the test fails (here: a queue-balance range iptables
     refuses), the sets made for it are destroyed and nothing else changed."""
     bad = RuleSpec(65535, 2, (25,), (), bypass=False, cache=CacheSpec())
     with pytest.raises(RuleError):
