@@ -51,6 +51,8 @@ class Settings:
     socket_group: str | None = None
     metrics: str | None = None       # ADDRESS:PORT for Prometheus
     check_interval: float = 2.0      # seconds between checks that the rules are in place
+    kernel_cache: bool = False       # judged sources' later SYNs decided in the kernel (sets the worker fills)
+    kernel_cache_timeout: int = 300  # seconds a source stays in the kernel cache
 
     @classmethod
     def of(cls, values: dict[str, Any]) -> Settings:
@@ -78,7 +80,9 @@ class Setting:
 
     @property
     def option(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        """The option's name; a boolean setting is a flag with its negation (--kernel-cache/--no-kernel-cache)."""
+        name = self.name.replace("_", "-")
+        return f"--{name}/--no-{name}" if self.type is click.BOOL else f"--{name}"
 
 
 DEFAULTS = {f.name: f.default for f in fields(Settings)}
@@ -98,6 +102,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("socket_group", click.STRING, "A group that may also use the control socket."),
     Setting("metrics", click.STRING, "Serve Prometheus metrics there.", metavar="ADDRESS:PORT"),
     Setting("check_interval", click.FloatRange(0.1, 3600), "Seconds between checks that our rules are still in place."),
+    Setting("kernel_cache", click.BOOL,
+            "Decide the later SYNs of a source the daemon has judged in the kernel (its first SYN per table "
+            "generation is still queued); sources bound to an interface or MAC are always queued."),
+    Setting("kernel_cache_timeout", click.IntRange(1, 86400),
+            "Seconds a judged source stays in the kernel cache.", metavar="S"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

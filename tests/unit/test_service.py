@@ -69,6 +69,10 @@ def test_shipped_config_documents_every_key_and_loads(tmp_path, capsys):
     ("colour = 1\n", "unknown key 'colour'"),
     ('when_down = "maybe"\n', "when_down: 'maybe' is not one of 'block', 'allow'"),
     ("check_interval = 0\n", "check_interval"),
+    ('kernel_cache = "maybe"\n', "kernel_cache: 'maybe' is not a valid boolean"),
+    ("kernel_cache_timeout = 0\n", "kernel_cache_timeout: 0 is not in the range 1<=x<=86400"),
+    ("kernel_cache_timeout = 86401\n", "kernel_cache_timeout: 86401 is not in the range 1<=x<=86400"),
+    ('kernel_cache_timeout = "soon"\n', "kernel_cache_timeout: 'soon' is not a valid integer"),
     ("state = 5\n", "state: expected a path"),
     ("queue = \n", "not valid TOML"),
 ])
@@ -78,6 +82,41 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys, text, message):
     assert main(["--state", str(tmp_path / "s.db"), "run", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert message in err and str(config) in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("config, options, cache, timeout", [
+    ("", [], False, 300),
+    ("", ["--kernel-cache"], True, 300),
+    ("kernel_cache = true\nkernel_cache_timeout = 30\n", [], True, 30),
+    ("kernel_cache = true\nkernel_cache_timeout = 30\n", ["--no-kernel-cache", "--kernel-cache-timeout", "2"],
+     False, 2),
+])
+def test_kernel_cache_settings_from_the_option_over_the_file(tmp_path, monkeypatch, config, options, cache, timeout):
+    """--kernel-cache/--no-kernel-cache and --kernel-cache-timeout reach the daemon's Settings, an option given on
+    the command line over the file's key."""
+    seen = []
+
+    class Daemon:
+        def __init__(self, settings):
+            seen.append(settings)
+
+        def run(self):
+            return 0
+    monkeypatch.setattr("enforcer.dataplane.daemon.Daemon", Daemon)
+    path = tmp_path / "enforcer.toml"
+    path.write_text(config)
+    assert main(["--state", str(tmp_path / "s.db"), "run", "--config", str(path), *options]) == 0
+    assert (seen[0].kernel_cache, seen[0].kernel_cache_timeout) == (cache, timeout)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--kernel-cache-timeout", "0"], "0 is not in the range 1<=x<=86400"),
+    (["--kernel-cache=yes"], "Option '--kernel-cache' does not take a value"),
+])
+def test_bad_kernel_cache_option_is_one_line_and_exit_2(tmp_path, capsys, options, message):
+    assert main(["--state", str(tmp_path / "s.db"), "run", *options]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
 
 
 def test_install_refuses_an_executable_the_service_user_cannot_reach(capsys):

@@ -22,6 +22,15 @@ DEFRAG_TAG = f"{TAG}-defragment"
 
 
 @dataclass(frozen=True)
+class CacheSpec:
+    """The kernel cache (--kernel-cache): per family, a set of allowed and a set of blocked sources that the
+    worker fills once it has judged a source; the rules accept or drop a SYN from a source in them in the kernel,
+    before the queue rule. A full set only means that more SYNs reach the queue."""
+    timeout: int = 300     # seconds an entry lives (kernel_cache_timeout)
+    maxelem: int = 65536   # entries per set
+
+
+@dataclass(frozen=True)
 class RuleSpec:
     queue: int                  # first queue number
     queues: int                 # how many queues (balanced across them)
@@ -29,6 +38,7 @@ class RuleSpec:
     internal: tuple[str, ...]   # destinations never judged (VNet prefixes, declared ranges)
     bypass: bool                # --when-down allow: accept when no process is bound to the queue
     dropped_protocols: tuple[int, ...] = ()  # IP protocols (tunnels) dropped whatever they carry
+    cache: CacheSpec | None = None  # the kernel cache's sets and the rules that read them, else none
 
     def family(self, version: int) -> tuple[str, ...]:
         return tuple(p for p in self.internal if ipaddress.ip_network(p).version == version)
@@ -46,7 +56,8 @@ def run_tool(argv: list[str], stdin: str | None = None) -> str:
     try:
         done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
     except FileNotFoundError:
-        raise RuleError(f"{argv[0]} is missing; install it (apt-get install iptables nftables)") from None
+        package = {"ipset": "ipset", "nft": "nftables"}.get(argv[0], "iptables")
+        raise RuleError(f"{argv[0]} is missing; install it: apt-get install {package}") from None
     if done.returncode != 0:
         raise RuleError(f"{' '.join(argv)} failed: {done.stderr.strip() or done.stdout.strip()}")
     return done.stdout
@@ -54,6 +65,8 @@ def run_tool(argv: list[str], stdin: str | None = None) -> str:
 
 class RuleBackend(ABC):
     name: ClassVar[str]
+    # the kernel cache's sets: (IP version, allowed?) -> the set's name (enforcer.dataplane.kernelcache fills them)
+    cache_sets: ClassVar[dict[tuple[int, bool], str]]
 
     def __init__(self, run: Runner = run_tool):
         self.run = run

@@ -6,6 +6,12 @@ internal destinations, goes to the queue; the profile's tunnel protocols are dro
 chain makes the kernel reassemble fragments before the rules see them. `mangle` runs before the gateway's own
 filter rules: a queue verdict of accept resumes at the next table, so what the enforcer accepts still meets the
 operator's filtering. Nothing outside our chain is changed, apart from the tagged jumps into it.
+
+With the kernel cache (RuleSpec.cache), four ipsets of our own (hash:ip with a timeout: p25-allow4, p25-block4,
+p25-allow6, p25-block6) and, before the queue rule, a rule accepting the family's allowed set and one dropping its
+blocked set. An ACCEPT in `mangle` ends only the mangle table's traversal, like a queue verdict of accept, so a
+source accepted from the cache still meets the operator's filter rules. The sets exist before the rules that
+name them are tested and loaded; they go after the rules that name them.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ from __future__ import annotations
 import shutil
 import socket
 
-from .base import DEFRAG_TAG, TAG, RuleBackend, RuleError, RuleSpec
+from .base import DEFRAG_TAG, TAG, CacheSpec, RuleBackend, RuleError, RuleSpec
+
+SET_TYPE = "hash:ip"
+SET_FAMILY = {4: "inet", 6: "inet6"}
 
 
 class IptablesBackend(RuleBackend):
@@ -22,6 +31,7 @@ class IptablesBackend(RuleBackend):
     name = "iptables"
     chain = "P25-ENFORCER"
     TOOLS = ("iptables-restore", "iptables-save", "ip6tables-restore", "ip6tables-save")
+    cache_sets = {(4, True): "p25-allow4", (4, False): "p25-block4", (6, True): "p25-allow6", (6, False): "p25-block6"}
 
     def check_tools(self) -> None:
         missing = [t for t in self.TOOLS if shutil.which(t) is None]
@@ -40,6 +50,9 @@ class IptablesBackend(RuleBackend):
         rules = [f"-A {self.chain} -m conntrack --ctstate INVALID -m comment --comment {DEFRAG_TAG}"]
         rules += [f"-A {self.chain} -p {p} -j DROP" for p in spec.dropped_protocols]
         rules += [f"-A {self.chain} -d {prefix} -j RETURN" for prefix in spec.family(version)]
+        if spec.cache is not None:
+            rules += [f"-A {self.chain} -m set --match-set {self.cache_sets[version, True]} src -j ACCEPT",
+                      f"-A {self.chain} -m set --match-set {self.cache_sets[version, False]} src -j DROP"]
         target = f"--queue-balance {spec.queue}:{spec.queue + spec.queues - 1}" if spec.queues > 1 \
             else f"--queue-num {spec.queue}"
         return rules + [f"-A {self.chain} -j NFQUEUE {target}{' --queue-bypass' if spec.bypass else ''}"]
@@ -54,6 +67,54 @@ class IptablesBackend(RuleBackend):
         lines.append("COMMIT")
         return "\n".join(lines) + "\n"
 
+    def render_sets(self, cache: CacheSpec, existing: list[str]) -> str:
+        """The `ipset restore` batch that puts our four sets in place, empty and with the spec's timeout and size.
+        A set that exists already (left by a killed daemon, or named by the rules being replaced) is replaced by
+        swapping a new one in, which ipset allows while rules name the set: nothing cached under an older table
+        survives an install. `ipset restore` runs its lines in order and stops at the first that fails."""
+        lines = []
+        for (version, _), name in self.cache_sets.items():
+            header = f"{SET_TYPE} family {SET_FAMILY[version]} timeout {cache.timeout} maxelem {cache.maxelem}"
+            if name not in existing:
+                lines.append(f"create {name} {header}")
+                continue
+            spare = f"{name}-new"
+            if spare in existing:
+                lines.append(f"destroy {spare}")
+            lines += [f"create {spare} {header}", f"swap {spare} {name}", f"destroy {spare}"]
+        return "\n".join(lines) + "\n"
+
+    def _set_names(self) -> list[str]:
+        """The ipsets of this network namespace; none where ipset is missing or the kernel has no ipset (then
+        there can be none of ours either)."""
+        try:
+            return self.run(["ipset", "list", "-n"], None).split()
+        except RuleError:
+            return []
+
+    def _destroy_sets(self, names: list[str]) -> None:
+        if names:
+            self.run(["ipset", "restore"], "".join(f"destroy {name}\n" for name in names))
+
+    def _sets_match(self, cache: CacheSpec) -> bool:
+        """Whether our four sets exist with the spec's type, family, timeout and size (`ipset list -t -o save`:
+        one `create` line per set, no members)."""
+        try:
+            saved = self.run(["ipset", "list", "-t", "-o", "save"], None).splitlines()
+        except RuleError:
+            return False
+        headers = {}
+        for line in saved:
+            words = line.split()
+            if len(words) >= 3 and words[0] == "create":
+                headers[words[1]] = (words[2], dict(zip(words[3::2], words[4::2], strict=False)))
+        for (version, _), name in self.cache_sets.items():
+            kind, options = headers.get(name, ("", {}))
+            if kind != SET_TYPE or options.get("family") != SET_FAMILY[version] \
+                    or options.get("timeout") != str(cache.timeout) or options.get("maxelem") != str(cache.maxelem):
+                return False
+        return True
+
     @staticmethod
     def _tool(version: int, what: str) -> str:
         return f"{'ip6tables' if version == 6 else 'iptables'}-{what}"
@@ -65,16 +126,30 @@ class IptablesBackend(RuleBackend):
         return [line for line in saved if line.startswith("-A FORWARD") and f"-j {self.chain}" in line]
 
     def install(self, spec: RuleSpec) -> None:
-        """Both families' batches are tested first, so that one the kernel refuses changes neither family."""
+        """Both families' batches are tested first, so that one the kernel refuses changes neither family. With
+        the cache, our sets go in (empty) before the test, which needs them; if the test fails, the sets it made
+        are destroyed again (sets that were there stay, emptied: an empty cache is always safe). Without the
+        cache, sets left from a run with it are destroyed once no rule names them."""
         batches = {version: self.render(spec, version, self._jumps(self._saved(version))) for version in (4, 6)}
-        for version, batch in batches.items():
-            self.run([self._tool(version, "restore"), "--noflush", "--test"], batch)
+        existing = self._set_names()
+        ours = [name for name in self.cache_sets.values() if name in existing]
+        if spec.cache is not None:
+            self.run(["ipset", "restore"], self.render_sets(spec.cache, existing))
+        try:
+            for version, batch in batches.items():
+                self.run([self._tool(version, "restore"), "--noflush", "--test"], batch)
+        except RuleError:
+            if spec.cache is not None:
+                self._destroy_sets([name for name in self.cache_sets.values() if name not in ours])
+            raise
         for version, batch in batches.items():
             self.run([self._tool(version, "restore"), "--noflush"], batch)
+        if spec.cache is None:
+            self._destroy_sets(ours)
 
     def installed(self, spec: RuleSpec) -> bool:
         """Both families hold exactly our jumps (one for the SYNs, with the right ports, one per dropped protocol)
-        and exactly our chain's rules."""
+        and exactly our chain's rules; with the cache, our four sets exist as the spec says."""
         ports = f"--dports {','.join(map(str, spec.ports))} "
         wanted_protocols = sorted(spec.dropped_protocols)
         for version in (4, 6):
@@ -86,7 +161,7 @@ class IptablesBackend(RuleBackend):
             if len(syn) != 1 or ports not in syn[0] or protocols != wanted_protocols \
                     or chain != [_numeric_protocol(r) for r in self.chain_rules(spec, version)]:
                 return False
-        return True
+        return spec.cache is None or self._sets_match(spec.cache)
 
     def remove(self) -> None:
         for version in (4, 6):
@@ -99,6 +174,8 @@ class IptablesBackend(RuleBackend):
             if has_chain:
                 batch += [f"-F {self.chain}", f"-X {self.chain}"]
             self.run([self._tool(version, "restore"), "--noflush"], "\n".join(batch + ["COMMIT"]) + "\n")
+        existing = self._set_names()  # the kernel cache's sets, once no rule of ours names them
+        self._destroy_sets([name for name in self.cache_sets.values() if name in existing])
 
 
 def _numeric_protocol(line: str) -> str:

@@ -1,5 +1,10 @@
 """Native nftables: one table of our own, replaced whole in one transaction. Needs the nft `queue` expression
-(CONFIG_NFT_QUEUE), which some kernels lack."""
+(CONFIG_NFT_QUEUE), which some kernels lack.
+
+With the kernel cache (RuleSpec.cache), four sets inside our table (allow4, block4, allow6, block6, with a timeout
+and a size) and, before the queue rule, a rule per set accepting or dropping the SYNs it would queue. Our chain is
+a base chain of mangle priority: its accept ends only this chain, so the operator's own filter chains still apply.
+Replacing the table whole replaces the sets too, empty."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from .base import DEFRAG_TAG, TAG, RuleBackend, RuleError, RuleSpec
 class NftablesBackend(RuleBackend):
     name = "nftables"
     table = "port25_enforcer"
+    cache_sets = {(4, True): "allow4", (4, False): "block4", (6, True): "allow6", (6, False): "block6"}
 
     def check_tools(self) -> None:
         if shutil.which("nft") is None:
@@ -37,8 +43,12 @@ class NftablesBackend(RuleBackend):
         flags = " bypass" if spec.bypass else ""
         internal4 = ", ".join(spec.family(4))
         internal6 = ", ".join(spec.family(6))
-        body = [f"table inet {self.table} {{", f"  comment \"{TAG}\"", "  chain forward {",
-                "    type filter hook forward priority mangle; policy accept;",
+        body = [f"table inet {self.table} {{", f"  comment \"{TAG}\""]
+        if spec.cache is not None:
+            for (version, _), name in self.cache_sets.items():
+                body.append(f"  set {name} {{ type ipv{version}_addr; flags timeout; timeout {spec.cache.timeout}s; "
+                            f"size {spec.cache.maxelem}; }}")
+        body += ["  chain forward {", "    type filter hook forward priority mangle; policy accept;",
                 f"    ct state invalid counter comment \"{DEFRAG_TAG}\""]
         if spec.dropped_protocols:
             body.append(f"    meta l4proto {{ {', '.join(map(str, spec.dropped_protocols))} }} drop")
@@ -46,8 +56,12 @@ class NftablesBackend(RuleBackend):
             body.append(f"    ip daddr {{ {internal4} }} return")
         if internal6:
             body.append(f"    ip6 daddr {{ {internal6} }} return")
-        body += [f"    tcp dport {{ {ports} }} tcp flags & syn == syn queue num {num}{flags}",
-                 "  }", "}"]
+        syn = f"tcp dport {{ {ports} }} tcp flags & syn == syn"
+        if spec.cache is not None:
+            for (version, allowed), name in self.cache_sets.items():
+                verdict = "accept" if allowed else "drop"
+                body.append(f"    {syn} {'ip' if version == 4 else 'ip6'} saddr @{name} {verdict}")
+        body += [f"    {syn} queue num {num}{flags}", "  }", "}"]
         # add + delete + define: replaces the table whole, atomically, whether or not it existed
         return f"add table inet {self.table}\ndelete table inet {self.table}\n" + "\n".join(body) + "\n"
 
@@ -55,10 +69,14 @@ class NftablesBackend(RuleBackend):
         self.run(["nft", "-f", "-"], self.render(spec))
 
     def installed(self, spec: RuleSpec) -> bool:
+        """Our table holds a queue rule and, with the cache, its four sets (listed tersely: without their
+        elements)."""
         try:
-            return "queue" in self.run(["nft", "list", "table", "inet", self.table], None)
+            listing = self.run(["nft", "-t", "list", "table", "inet", self.table], None)
         except RuleError:
             return False
+        sets = () if spec.cache is None else self.cache_sets.values()
+        return "queue" in listing and all(f"set {name} {{" in listing for name in sets)
 
     def remove(self) -> None:
         self.run(["nft", "-f", "-"], f"add table inet {self.table}\ndelete table inet {self.table}\n")
