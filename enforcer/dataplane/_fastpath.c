@@ -52,6 +52,8 @@
  *
  * View trusts nothing in the buffer: the header's offsets and sizes are checked against the buffer's length,
  * probes stop after `cap` slots, page and record numbers are checked at every use. Garbage cannot crash it.
+ * It holds the buffer (an mmap cannot be closed under it); what it cannot stop is the file under a mapping
+ * shrinking, which faults (SIGBUS): a memfd to be mapped should be sealed (F_SEAL_SHRINK, F_SEAL_WRITE).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -1170,7 +1172,9 @@ static PyTypeObject ViewType = {
 
 /* ---------------------------------------------------------------- Judge */
 
-#define IFCACHE 64 /* interface index -> name, direct-mapped by index */
+/* interface index -> name, direct-mapped by index: 32 KiB a Judge, so that a gateway with a veth a VM (indexes
+ * only grow as interfaces come and go) rarely has two live indexes evict each other */
+#define IFCACHE 1024
 
 typedef struct {
     uint32_t index;                  /* 0: empty */
