@@ -1,7 +1,11 @@
-"""`enforcer run`: bind the queues, install the rules, follow the state, answer the CLI, and clean up.
+"""`enforcer run`: bind the queues, compile the table, install the rules, follow the state, answer the CLI, and
+clean up.
 
-Order matters: the queues are bound before the rules go in (so no SYN meets a rule with nobody behind it
-because of us), READY=1 is sent only after both, and a clean stop removes exactly our rules.
+Order matters: the workers are started and their queues bound before the table is compiled (so that they are
+small: the table is not theirs to copy), the first table is handed to them before the rules go in (so no SYN meets
+a rule with nobody, or no table, behind it because of us), READY=1 is sent only after both, and a clean stop
+removes exactly our rules. After a change the daemon patches its table from the audit log, once, and hands the
+workers the new image (Keeper); a worker only maps it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import signal
 import sqlite3
 import threading
 import time
+from multiprocessing.reduction import send_handle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +32,11 @@ from ..state.store import Store
 from .control import ControlServer, ask
 from .notify import notify
 from .queue import kernel_queue_stats
+from .kernelcache import CacheError, KernelCache
 from .rules import RuleBackend, RuleSpec, choose_backend
-from .worker import Snapshot, worker_main
+from .rules.base import CacheSpec
+from .tables import PATCH_LIMIT, Keeper, Patch
+from .worker import worker_main
 
 if TYPE_CHECKING:  # for annotations only: nothing more to import at run time
     from multiprocessing.connection import Connection
@@ -36,7 +44,7 @@ if TYPE_CHECKING:  # for annotations only: nothing more to import at run time
 
 log = logging.getLogger("enforcer")
 CAP_NET_ADMIN = 12
-POLL_INTERVAL = 0.2  # seconds between reads of the state's generation
+POLL_INTERVAL = 0.05  # seconds between reads of the state's generation: a change reaches the workers within it
 
 
 def has_net_admin() -> bool:
@@ -76,13 +84,18 @@ class WorkerHandle:
             return self.receive(self.send(command, arg), command, timeout)
 
 
-def ask_all(workers: list[WorkerHandle], command: str, arg: Any = None, timeout: float = 120.0) -> list[Any]:
-    """Ask every worker at once (they work in parallel), then collect the answers."""
+def hand_table(workers: list[WorkerHandle], fd: int, generation: int, verdicts: list[Any],
+               timeout: float = 10.0) -> list[int]:
+    """Hand every worker the table image in memfd `fd` (the descriptor itself, over the pipe), then collect the
+    generations they judge with."""
     for w in workers:
         w.lock.acquire()
     try:
-        sent = [(w, w.send(command, arg)) for w in workers]
-        return [w.receive(seq, command, timeout) for w, seq in sent]
+        sent = []
+        for w in workers:
+            sent.append((w, w.send("table", (generation, verdicts))))
+            send_handle(w.conn, fd, w.proc.pid or 0)
+        return [w.receive(seq, "table", timeout) for w, seq in sent]
     finally:
         for w in workers:
             w.lock.release()
@@ -91,8 +104,10 @@ def ask_all(workers: list[WorkerHandle], command: str, arg: Any = None, timeout:
 class Daemon:
     backend: RuleBackend
     store: Store
-    snapshot: Snapshot | None
-    spec: RuleSpec
+    keeper: Keeper   # the table and what its indexes mean
+    spec: RuleSpec   # the rules in place (once the first table is handed over)
+    spec_wanted: RuleSpec
+    changed_keys: set[bytes] | None  # the addresses the last reload touched (None: all of them)
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -105,6 +120,7 @@ class Daemon:
         self.rules_installed = False
         self.state_error: str | None = None  # why the state's newest generation could not be loaded, if it can't
         self.control = ControlServer(settings.socket, self.handle, settings.socket_group)
+        self.cache: KernelCache | None = None  # --kernel-cache: the daemon's end forgets what a new table changed
 
     # ------------------------------------------------------------ start
 
@@ -115,6 +131,8 @@ class Daemon:
             raise UserError("enforcer run needs root or CAP_NET_ADMIN (it binds NFQUEUE and installs rules); "
                             "run it as root or through systemd/enforcer.service")
         self.backend = choose_backend(self.settings.backend)
+        if self.settings.kernel_cache:
+            self.cache = KernelCache(self.backend.name, self.settings.kernel_cache_timeout)
         self.control.check_path()
         if self.settings.metrics:
             from .metrics import parse_metrics_address
@@ -129,27 +147,27 @@ class Daemon:
         self.store = store
 
     def load_state(self) -> None:
-        """The first table. A state that cannot be compiled stops the daemon, failing closed: with
-        --when-down block the rules still go in, with no worker behind them, so the kernel drops every SYN
-        they would have queued until a good state lets the daemon start."""
+        """The first table, handed to the workers. A state that cannot be compiled stops the daemon, failing
+        closed: with --when-down block the rules still go in, and with no worker behind them once we are gone,
+        the kernel drops every SYN they would have queued until a good state lets the daemon start."""
         try:
-            self.snapshot = Snapshot(self.store)
+            self.compile()
         except UserError as e:
             if self.settings.when_down != WhenDown.BLOCK:
                 raise
             self.install(self._fail_closed_spec())
             raise UserError(f"{e}; until it is fixed, our rules stay with no worker behind them, so every SYN they "
                             "match is dropped (--when-down block)") from None
-        self.generation = self.snapshot.table.generation
-        self.spec = self._spec(self.snapshot.inv, self.snapshot.profile)
+        self.hand_over()
 
     def _fail_closed_spec(self) -> RuleSpec:
         try:
-            inv, _ = self.store.read()
-            profile = load_profile(inv.profile)
+            profile = load_profile(self.store.snapshot().profile)
             ports, dropped = tuple(sorted(profile.restricted_ports)), profile.dropped_protocol_numbers
         except UserError:
             ports, dropped = (25,), ()
+        finally:
+            self.store.end_snapshot()
         s = self.settings
         return RuleSpec(s.queue, s.queues, ports, (), bypass=False, dropped_protocols=dropped)
 
@@ -161,14 +179,17 @@ class Daemon:
         s = self.settings
         return RuleSpec(s.queue, s.queues, tuple(sorted(profile.restricted_ports)),
                         internal_destinations(inv, profile),
-                        s.when_down == WhenDown.ALLOW, profile.dropped_protocol_numbers)
+                        s.when_down == WhenDown.ALLOW, profile.dropped_protocol_numbers,
+                        CacheSpec(s.kernel_cache_timeout) if s.kernel_cache else None)
 
     def start_workers(self) -> None:
+        """One process per queue, forked before the table exists (so that no worker holds a copy of it); each
+        binds its queue and judges nothing until its first table (an unknown source is dropped)."""
         ctx = multiprocessing.get_context("fork")
-        self.store.close()  # reopened after the fork, in parent and children alike
+        self.store.close()  # reopened after the fork: SQLite handles must not cross it
         for q in self.queue_list():
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(q, child, self.settings, self.snapshot, os.getpid()),
+            proc = ctx.Process(target=worker_main, args=(q, child, self.settings, self.backend.name, os.getpid()),
                                name=f"enforcer-queue-{q}", daemon=True)
             proc.start()
             if not parent.poll(15):
@@ -176,9 +197,65 @@ class Daemon:
             status, detail = parent.recv()
             if status == "error":
                 raise UserError(f"{detail}; pick another --queue or stop the other consumer")
-            self.workers.append(WorkerHandle(q, proc, parent, self.generation))
-        self.snapshot = None  # the workers have their copies; the daemon itself needs no table
+            self.workers.append(WorkerHandle(q, proc, parent, -1))
         self.store = Store(self.settings.state)
+
+    # ------------------------------------------------------------ the table
+
+    def compile(self) -> None:
+        """The whole table from the state (at start, on SIGHUP, after a change the audit log does not hold)."""
+        inv = self.store.snapshot(load_profile)  # the profile is read afresh: SIGHUP may follow an edit
+        try:
+            keeper = Keeper(load_profile(inv.profile))
+            generation, position = self.store.generation(), self.store.audit_position()
+            keeper.compile(self.store, inv)
+            keeper.generation, keeper.position = generation, position
+            spec = self._spec(inv, keeper.profile)
+        finally:
+            self.store.end_snapshot()
+        self.keeper, self.spec_wanted = keeper, spec
+        self.changed_keys = None  # everything may have changed
+
+    def patch(self, generation: int) -> None:
+        """What the audit log says changed since the table's last generation, applied to it; the whole table
+        compiled afresh when the log does not cover the change (a write that left no audit row) or holds more
+        than a patch is worth."""
+        keeper = self.keeper
+        inv = self.store.snapshot(lambda _: keeper.profile)
+        try:
+            position = self.store.audit_position()
+            changes = self.store.changed_since(keeper.position, PATCH_LIMIT) if position != keeper.position else None
+            patch = keeper.patch(inv, changes) if changes else Patch(full=True)
+            if not patch.full:
+                if patch.rules:
+                    self.spec_wanted = self._spec(inv, keeper.profile)
+                keeper.generation, keeper.position = self.store.generation(), position
+                self.changed_keys = patch.keys
+        finally:
+            self.store.end_snapshot()
+        if patch.full:
+            self.compile()
+
+    def hand_over(self) -> None:
+        """The keeper's table to every worker, then the rules it needs."""
+        keeper = self.keeper
+        fd = keeper.publish()
+        try:
+            answers = hand_table(self.workers, fd, keeper.generation, keeper.verdicts.entries)
+        finally:
+            os.close(fd)
+        for w, answer in zip(self.workers, answers, strict=True):
+            w.generation = answer
+        if any(a != keeper.generation for a in answers):
+            # a worker kept its table (its log says why): the rules stay as they are, matching that table
+            raise UserError(f"not every worker could take it (they run {answers})")
+        self.forget_cached()
+        if not self.rules_installed:
+            self.spec = self.spec_wanted  # run() puts them in
+        elif self.spec_wanted != self.spec:
+            self.install(self.spec_wanted)
+            self.spec = self.spec_wanted
+        self.generation = keeper.generation
 
     # ------------------------------------------------------------ the loop
 
@@ -189,7 +266,8 @@ class Daemon:
         forced, self.reload_requested = self.reload_requested, False
         failed_before = self.state_error
         try:
-            self._load_generation(forced)
+            self.compile() if forced else self.patch(generation)
+            self.hand_over()
         except UserError as e:
             self.state_error = f"generation {generation}: {e}"
             if self.state_error != failed_before:  # once per failure, not at every round
@@ -197,26 +275,23 @@ class Daemon:
                           self.generation)
             self.reload_requested = forced
             return
+        log.info("loaded state generation %d (%s)", self.generation,
+                 "compiled whole" if self.changed_keys is None else f"{len(self.changed_keys)} addresses patched")
         if failed_before:
             log.info("the state loads again")
         self.state_error = None
 
-    def _load_generation(self, forced: bool) -> None:
-        inv, generation = self.store.read()
-        profile = load_profile(inv.profile)  # a forced reload (SIGHUP) may follow an edited profile
-        # all workers compile at once; a forced reload recompiles even the same generation
-        answers = ask_all(self.workers, "reload", -1 if forced else generation)
-        for w, answer in zip(self.workers, answers, strict=True):
-            w.generation = answer
-        if any(a != generation for a in answers):
-            # a worker kept its table (its log says why): the rules stay as they are, matching that table
-            raise UserError(f"not every worker could load it (they run {answers})")
-        spec = self._spec(inv, profile)
-        if spec != self.spec:
-            self.install(spec)
-            self.spec = spec
-        log.info("loaded state generation %d (%d resources)", generation, len(inv.resources))
-        self.generation = generation
+    def forget_cached(self) -> None:
+        """--kernel-cache: once every worker judges with the new table, the kernel forgets what it changed (all of
+        it after a whole compile), so that no SYN is judged by a cached verdict of the old one past this point."""
+        if self.cache is None or not self.rules_installed:
+            return
+        try:
+            self.cache.flush() if self.changed_keys is None else self.cache.forget(self.changed_keys)
+        except (CacheError, OSError) as e:
+            # a verdict that may be stale stays cached: put the sets back empty with the rules, or stop
+            log.error("kernel cache: %s; emptying it with the rules", e)
+            self.install(self.spec)
 
     def check_rules(self) -> None:
         if not self.backend.installed(self.spec):
@@ -226,8 +301,12 @@ class Daemon:
 
     def run(self) -> int:
         self.preflight()
-        self.load_state()
-        self.start_workers()
+        try:
+            self.start_workers()
+            self.load_state()
+        except BaseException:
+            self.stop_workers()
+            raise
         try:
             # the control socket and the metrics listener first: if either cannot start, no rule went in
             self.control.start()
@@ -287,6 +366,10 @@ class Daemon:
                 log.error("could not remove our rules: %s", e)
         elif self.rules_installed:
             log.error("stopping after a failure; our rules stay in place (--when-down %s)", self.settings.when_down)
+        self.stop_workers()
+        self.control.stop()
+
+    def stop_workers(self) -> None:
         for w in self.workers:
             if w.proc.is_alive():
                 w.proc.terminate()
@@ -294,7 +377,6 @@ class Daemon:
             w.proc.join(5)
             if w.proc.is_alive():
                 w.proc.kill()
-        self.control.stop()
 
     # ------------------------------------------------------------ the live view
 
@@ -304,10 +386,14 @@ class Daemon:
     def stats(self) -> dict[str, Any]:
         totals: dict[tuple[str, str, str], int] = {}
         malformed = errors = 0
+        cached: dict[str, int] | None = {"added": 0, "present": 0, "full": 0} if self.cache is not None else None
         for w in self.workers:
             s = w.ask("stats")
             malformed += s["malformed"]
             errors += s["errors"]
+            for key, n in (s["kernel_cache"] or {}).items():
+                if cached is not None:
+                    cached[key] = cached.get(key, 0) + n
             for sub, code, verdict, n in s["by"]:
                 totals[(sub, code, verdict)] = totals.get((sub, code, verdict), 0) + n
         kernel = kernel_queue_stats()
@@ -318,7 +404,7 @@ class Daemon:
             "worker_generations": [w.generation for w in self.workers], "state_error": self.state_error,
             "verdicts": [{"subscription": s, "code": c, "verdict": v, "count": n}
                          for (s, c, v), n in sorted(totals.items())],
-            "malformed": malformed, "callback_errors": errors,
+            "malformed": malformed, "callback_errors": errors, "kernel_cache": cached,
             "kernel_queues": {str(q): kernel[q].brief() if q in kernel else {} for q in self.queue_list()},
         }
 

@@ -1,65 +1,49 @@
-"""A worker process: one per queue. Its main thread runs the queue (the packet callback); a control thread
-answers the daemon's pipe (reloads, counters) and writes the drop log, off the packet path.
+"""A worker process: one NFQUEUE, judged by the C callback (`_fastpath.Judge`) in the main thread, over the table
+image the daemon hands it; a control thread takes new images (swapped between two packets), answers for the
+counters, and writes the drop log, off the packet path.
+
+The worker holds no inventory: the table is the daemon's image, mapped read-only and shared by every worker. What
+a drop-log line says of a blocked source (its resource, why) is read from the state when the line is written,
+once per source and table generation.
+
+With --kernel-cache the Judge also notes each source it judged (an unbound allowed one, or a blocked one) and a
+thread of the worker puts them into the kernel's sets (KernelCache), so that their later SYNs are judged in the
+kernel. No verdict of an old table may reach the sets after the daemon has told the kernel what the new table
+changed: the filler and the swap hold one lock, and the swap discards what the old table noted.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import os
 import signal
-import sys
+import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from multiprocessing.reduction import recv_handle
+from typing import TYPE_CHECKING, Any, Callable
 
-from ..core.inventory import Inventory, validate
-from ..core.policy import verdict_for
-from ..core.profile import Profile
-from ..core.table import VerdictTable, compile_table
+from ..core.policy import find_source, verdict_for
+from ..core.table import Entry
 from ..errors import UserError
 from ..state.profiles import load_profile
 from ..state.settings import QueueFull, Settings
 from ..state.store import Store
-from .callback import Counters, DropLog, PacketCallback
+from ._fastpath import Judge, Table, View
+from .callback import Counters, DropLog
+from .kernelcache import CacheError, KernelCache
 from .queue import bind_queue, run_until_signalled
+from .tables import mapped
 
 if TYPE_CHECKING:  # for annotations only: nothing more to import at run time
     from multiprocessing.connection import Connection
 
+    from ._fastpath import Drop
+
 log = logging.getLogger("enforcer.worker")
 PR_SET_PDEATHSIG = 1
-
-
-class Snapshot:
-    """What a worker knows of the state: the inventory (for drop-log reasons) and the compiled table."""
-
-    def __init__(self, store: Store):
-        self.store = store
-        self.inv, self.profile, self.table = self._load()
-
-    def _load(self) -> tuple[Inventory, Profile, VerdictTable]:
-        inv, generation = self.store.read()
-        profile = load_profile(inv.profile)
-        validate(inv, profile)
-        try:
-            return inv, profile, compile_table(inv, profile, generation)
-        except (ValueError, OSError) as e:  # an address the kernel's format cannot hold (inet_pton)
-            raise UserError(f"the state cannot be compiled into a table: {e}; fix the resource it names "
-                            "(enforcer vm list)") from None
-
-    def reload(self, generation: int) -> VerdictTable | None:
-        """A new table, or None when `generation` is the one we run (-1 forces a recompile)."""
-        if generation == self.table.generation:
-            return None
-        inv, profile, table = self._load()   # all or nothing: a failure keeps the old three together
-        self.inv, self.profile, self.table = inv, profile, table
-        return table
-
-    def explain(self, resource: str | None) -> str:
-        r = self.inv.resources.get(resource) if resource else None
-        if r is None:
-            return "the source address belongs to no registered resource"
-        return verdict_for(self.inv, self.profile, r).reason
+EMPTY = Table().image(0)  # what a worker judges with before its first table: every source unknown, dropped
 
 
 def die_with_parent(parent_pid: int | None = None) -> None:
@@ -70,63 +54,137 @@ def die_with_parent(parent_pid: int | None = None) -> None:
         os._exit(0)  # the parent died before the request took effect
 
 
-def worker_main(queue_num: int, conn: Connection, settings: Settings, snapshot: Snapshot, parent_pid: int) -> None:
+def worker_main(queue_num: int, conn: Connection, settings: Settings, backend: str, parent_pid: int) -> None:
     die_with_parent(parent_pid)
-    snapshot.store = Store(settings.state)  # a fresh connection: SQLite handles must not cross fork()
-    serve_queue(queue_num, PacketCallback(snapshot.table), conn, settings, snapshot)
-
-
-def serve_queue(queue_num: int, callback: PacketCallback, conn: Connection, settings: Settings,
-                snapshot: Snapshot) -> None:
-    """Bind, report, then run the queue; a control thread answers the daemon's pipe."""
+    drops: collections.deque[Drop] = collections.deque(maxlen=4096)  # for the drop log, drained by the control
+    filler = CacheFiller(KernelCache(backend, settings.kernel_cache_timeout)) if settings.kernel_cache else None
+    judge = Judge(View(EMPTY), default_allow=False, drops=drops, remember=filler.noted if filler else None)
     try:
-        nfq = bind_queue(queue_num, callback.__call__, settings.queue_length, settings.socket_buffer,
+        nfq = bind_queue(queue_num, judge, settings.queue_length, settings.socket_buffer,
                          settings.queue_full == QueueFull.ACCEPT)
     except OSError as e:
         conn.send(("error", str(e)))
         return
     conn.send(("bound", queue_num))
-    control = WorkerControl(queue_num, callback, conn, snapshot)
-    thread = threading.Thread(target=control.serve, name=f"queue-{queue_num}-control", daemon=True)
-    thread.start()
+    control = WorkerControl(queue_num, judge, drops, conn, Explainer(settings.state), filler)
+    threading.Thread(target=control.serve, name=f"queue-{queue_num}-control", daemon=True).start()
+    if filler is not None:
+        threading.Thread(target=filler.serve, args=(control.stop,), name=f"queue-{queue_num}-cache",
+                         daemon=True).start()
     try:
         run_until_signalled(nfq)
     finally:
         control.stop.set()
-        control.droplog.drain(callback.drops)
+        control.droplog.drain(drops)
+
+
+class Explainer:
+    """Names the resource behind a blocked source and says why, from the state: read when a drop-log line is
+    written, kept per source until the next table."""
+
+    def __init__(self, state: str):
+        self.state = state
+        self.store: Store | None = None
+        self.said: dict[bytes, tuple[str | None, str]] = {}
+
+    def forget(self) -> None:
+        self.said.clear()
+
+    def __call__(self, key: bytes) -> tuple[str | None, str]:
+        said = self.said.get(key)
+        if said is None:
+            said = self.said[key] = self._explain(key)
+            if len(self.said) > 20000:
+                self.said.clear()
+        return said
+
+    def _explain(self, key: bytes) -> tuple[str | None, str]:
+        address = socket.inet_ntop(socket.AF_INET6 if len(key) == 16 else socket.AF_INET, key)
+        try:
+            if self.store is None:
+                self.store = Store(self.state)
+            inv = self.store.snapshot(load_profile)
+            try:
+                r = find_source(inv, address)
+                if r is None:
+                    return None, "the source address belongs to no registered resource"
+                return r.name, verdict_for(inv, load_profile(inv.profile), r).reason
+            finally:
+                self.store.end_snapshot()
+        except UserError as e:
+            return None, f"(the state could not be read: {e})"
+
+
+class CacheFiller:
+    """--kernel-cache: puts what the Judge noted into the kernel's sets, in batches, off the packet path."""
+
+    def __init__(self, cache: KernelCache):
+        self.cache = cache
+        self.noted: collections.deque[tuple[bytes, bool]] = collections.deque(maxlen=65536)
+        self.lock = threading.Lock()  # held while a batch goes to the kernel, and while the table is swapped
+        self.failed: str | None = None
+
+    def fill(self) -> int:
+        with self.lock:
+            batch = [self.noted.popleft() for _ in range(min(len(self.noted), 4096))]
+            if not batch:
+                return 0
+            try:
+                return self.cache.remember(batch)
+            except (CacheError, OSError) as e:  # the sources keep reaching the queue: slower, never wrong
+                if str(e) != self.failed:
+                    log.error("kernel cache: %s", e)
+                self.failed = str(e)
+                return 0
+
+    def serve(self, stop: threading.Event) -> None:
+        while not stop.wait(0.002 if not self.noted else 0):
+            self.fill()
+
+    def swapping(self, swap: Callable[[], None]) -> None:
+        """Run the table swap with no batch in flight, and discard what the old table noted."""
+        with self.lock:
+            swap()
+            self.noted.clear()
 
 
 class WorkerControl:
-    """The worker's control thread: answers the daemon's requests (reload, stats) and writes the drop log."""
+    """The worker's control thread: takes new tables, answers the daemon's requests, writes the drop log."""
 
-    def __init__(self, queue_num: int, callback: PacketCallback, conn: Connection, snapshot: Snapshot):
-        self.queue_num, self.callback, self.conn, self.snapshot = queue_num, callback, conn, snapshot
-        self.counters = Counters(callback)
-        self.droplog = DropLog(snapshot.explain)
+    def __init__(self, queue_num: int, judge: Judge, drops: collections.deque[Drop], conn: Connection,
+                 explain: Explainer, filler: CacheFiller | None = None):
+        self.queue_num, self.judge, self.drops, self.conn, self.explain = queue_num, judge, drops, conn, explain
+        self.filler = filler
+        self.meanings: dict[int, list[Entry]] = {0: []}  # table generation -> what its verdict indexes mean
+        self.counters = Counters(judge, [])
+        self.droplog = DropLog(lambda generation: self.meanings.get(generation, []), explain)
         self.stop = threading.Event()
 
-    def reload(self, generation: int) -> int:
-        # the packet thread needs the GIL between packets while we compile: switch to it more often
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(0.0002)
+    def take(self, generation: int, verdicts: list[Entry]) -> int:
+        """The image whose descriptor follows on the pipe: mapped, checked, judged with from the next packet."""
+        fd = recv_handle(self.conn)
         try:
-            table = self.snapshot.reload(generation)
-        except Exception as e:  # noqa: BLE001 - whatever failed, keep judging with the table we have
-            log.error("queue %d: reload failed, keeping generation %d: %s", self.queue_num,
-                      self.callback.table.generation, e)
-            table = None
+            view = mapped(fd)
         finally:
-            sys.setswitchinterval(interval)
-        if table is not None:
-            self.callback.table = table
-            self.counters.retire()
-        return self.callback.table.generation
+            os.close(fd)
+        if view.generation != generation:
+            raise ValueError(f"the table handed over is of generation {view.generation}, not {generation}")
+        self.meanings[generation] = verdicts
+        if self.filler is None:
+            self.counters.swap(view, verdicts)
+        else:
+            self.filler.swapping(lambda: self.counters.swap(view, verdicts))
+        self.explain.forget()
+        for old in sorted(self.meanings)[:-4]:  # drops still queued may name a few tables back
+            del self.meanings[old]
+        return generation
 
     def answer(self, command: str, arg: Any) -> Any:
         if command == "stats":
-            return self.counters.snapshot()
-        if command == "reload":
-            return self.reload(arg)
+            cache = self.filler.cache.counts if self.filler is not None else None
+            return {**self.counters.snapshot(), "kernel_cache": cache}
+        if command == "table":
+            return self.take(*arg)
         return None
 
     def serve(self) -> None:
@@ -134,8 +192,14 @@ class WorkerControl:
             try:
                 if self.conn.poll(0.2):
                     seq, command, arg = self.conn.recv()
-                    self.conn.send((seq, self.answer(command, arg)))
-                self.droplog.drain(self.callback.drops)
+                    try:
+                        reply = self.answer(command, arg)
+                    except (OSError, ValueError) as e:  # a table that cannot be mapped: keep the one we have
+                        log.error("queue %d: %s %s failed, keeping generation %d: %s", self.queue_num, command,
+                                  arg[0] if command == "table" else "", self.judge.view.generation, e)
+                        reply = self.judge.view.generation
+                    self.conn.send((seq, reply))
+                self.droplog.drain(self.drops)
             except (EOFError, BrokenPipeError):  # the daemon is gone
                 os.kill(os.getpid(), signal.SIGTERM)
                 return

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import time
 from collections.abc import Iterable
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
 from ..core.inventory import Inventory, Pulled, Resource, Subnet, Subscription, VNet, check_row, validate
 from ..core.profile import Profile
@@ -51,23 +50,21 @@ SCHEMA_1 = """
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     INSERT INTO meta VALUES ('generation', '0'), ('profile', '"azure"'), ('internal_prefixes', '[]');
     """
-# Version 2: what an operation or the daemon asks of the rows, as columns with indexes (the document stays the
-# row's whole truth; the columns repeat parts of it), and one row per address (its owner, and the bytes the packet
-# path looks up).
-RESOURCE_COLUMNS = ("subscription", "kind", "state", "vnet", "subnet", "egress", "mac", "interface", "pulled")
+# Version 2: what an operation asks of the rows, as columns with indexes (the document stays the row's whole
+# truth; the columns repeat parts of it), and one row per address: its owner, and what the daemon's table needs of
+# it, so that compiling the table is one pass over this one table (`judged`: what the verdict depends on, as
+# judged_key() writes it; `bound`: where the packets may come from, when anything binds them).
+RESOURCE_COLUMNS = ("subscription", "state", "vnet", "subnet", "egress", "pulled")
 SCHEMA_2 = """
     ALTER TABLE resources ADD COLUMN subscription TEXT;
-    ALTER TABLE resources ADD COLUMN kind TEXT;
     ALTER TABLE resources ADD COLUMN state TEXT;
     ALTER TABLE resources ADD COLUMN vnet TEXT;
     ALTER TABLE resources ADD COLUMN subnet TEXT;
     ALTER TABLE resources ADD COLUMN egress TEXT;
-    ALTER TABLE resources ADD COLUMN mac TEXT;
-    ALTER TABLE resources ADD COLUMN interface TEXT;
     ALTER TABLE resources ADD COLUMN pulled TEXT;
     ALTER TABLE vnets ADD COLUMN subscription TEXT;
-    CREATE TABLE addresses (address TEXT PRIMARY KEY, resource TEXT NOT NULL, packed BLOB NOT NULL,
-                            prefix_len INTEGER) WITHOUT ROWID;
+    CREATE TABLE addresses (address TEXT PRIMARY KEY, resource TEXT NOT NULL, prefix_len INTEGER,
+                            judged TEXT NOT NULL, bound TEXT) WITHOUT ROWID;
     CREATE INDEX addresses_prefixes ON addresses (prefix_len) WHERE prefix_len IS NOT NULL;
     CREATE INDEX resources_running ON resources (subscription, state, pulled, vnet, subnet, name);
     CREATE INDEX resources_by_vnet ON resources (vnet) WHERE vnet IS NOT NULL;
@@ -114,6 +111,21 @@ def to_doc(entity: Entity) -> str:
     return json.dumps(d, separators=(",", ":"), sort_keys=True)
 
 
+class Changed(NamedTuple):
+    """One change the audit log holds: a row of `kind` (subscription, vnet, resource; or setting) before and
+    after (None where it did not exist)."""
+    kind: str
+    name: str
+    before: Any
+    after: Any
+
+
+def _audited(kind: str, doc: str | None) -> Any:
+    if doc is None:
+        return None
+    return json.loads(doc) if kind == "setting" else from_doc(kind + "s", doc)
+
+
 def pulled_doc(pulled: Pulled | None) -> str | None:
     """A pulled policy as its resource's `pulled` column holds it: canonical, so that equal policies group."""
     return None if pulled is None else json.dumps(_lean(asdict(pulled)), separators=(",", ":"), sort_keys=True)
@@ -123,22 +135,26 @@ def pulled_of(doc: str | None) -> Pulled | None:
     return None if doc is None else Pulled(**json.loads(doc))
 
 
-def _packed(address: str) -> tuple[bytes, int | None]:
-    """An address as the packet path's bytes, and its prefix length when it is a prefix (the network's bytes)."""
-    host, _, plen = address.partition("/")
-    return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host), int(plen) if plen else None
-
-
 def _write_resource(cx: sqlite3.Connection, r: Resource, doc: str, before: Resource | None) -> None:
     """A resource's row, its columns and its address rows."""
-    columns = (r.subscription, r.kind, str(r.state), r.vnet, r.subnet, r.egress, r.mac, r.interface,
-               pulled_doc(r.pulled))
+    pulled = pulled_doc(r.pulled)
+    columns = (r.subscription, str(r.state), r.vnet, r.subnet, r.egress, pulled)
     cx.execute(f"INSERT OR REPLACE INTO resources (name, doc, {', '.join(RESOURCE_COLUMNS)}) "
                f"VALUES (?, ?{', ?' * len(RESOURCE_COLUMNS)})", (r.name, doc, *columns))
     _drop_addresses(cx, before, keep=set(r.addresses))
-    kept = set(before.addresses) if before is not None else set()
-    cx.executemany("INSERT OR REPLACE INTO addresses (address, resource, packed, prefix_len) VALUES (?, ?, ?, ?)",
-                   [(a, r.name, *_packed(a)) for a in r.addresses if a not in kept])
+    judged = judged_key(r.subscription, r.kind, str(r.state), r.egress, pulled)
+    bound = json.dumps([r.vnet, r.interface, r.mac]) if (r.vnet, r.interface, r.mac) != (None, None, None) else None
+    cx.executemany("INSERT OR REPLACE INTO addresses (address, resource, prefix_len, judged, bound) "
+                   "VALUES (?, ?, ?, ?, ?)", [(a, r.name, _prefix_len(a), judged, bound) for a in r.addresses])
+
+
+def judged_key(subscription: str, kind: str, state: str, egress: str | None, pulled: str | None) -> str:
+    """What a resource's verdict depends on (assess()), as its address rows hold it: equal keys, equal verdicts."""
+    return json.dumps([subscription, kind, state, egress, pulled], separators=(",", ":"))
+
+
+def _prefix_len(address: str) -> int | None:
+    return int(address.partition("/")[2]) if "/" in address else None
 
 
 def _drop_addresses(cx: sqlite3.Connection, before: Resource | None, keep: set[str]) -> None:
@@ -408,6 +424,33 @@ class Store:
                 d["after"] = json.loads(d["after"]) if d["after"] else None
                 out.append(d)
         return out
+
+    def address_rows(self) -> Iterator[tuple[str, str, int | None, str, str | None]]:
+        """Every address with what the table needs of its resource, in one pass (a full compile): (address,
+        resource, prefix length or None, judged, bound), as _write_resource() writes them. Read it in a snapshot."""
+        with self._reading():
+            yield from self._db.execute("SELECT address, resource, prefix_len, judged, bound FROM addresses")
+
+    def audit_position(self) -> int:
+        """The newest audit row's id (0 for none): where changed_since() goes on from."""
+        if self._cx is None:
+            return 0
+        with self._reading():
+            return int(self._cx.execute("SELECT ifnull(max(id), 0) FROM audit").fetchone()[0])
+
+    def changed_since(self, position: int, limit: int) -> list[Changed] | None:
+        """What changed after audit row `position`, in order (the rows before and after each change), or None when
+        more than `limit` rows did (then reading it all costs more than reading the state afresh). Read it in the
+        snapshot the rows it names are read from, so that both are of one generation."""
+        if self._cx is None:
+            return []
+        with self._reading():
+            rows = self._cx.execute("SELECT kind, name, before, after FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+                                    (position, limit + 1)).fetchall()
+            if len(rows) > limit:
+                return None
+            return [Changed(kind, name, _audited(kind, before), _audited(kind, after))
+                    for kind, name, before, after in rows]
 
     # ------------------------------------------------------------ changing
 

@@ -236,12 +236,17 @@ def test_tunnels_are_dropped_as_the_profile_says(netlab):
 # ---------------------------------------------------------------- a state the daemon cannot use
 
 def plant_address(state, resource: str, address: str) -> None:
-    """What input validation refuses, written straight into the state (an older version, a hand edit)."""
+    """What input validation refuses, written straight into the state (a hand edit, or a writer with a bug): the
+    document and the address rows, as the schema keeps them, and a new generation, but no audit row."""
     cx = sqlite3.connect(state)
     doc = json.loads(cx.execute("SELECT doc FROM resources WHERE name = ?", (resource,)).fetchone()[0])
     doc["addresses"] = [address]
     with cx:
         cx.execute("UPDATE resources SET doc = ? WHERE name = ?", (json.dumps(doc), resource))
+        judged, bound = cx.execute("SELECT judged, bound FROM addresses WHERE resource = ?", (resource,)).fetchone()
+        cx.execute("DELETE FROM addresses WHERE resource = ?", (resource,))
+        cx.execute("INSERT INTO addresses (address, resource, judged, bound) VALUES (?, ?, ?, ?)",
+                   (address, resource, judged, bound))
         cx.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
     cx.close()
 

@@ -224,6 +224,7 @@ def test_refuses_to_start_with_one_clear_line(netlab, tmp_path):
     missing = netlab.in_gateway([sys.executable, "-m", "enforcer.cli", "--state", str(tmp_path / "none.db"), "run",
                                  "--queue", "61", "--socket", str(tmp_path / "m.sock")])
     assert missing.returncode == 2 and "no state at" in missing.stderr
+    import enforcer.dataplane.daemon  # noqa: F401 - loaded here: the user cannot read this interpreter's modules
     code, output = as_user(65534, lambda: cli_main(["--state", str(netlab.state), "run", "--queue", "62",
                                                     "--socket", str(tmp_path / "n.sock")]))
     assert code == 2 and "needs root or CAP_NET_ADMIN" in output and output.count("\n") == 1
@@ -339,3 +340,36 @@ def test_sighup_recompiles(netlab):
         netlab.daemon_log.read_text()
     assert netlab.daemon.poll() is None
     assert netlab.smtp([("ea-vm", V4, 25), ("shop-web", V4, 25)]) == ["delivered", "timeout"]
+
+
+def queued(lab: NetLab) -> int:
+    """Packets the kernel has queued so far (id_sequence of the queue, from inside the gateway)."""
+    line = lab.in_gateway(["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout.split()
+    return int(line[7])
+
+
+def cached(lab: NetLab, name: str) -> str:
+    return lab.in_gateway(["ipset", "list", name]).stdout
+
+
+def test_kernel_cache_judges_later_syns_in_the_kernel_and_forgets_what_a_change_changes(netlab):
+    """--kernel-cache: a source's first SYN is queued, the next ones are judged in the kernel (allowed: an
+    unbound source; blocked: any); a change empties the cache of what it changed before the next SYN is judged."""
+    netlab.start_daemon("--kernel-cache")
+    change(netlab, "vm", "bind", "ea-vm", "--unbind")   # a bound source is never cached: the kernel cannot check it
+    assert netlab.smtp([("ea-vm", V4, 25), ("shop-web", V4, 25)]) == ["delivered", "timeout"]
+    ea, web = RESOURCES["ea-vm"][0], RESOURCES["shop-web"][0]
+    assert wait_for(lambda: ea in cached(netlab, "p25-allow4") and web in cached(netlab, "p25-block4"))
+    before = queued(netlab)
+    assert netlab.smtp([("ea-vm", V4, 25), ("shop-web", V4, 25), ("ea-vm", V4, 25)]) == \
+        ["delivered", "timeout", "delivered"]
+    assert queued(netlab) == before                            # none of them reached the queue
+    assert netlab.smtp([("mcae-vm", V4, 25)]) == ["delivered"]  # bound: still judged by the worker
+    assert queued(netlab) > before and RESOURCES["mcae-vm"][0] not in cached(netlab, "p25-allow4")
+    change(netlab, "vm", "stop", "ea-vm")                      # now blocked: its cached verdict must be gone
+    assert ea not in cached(netlab, "p25-allow4")
+    assert netlab.smtp([("ea-vm", V4, 25)]) == ["timeout"]
+    status = live(netlab)
+    assert status["kernel_cache"]["added"] >= 3 and status["callback_errors"] == 0
+    assert netlab.stop_daemon() == 0
+    assert "p25-allow4" not in netlab.in_gateway(["ipset", "list", "-n"]).stdout  # the sets go with the rules

@@ -1,6 +1,8 @@
-"""The packet path's pure parts: reading the source from raw bytes, always giving a verdict, the drop log.
-(The same code runs against a real queue in tests/integration/test_dataplane.py.)"""
+"""The packet path over a table compiled from an inventory: the C callback (Judge) reads the source from raw bytes
+and always gives a verdict; the worker counts per verdict and writes the drop log. (The same code runs against a
+real queue in tests/integration/test_dataplane.py; the C parts alone in test_fastpath.py.)"""
 
+import collections
 import io
 import json
 
@@ -12,8 +14,9 @@ from enforcer.core import lifecycle
 from enforcer.core.inventory import Inventory, Subscription
 from enforcer.dataplane.packet import flow
 from enforcer.state.profiles import load_profile
-from enforcer.core.table import compile_table
-from enforcer.dataplane.callback import DropLog, PacketCallback
+from enforcer.dataplane._fastpath import Judge
+from enforcer.dataplane.callback import Counters, DropLog
+from enforcer.dataplane.tables import Keeper
 
 PROFILE = load_profile("azure")
 
@@ -41,7 +44,14 @@ def table():
     inv, _ = lifecycle.add_resource(inv, PROFILE, "ok", "ea", "vm", ["198.18.0.1", "2001:db8::1"])
     inv, _ = lifecycle.add_resource(inv, PROFILE, "no", "pg", "vm", ["198.18.0.2", "2001:db8::2"])
     inv, _ = lifecycle.add_resource(inv, PROFILE, "set", "ea", "vmss", ["198.18.1.0/28"])
-    return compile_table(inv, PROFILE)
+    keeper = Keeper(PROFILE)
+    keeper.fill(inv)
+    return keeper
+
+
+def judge(keeper, default_allow=False):
+    drops = collections.deque()
+    return Judge(keeper.view(), default_allow=default_allow, drops=drops), drops
 
 
 SYN = TCP(sport=40000, dport=25, flags="S")
@@ -58,7 +68,7 @@ CASES = [
 
 @pytest.mark.parametrize("packet, verdict", CASES, ids=[p.summary() for p, _ in CASES])
 def test_judge_reads_the_source_from_raw_bytes(table, packet, verdict):
-    callback = PacketCallback(table)
+    callback, _ = judge(table)
     pkt = QueuedPacket(bytes(packet))
     callback(pkt)
     assert pkt.verdicts == [verdict]
@@ -71,7 +81,7 @@ MALFORMED = [b"", b"\x45", bytes(IP(src="198.18.0.1") / SYN)[:19], b"\x44" + byt
 
 @pytest.mark.parametrize("default_allow, verdict", [(False, "drop"), (True, "accept")])
 def test_malformed_payloads_get_the_default_verdict(table, default_allow, verdict):
-    callback = PacketCallback(table, default_allow=default_allow)
+    callback, _ = judge(table, default_allow)
     for payload in MALFORMED:
         pkt = QueuedPacket(payload)
         callback(pkt)
@@ -83,35 +93,37 @@ def test_a_failing_packet_still_gets_one_verdict(table):
     class Broken(QueuedPacket):
         def get_payload(self):
             raise RuntimeError("the binding failed")
-    callback = PacketCallback(table)
+    callback, _ = judge(table)
     pkt = Broken(b"")
     callback(pkt)
     assert pkt.verdicts == ["drop"] and callback.errors == 1
 
 
-def test_hits_are_counted_per_verdict(table):
-    callback = PacketCallback(table)
+def test_hits_are_counted_per_verdict_across_a_table_swap(table):
+    callback, _ = judge(table)
+    counters = Counters(callback, table.verdicts.entries)
     for packet, _ in CASES:
         callback(QueuedPacket(bytes(packet)))
-    by = {}
-    for entry, n in callback.hits.items():
-        by[(entry.subscription, entry.code)] = by.get((entry.subscription, entry.code), 0) + n
-    assert by == {("ea", "type-not-blocked"): 4, ("pg", "blocked-never-exemptible"): 2, (None, "unknown-source"): 1}
+    counters.swap(table.view(), table.verdicts.entries)  # what the old table counted is kept
+    callback(QueuedPacket(bytes(CASES[0][0])))
+    by = {(s, c, v): n for s, c, v, n in counters.snapshot()["by"]}
+    assert by == {("ea", "type-not-blocked", "allowed"): 5, ("pg", "blocked-never-exemptible", "blocked"): 2,
+                  ("-", "unknown-source", "blocked"): 1}
 
 
 def test_drop_log_writes_one_line_per_flow(table):
-    callback = PacketCallback(table)
+    callback, drops = judge(table)
     blocked = bytes(IP(src="198.18.0.2", dst="198.19.25.25") / SYN)
     for _ in range(3):                                   # a SYN and its retransmissions
         callback(QueuedPacket(blocked))
     callback(QueuedPacket(bytes(IP(src="198.18.0.2", dst="198.19.25.25") / TCP(sport=40001, dport=25, flags="S"))))
     out = io.StringIO()
-    log = DropLog(lambda name: f"because {name}", out=out)
-    assert log.drain(callback.drops) == 2
+    log = DropLog(lambda generation: table.verdicts.entries, lambda key: ("no", f"because {key.hex()}"), out=out)
+    assert log.drain(drops) == 2
     first = json.loads(out.getvalue().splitlines()[0])
     assert first == {"event": "blocked", "resource": "no", "subscription": "pg", "source": "198.18.0.2",
                      "destination": "198.19.25.25", "port": 25, "source_port": 40000,
-                     "code": "blocked-never-exemptible", "reason": "because no"}
+                     "code": "blocked-never-exemptible", "reason": "because c6120002"}
 
 
 def test_flow_reads_ports_past_options_and_extension_headers():

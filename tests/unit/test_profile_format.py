@@ -14,7 +14,8 @@ from enforcer.core.converge import converge
 from enforcer.core.inventory import Inventory, validate
 from enforcer.core.policy import Code, decide, internal_destinations
 from enforcer.core.profile import ChangeApplies, Exemption, parse_profile
-from enforcer.core.table import compile_table, pack
+from enforcer.core.table import pack
+from enforcer.dataplane.tables import Keeper
 from enforcer.errors import UserError
 from enforcer.state.store import Store, to_doc
 
@@ -317,8 +318,10 @@ def test_compiled_table_tells_pulls_of_different_attributes_apart():
     inv = lab("new", profile=RESTARTING, created="2019-01-01")
     inv = step(lifecycle.set_attributes, inv, "a1", created="2020-06-01", profile=RESTARTING)
     inv = step(lifecycle.add_resource, inv, "vm2", "a1", "vm", ["198.18.1.11"], profile=RESTARTING)
-    table = compile_table(inv, RESTARTING)
-    assert table.lookup(pack("198.18.1.10")).allow and not table.lookup(pack("198.18.1.11")).allow
+    keeper = Keeper(RESTARTING)
+    keeper.fill(inv)
+    view = keeper.view()
+    assert keeper.entry(view, pack("198.18.1.10")).allow and not keeper.entry(view, pack("198.18.1.11")).allow
 
 
 # ---------------------------------------------------------------- inventory files and the state

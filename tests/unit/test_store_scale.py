@@ -2,7 +2,6 @@
 it changed; the lazy, store-backed inventory answers every question as the in-memory one does; a version 1 state
 is migrated in place."""
 
-import datetime
 import json
 import sqlite3
 
@@ -11,34 +10,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import enforcer.state.store as store_module
 from enforcer.core import lifecycle
-from enforcer.core.converge import converge
-from enforcer.core.inventory import Resource, State, pull
 from enforcer.errors import UserError
-from enforcer.state.documents import read_document
 from enforcer.state.profiles import load_profile
 from enforcer.state.store import SCHEMA_1, SCHEMA_VERSION, Store, to_doc
-from support.paths import LAB
+from support.states import TODAY, lab_state
 
 PROFILE = load_profile("azure")
-TODAY = datetime.date(2026, 12, 4)
-
-
-def lab_state(path, extra: int = 0) -> Store:
-    """The example lab, and `extra` more VMs spread over its subscriptions (one store change)."""
-    store = Store(path, create=True)
-    doc = read_document(str(LAB))
-    store.change("lab", lambda inv: converge(inv, PROFILE, doc, "lab.yml", today=TODAY))
-
-    def fleet(inv):
-        inv = inv.grown()
-        names = sorted(inv.subscriptions)
-        for i in range(extra):
-            sub = names[i % len(names)]
-            inv.grow(Resource(f"vm-{i:05d}", sub, "vm", (f"2001:db8:1000::{i + 1:x}",), state=State.RUNNING,
-                              pulled=pull(inv.subscriptions[sub])))
-        return inv, None
-    store.change("fleet", fleet)
-    return store
 
 
 class Parses:

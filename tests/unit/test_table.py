@@ -1,4 +1,5 @@
-"""The compiled verdict table agrees with decide() for every source, and resolves prefixes by longest match."""
+"""The verdict table (the daemon's Keeper over the C table) agrees with decide() for every source, and resolves
+prefixes by longest match."""
 
 import ipaddress
 
@@ -8,7 +9,8 @@ from enforcer.core import lifecycle
 from enforcer.core.inventory import Inventory, Pulled, Resource, State, Subscription, validate
 from enforcer.core.policy import decide
 from enforcer.state.profiles import load_profile
-from enforcer.core.table import UNKNOWN, compile_table, pack
+from enforcer.core.table import UNKNOWN, pack
+from enforcer.dataplane.tables import Keeper
 
 PROFILE = load_profile("azure")
 INTERNET = "198.19.25.25"
@@ -64,16 +66,23 @@ def inventories(draw):
 sources = st.one_of(host4, host6, st.integers(0, 2**32 - 1).map(lambda i: str(ipaddress.IPv4Address(i))))
 
 
+def table(inv):
+    keeper = Keeper(PROFILE)
+    keeper.fill(inv)
+    view = keeper.view()
+    return lambda source: keeper.entry(view, pack(source))
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(inventories(), st.lists(sources, min_size=1, max_size=20))
-def test_compiled_table_agrees_with_decide(inv, probes):
-    table = compile_table(inv, PROFILE)
+def test_table_agrees_with_decide(inv, probes):
+    lookup = table(inv)
     registered = [a.split("/")[0] for r in inv.resources.values() for a in r.addresses]
     for source in probes + registered:
-        allow, resource, subscription, code = tuple(table.lookup(pack(source)))
+        entry = lookup(source)
         verdict = decide(inv, PROFILE, source, INTERNET, 25)
-        assert (allow, resource, code) == (verdict.allow, verdict.resource, verdict.code), source
-        assert subscription == verdict.subscription
+        assert (entry.allow, entry.code, entry.subscription) == (verdict.allow, verdict.code, verdict.subscription), \
+            source
 
 
 def test_longest_prefix_wins_and_exact_beats_prefix():
@@ -81,14 +90,14 @@ def test_longest_prefix_wins_and_exact_beats_prefix():
     inv, _ = lifecycle.add_resource(inv, PROFILE, "wide", "ea", "vmss", ["198.18.0.0/24", "2001:db8::/64"])
     inv, _ = lifecycle.add_resource(inv, PROFILE, "narrow", "pg", "vmss", ["198.18.0.16/28", "2001:db8::10/124"])
     inv, _ = lifecycle.add_resource(inv, PROFILE, "host", "ea", "vm", ["198.18.0.17"])
-    table = compile_table(inv, PROFILE)
-    assert tuple(table.lookup(pack("198.18.0.200")))[:2] == (True, "wide")
-    assert tuple(table.lookup(pack("198.18.0.20")))[:2] == (False, "narrow")
-    assert tuple(table.lookup(pack("198.18.0.17")))[:2] == (True, "host")
-    assert tuple(table.lookup(pack("2001:db8::1f")))[:2] == (False, "narrow")
-    assert tuple(table.lookup(pack("2001:db8::ff")))[:2] == (True, "wide")
-    assert table.lookup(pack("198.18.1.1")) is UNKNOWN
-    assert table.lookup(pack("2001:db8:1::1")) is UNKNOWN
+    lookup = table(inv)
+    assert (lookup("198.18.0.200").allow, lookup("198.18.0.200").subscription) == (True, "ea")    # wide
+    assert (lookup("198.18.0.20").allow, lookup("198.18.0.20").subscription) == (False, "pg")     # narrow
+    assert (lookup("198.18.0.17").allow, lookup("198.18.0.17").subscription) == (True, "ea")      # the host
+    assert (lookup("2001:db8::1f").allow, lookup("2001:db8::1f").subscription) == (False, "pg")   # narrow
+    assert (lookup("2001:db8::ff").allow, lookup("2001:db8::ff").subscription) == (True, "ea")    # wide
+    assert lookup("198.18.1.1") is UNKNOWN
+    assert lookup("2001:db8:1::1") is UNKNOWN
 
 
 def test_table_keys_are_the_header_bytes():

@@ -1,0 +1,170 @@
+"""The daemon's table (Keeper): compiled from the state, and patched from the audit log after every change, it
+says for every address what decide() says, binds what the inventory binds, and equals a fresh compile."""
+
+import os
+import sqlite3
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from support.states import TODAY, lab_state
+
+from enforcer.core import lifecycle
+from enforcer.core.inventory import State
+from enforcer.core.policy import decide
+from enforcer.core.table import binding_of, pack
+from enforcer.dataplane._fastpath import View
+from enforcer.dataplane.tables import Keeper, mapped
+from enforcer.errors import UserError
+from enforcer.state.profiles import load_profile
+from enforcer.state.store import Store
+
+PROFILE = load_profile("azure")
+INTERNET = "198.19.25.25"
+PROBES = ["198.18.9.9", "2001:db8:1000::ffff", "198.18.4.20", "198.18.4.31", "198.18.4.32", "2001:db8:7::1"]
+
+
+def compiled(store) -> Keeper:
+    keeper = Keeper(PROFILE)
+    inv = store.snapshot()
+    keeper.compile(store, inv)
+    keeper.generation, keeper.position = store.generation(), store.audit_position()
+    store.end_snapshot()
+    return keeper
+
+
+def patched(store, keeper: Keeper) -> set[bytes]:
+    inv = store.snapshot()
+    patch = keeper.patch(inv, store.changed_since(keeper.position, 10_000))
+    keeper.generation, keeper.position = store.generation(), store.audit_position()
+    store.end_snapshot()
+    assert not patch.full
+    return patch.keys
+
+
+def agrees(store, keeper: Keeper) -> None:
+    """Every registered address and a few probes: the image's verdict is decide()'s, its binding the inventory's."""
+    inv, _ = store.read()
+    view = View(keeper.table.image(keeper.generation))
+    verdicts = keeper.verdicts.entries
+    sources = [a.split("/")[0] for r in inv.resources.values() for a in r.addresses] + PROBES
+    for source in sources:
+        verdict = decide(inv, PROFILE, source, INTERNET, 25)
+        cls = view.lookup(pack(source))
+        if verdict.resource is None:
+            assert cls == -1, source
+            continue
+        assert cls >= 0 and view.allows(cls) == verdict.allow, source
+        assert (verdicts[cls].allow, verdicts[cls].code, verdicts[cls].subscription) == \
+            (verdict.allow, verdict.code, verdict.subscription), source
+        binding = binding_of(inv, inv.resources[verdict.resource])
+        _, interface, mac = view.entry(pack(source))
+        assert (interface, mac) == ((binding.interface, binding.mac) if binding else (None, None)), source
+
+
+def same_table(a: Keeper, b: Keeper, store) -> None:
+    inv, _ = store.read()
+    va, vb = View(a.table.image(0)), View(b.table.image(0))
+    for source in [x.split("/")[0] for r in inv.resources.values() for x in r.addresses] + PROBES:
+        ea, eb = va.entry(pack(source)), vb.entry(pack(source))
+        if ea is None or eb is None:
+            assert ea == eb, source
+            continue
+        assert a.verdicts.entries[ea[0]].code == b.verdicts.entries[eb[0]].code and ea[1:] == eb[1:], source
+    assert len(a.table) == len(b.table)
+
+
+def test_compiled_from_the_state_it_agrees_with_decide(tmp_path):
+    store = lab_state(tmp_path / "state.db", 300)
+    keeper = compiled(store)
+    agrees(store, keeper)
+    assert len(keeper.table) == sum(len(r.addresses) for r in store.read()[0].resources.values())
+
+
+OPERATIONS = [
+    lambda inv, vm: lifecycle.restart(inv, PROFILE, vm),
+    lambda inv, vm: lifecycle.stop(inv, PROFILE, vm),
+    lambda inv, vm: lifecycle.deallocate(inv, PROFILE, vm),
+    lambda inv, vm: lifecycle.start(inv, PROFILE, vm),
+    lambda inv, vm: lifecycle.run_diagnostic(inv, PROFILE, "devtest-lab", apply_now=True, today=TODAY),
+    lambda inv, vm: lifecycle.set_type(inv, PROFILE, "ea-prod", "payg", apply_now=True),
+    lambda inv, vm: lifecycle.update_resource(inv, PROFILE, vm, addresses=["198.18.7.7", "2001:db8:7::7"]),
+    lambda inv, vm: lifecycle.update_resource(inv, PROFILE, vm, mac="52:54:00:99:99:99", interface="v9"),
+    lambda inv, vm: lifecycle.update_resource(inv, PROFILE, vm, mac=None, interface=None),
+    lambda inv, vm: lifecycle.remove_resource(inv, PROFILE, vm),
+    lambda inv, vm: lifecycle.add_resource(inv, PROFILE, vm + "-2", "payg-shop", "vm", ["198.18.8.8"],
+                                           egress="fw1"),
+    lambda inv, vm: lifecycle.set_vnet_interface(inv, PROFILE, "shop", "v7"),
+    lambda inv, vm: lifecycle.update_resource(inv, PROFILE, vm, addresses=["198.18.4.32/28"]),
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.integers(0, len(OPERATIONS) - 1),
+                                st.sampled_from(["ea-vm", "fw1", "shop-web", "shop-relay", "mcae-vmss", "vm-00003"])),
+                      min_size=1, max_size=10))
+def test_patched_after_every_change_it_agrees_and_equals_a_fresh_compile(tmp_path_factory, steps):
+    store = lab_state(tmp_path_factory.mktemp("k") / "state.db", 30)
+    keeper = compiled(store)
+    for i, vm in steps:
+        try:
+            store.change("step", lambda inv, i=i, vm=vm: OPERATIONS[i](inv, vm))
+        except UserError:
+            continue
+        patched(store, keeper)
+        agrees(store, keeper)
+    same_table(keeper, compiled(store), store)
+    store.close()
+
+
+def test_a_patch_touches_the_addresses_of_what_changed_and_its_dependents(tmp_path):
+    store = lab_state(tmp_path / "state.db", 100)
+    keeper = compiled(store)
+    store.change("stop", lambda inv: lifecycle.stop(inv, PROFILE, "devtest-vm"))
+    assert patched(store, keeper) == {pack("198.18.3.10"), pack("2001:db8:3::10")}
+    store.change("stop fw1", lambda inv: lifecycle.stop(inv, PROFILE, "fw1"))  # shop-relay egresses through it
+    assert patched(store, keeper) == {pack(a) for a in ("198.18.1.4", "2001:db8:1::4", "198.18.2.12",
+                                                        "2001:db8:2::12")}
+    agrees(store, keeper)
+
+
+def test_an_address_validation_would_refuse_stops_the_compile_naming_its_resource(tmp_path):
+    store = lab_state(tmp_path / "state.db")
+    store.close()
+    cx = sqlite3.connect(tmp_path / "state.db")
+    cx.execute("UPDATE addresses SET address = '2001:db8:2::11%1' WHERE address = '2001:db8:2::11'")
+    cx.commit()
+    cx.close()
+    store = Store(tmp_path / "state.db")
+    with pytest.raises(UserError, match=r"cannot be compiled into a table: resource 'shop-mx': .*enforcer vm show"):
+        compiled(store)
+
+
+def test_the_published_image_is_sealed_and_maps_read_only(tmp_path):
+    store = lab_state(tmp_path / "state.db")
+    keeper = compiled(store)
+    fd = keeper.publish()
+    try:
+        view = mapped(fd)
+        assert view.generation == keeper.generation and view.lookup(pack("198.18.1.10")) >= 0
+        with pytest.raises(PermissionError):
+            os.write(fd, b"x")  # sealed: nobody changes a table a worker judges with
+    finally:
+        os.close(fd)
+
+
+def test_a_change_the_table_cannot_hold_leaves_it_whole(tmp_path):
+    """An audited change that carries what validation refuses (written past it): the patch refuses it before it
+    writes anything, so the daemon goes on with the table it had."""
+    store = lab_state(tmp_path / "state.db")
+    keeper = compiled(store)
+    before = keeper.table.image(0)
+
+    def planted(inv):
+        shop_web = replace(inv.resources["shop-web"], state=State.STOPPED)  # a good change and a bad one
+        shop_mx = replace(inv.resources["shop-mx"], addresses=("2001:db8:2::11%1",))
+        return inv.put(shop_web, shop_mx), None
+    store.change("plant", planted)
+    with pytest.raises(UserError, match=r"cannot be compiled into a table: resource 'shop-mx'"):
+        patched(store, keeper)
+    assert keeper.table.image(0) == before
