@@ -29,7 +29,7 @@ APPLICATION_ID = 0x50323545  # "P25E": marks the file as ours
 # A state up to this size is checked whole (PRAGMA quick_check) before every change, and its inventory's tables at
 # every open: about 1 ms per MiB here. Past it (a state of ~100,000 resources and more) a command relies on the
 # checks SQLite makes of every page it reads and ours of every row it parses, so that it costs what it touches;
-# `enforcer state check` checks the whole file on demand, and the daemon checks it when it starts.
+# `enforcer state check` checks the whole file on demand, and the daemon reads every address row when it starts.
 CHECKED_WHOLE_UP_TO = 16 << 20
 T = TypeVar("T")
 
@@ -248,8 +248,10 @@ class Store:
                 raise self.file.refuse(f"was written by a newer port25-enforcer (schema {version}, this one knows "
                                    f"{SCHEMA_VERSION}); upgrade port25-enforcer")
             current = app_id == APPLICATION_ID and version == SCHEMA_VERSION
-            self._quick_check(cx, ("meta", *TABLES) if current and self.checks_whole_file else ("meta",) if current
-                              else ())
+            if not current:  # a migration is coming: the whole file first
+                self._quick_check(cx)
+            else:
+                self._quick_check(cx, ("meta", *TABLES) if self.checks_whole_file else ("meta",))
         except sqlite3.Error as e:
             raise self.file.trouble(e) from None
         return not current
