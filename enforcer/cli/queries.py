@@ -8,10 +8,13 @@ from typing import Any
 
 import click
 
-from ..core.inventory import State
-from ..core.lifecycle import pending_restart
-from ..core.policy import decide, verdict_for
+from ..core.inventory import Inventory, Pulled, Resource, check_row
+from ..core.lifecycle import LISTED, listed, pending_names
+from ..core.policy import Code, decide
+from ..core.profile import Profile
+from ..core.table import judged_alike
 from ..dataplane.control import ask
+from ..errors import UserError
 from ..state.settings import DEFAULT_SOCKET
 from .context import Context, json_option, pass_ctx
 from .output import emit_json, show_table
@@ -70,20 +73,27 @@ def status(c: Context, socket_path: str, as_json: bool) -> None:
     """A summary of the state, and the running daemon's live view."""
     inv, profile = c.read()
     path, exists, generation = c.store.path, c.store.exists, c.store.generation()
-    running = [r for r in inv.resources.values() if r.state == State.RUNNING]
-    allowed = [r.name for r in running if verdict_for(inv, profile, r).allow]
-    pending = sorted(r.name for s in inv.subscriptions for r in pending_restart(inv, profile, s))
+    pending, waiting = [], 0
+    for sub in inv.subscriptions:
+        names, n = pending_names(inv, profile, sub, None if as_json else LISTED)  # a person reads a few
+        pending += names
+        waiting += n
+    # counted through the state's indexes, each group of alike resources judged once: no resource is read
+    groups = inv.running(("subscription", "kind", "egress", "pulled"))
+    running = sum(groups.values())
+    allowed = sum(n for group, n in groups.items() if _judged(inv, profile, *group)[0])
     doc: dict[str, Any] = {
         "state": str(path), "exists": exists, "profile": profile.id, "generation": generation,
         "subscriptions": len(inv.subscriptions), "vnets": len(inv.vnets), "resources": len(inv.resources),
-        "running": len(running), "port25_allowed": len(allowed), "port25_blocked": len(running) - len(allowed),
-        "pending_restart": pending, "internal_prefixes": list(inv.internal_prefixes)}
+        "running": running, "port25_allowed": allowed, "port25_blocked": running - allowed,
+        "pending_restart": sorted(pending), "internal_prefixes": list(inv.internal_prefixes)}
     live = ask(socket_path, {"cmd": "status"})
     doc["daemon"] = live if live is not None else {"ok": False, "error": f"not running (no answer on {socket_path})"}
     if as_json:
         return emit_json(doc)
     if not exists:
         click.echo(f"state: {path} (none yet: start with enforcer apply FILE)")
+    doc["pending_restart"] = listed(doc["pending_restart"], waiting)
     for key, value in doc.items():
         if key != "daemon":
             click.echo(f"{key:17} {', '.join(value) if isinstance(value, list) else value}")
@@ -102,3 +112,16 @@ def state_check(c: Context) -> None:
     (A command checks what it reads; past 16 MiB a change does not check the whole file first.)"""
     counts = c.store.verify(c.profile)
     click.echo(f"{c.store.path}: ok (" + ", ".join(f"{n:,} {what}" for what, n in counts.items()) + ")")
+
+
+def _judged(inv: Inventory, profile: Profile, sub: str, kind: str, egress: str | None,
+            pulled: Pulled | None) -> tuple[bool, str | None, Code]:
+    """The verdict of a group of running resources alike; a group the profile cannot judge (edited since) is told
+    by the first resource of it, whose row is checked as it is read."""
+    try:
+        check_row(profile, "resources", Resource("?", sub, kind, (), egress=egress, pulled=pulled))
+    except UserError:
+        for name in inv.running_names(sub, {"kind": kind, "egress": egress, "pulled": pulled}, 1):
+            inv.resources[name]
+        raise
+    return judged_alike(inv, profile, sub, kind, egress, pulled)

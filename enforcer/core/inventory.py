@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import UserError
 from . import hints
 from .profile import Profile
-from .rows import TABLES, Changes, Group, MemorySource, Rows, Source
+from .rows import TABLES, Changes, Counts, MemorySource, Rows, Source, group_of
 
 
 class State(StrEnum):
@@ -184,22 +184,25 @@ class Inventory:
             if r is not None and any(is_prefix(a) for a in r.addresses):
                 yield r
 
-    def running(self, subscription: str) -> list[Group]:
-        """The subscription's running resources, counted by the policy they pulled and their subnet."""
-        counts: dict[tuple[Any, ...], int] = {g[:3]: g.size for g in self.source.running(subscription)}
+    def running(self, by: tuple[str, ...], subscription: str | None = None) -> Counts:
+        """Running resources (of one subscription, or all), counted by the values of `by` (rows.COUNTED_BY)."""
+        counts = dict(self.source.running(by, subscription))
         for name, r in self.changes.tables["resources"].items():
             for row, step in ((self.source.row("resources", name), -1), (r, 1)):
-                if row is not None and row.subscription == subscription and row.state == State.RUNNING:
-                    key = (row.pulled, row.vnet, row.subnet)
+                if row is not None and row.state == State.RUNNING and subscription in (None, row.subscription):
+                    key = group_of(row, by)
                     counts[key] = counts.get(key, 0) + step
-        return [Group(pulled, vnet, subnet, n) for (pulled, vnet, subnet), n in counts.items() if n > 0]
+        return {key: n for key, n in counts.items() if n > 0}
 
-    def running_names(self, group: Group, subscription: str, limit: int) -> list[str]:
-        """Up to `limit` names of a group's resources, in name order."""
+    def running_names(self, subscription: str, where: dict[str, Any], limit: int | None) -> list[str]:
+        """Up to `limit` names (None: all), in name order, of the subscription's running resources whose columns
+        hold `where`."""
         changed = self.changes.tables["resources"]
-        names = [n for n in self.source.running_names(group, subscription, limit + len(changed)) if n not in changed]
+        asked = None if limit is None else limit + len(changed)  # what the changes hide, the source makes up for
+        names = [n for n in self.source.running_names(subscription, where, asked) if n not in changed]
+        key = tuple(where.values())
         names += [r.name for r in changed.values() if r is not None and r.subscription == subscription
-                  and r.state == State.RUNNING and (r.pulled, r.vnet, r.subnet) == group[:3]]
+                  and r.state == State.RUNNING and group_of(r, tuple(where)) == key]
         return sorted(names)[:limit]
 
     def in_delegated_subnet(self, r: Resource) -> bool:

@@ -116,24 +116,42 @@ def listed(names: list[str], total: int) -> str:
     return ", ".join(names[:LISTED]) + (f" and {more:,} more" if more > 0 else "")
 
 
-def _pending_lines(inv: Inventory, profile: Profile, sub_name: str) -> list[str]:
-    """Which running resources keep their old policy: read from the subscription's running resources grouped by
-    what they pulled (a count per group), naming at most LISTED of them."""
+PENDING_BY = ("pulled", "vnet", "subnet")
+
+
+def _pending(inv: Inventory, profile: Profile, sub_name: str) -> dict[tuple[Any, ...], int]:
+    """The subscription's running resources whose pulled policy differs in effect from its current one, counted
+    by (pulled, vnet, subnet): read through the index, not row by row."""
     now = assess_pulled(profile, pull(inv.subscriptions[sub_name]))[0]
-    pending = [g for g in inv.running(sub_name) if g.pulled is not None and assess_pulled(profile, g.pulled)[0] != now]
+    return {g: n for g, n in inv.running(PENDING_BY, sub_name).items()
+            if g[0] is not None and assess_pulled(profile, g[0])[0] != now}
+
+
+def pending_names(inv: Inventory, profile: Profile, sub_name: str, limit: int | None) -> tuple[list[str], int]:
+    """Up to `limit` names (None: all) of the resources pending_restart() would list, and how many there are."""
+    pending = _pending(inv, profile, sub_name)
+    names = sorted(n for g in pending for n in inv.running_names(sub_name, dict(zip(PENDING_BY, g, strict=True)),
+                                                                  limit))
+    return names[:limit], sum(pending.values())
+
+
+def _pending_lines(inv: Inventory, profile: Profile, sub_name: str) -> list[str]:
+    """Which running resources keep their old policy: counted by what they pulled, naming at most LISTED."""
+    pending = _pending(inv, profile, sub_name)
 
     def delegated(vnet: str | None, subnet: str | None) -> bool:
         found = inv.vnets[vnet].subnet(subnet) if vnet is not None and subnet is not None and vnet in inv.vnets \
             else None
         return found is not None and found.delegated
-    plain_groups = [g for g in pending if not delegated(g.vnet, g.subnet)]
-    plain = sorted(n for g in plain_groups for n in inv.running_names(g, sub_name, LISTED))
-    delegated_vnets = sorted({g.vnet for g in pending if g.vnet is not None and delegated(g.vnet, g.subnet)})
+    plain_groups = {g: n for g, n in pending.items() if not delegated(g[1], g[2])}
+    plain = sorted(name for g in plain_groups
+                   for name in inv.running_names(sub_name, dict(zip(PENDING_BY, g, strict=True)), LISTED))
+    delegated_vnets = sorted({g[1] for g in pending if g[1] is not None and delegated(g[1], g[2])})
     lines = []
     until = "stopped, deallocated and started again" \
         if profile.change_applies == ChangeApplies.STOP_DEALLOCATE_START else "restarted"
     if plain:
-        names = listed(plain, sum(g.size for g in plain_groups))
+        names = listed(plain, sum(plain_groups.values()))
         lines.append(f"running resources keep their old policy until {until}: {names} ({hints.restart()})")
     for v in delegated_vnets:
         lines.append(f"resources in delegated subnets of VNet '{v}' pick it up only after a temporary subnet is "

@@ -11,7 +11,7 @@ of the inventory. Pure: no I/O here; the store's source lives with the store.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 TABLES = ("subscriptions", "vnets", "resources")
 # The columns a source answers `where` for: (table, column) pairs it keeps an index of.
@@ -21,12 +21,9 @@ INDEXED = {("resources", "subscription"), ("resources", "vnet"), ("resources", "
 Row = Any  # a Subscription, VNet or Resource (inventory.py): this module needs only their names and fields
 
 
-class Group(NamedTuple):
-    """Running resources of one subscription that pulled the same policy and sit in the same subnet."""
-    pulled: Any  # the Pulled they hold
-    vnet: str | None
-    subnet: str | None
-    size: int  # how many
+# The columns running resources can be counted by (Source.running): one value a column, a tuple a group.
+COUNTED_BY = ("subscription", "kind", "egress", "pulled", "vnet", "subnet")
+Counts = dict[tuple[Any, ...], int]
 
 
 class Source(Protocol):
@@ -37,12 +34,12 @@ class Source(Protocol):
     def where(self, table: str, column: str, value: str) -> Iterable[Row]: ...
     def owner(self, address: str) -> str | None: ...
     def prefixed(self) -> Iterable[Row]: ...
-    def running(self, subscription: str) -> Iterable[Group]: ...
-    def running_names(self, group: Group, subscription: str, limit: int) -> list[str]: ...
+    def running(self, by: tuple[str, ...], subscription: str | None = None) -> Counts: ...
+    def running_names(self, subscription: str, where: dict[str, Any], limit: int | None) -> list[str]: ...
 
 
-def _group_key(r: Row) -> tuple[Any, str | None, str | None]:
-    return r.pulled, r.vnet, r.subnet
+def group_of(r: Row, by: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(getattr(r, column) for column in by)
 
 
 class MemorySource:
@@ -85,18 +82,20 @@ class MemorySource:
     def prefixed(self) -> Iterable[Row]:
         return [r for r in self.tables["resources"].values() if any("/" in a for a in r.addresses)]
 
-    def running(self, subscription: str) -> Iterable[Group]:
-        counts: dict[tuple[Any, str | None, str | None], int] = {}
-        for r in self.where("resources", "subscription", subscription):
+    def running(self, by: tuple[str, ...], subscription: str | None = None) -> Counts:
+        rows = self.tables["resources"].values() if subscription is None else \
+            self.where("resources", "subscription", subscription)
+        counts: Counts = {}
+        for r in rows:
             if r.state == "running":
-                key = _group_key(r)
+                key = group_of(r, by)
                 counts[key] = counts.get(key, 0) + 1
-        return [Group(*key, n) for key, n in counts.items()]
+        return counts
 
-    def running_names(self, group: Group, subscription: str, limit: int) -> list[str]:
-        key = group[:3]
+    def running_names(self, subscription: str, where: dict[str, Any], limit: int | None) -> list[str]:
+        key = tuple(where.values())
         return sorted(r.name for r in self.where("resources", "subscription", subscription)
-                      if r.state == "running" and _group_key(r) == key)[:limit]
+                      if r.state == "running" and group_of(r, tuple(where)) == key)[:limit]
 
 
 class Changes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from typing import NamedTuple
 
-from .inventory import Inventory, Resource
+from .inventory import Inventory, Pulled, Resource, State
 from .policy import Code, assess, verdict_word
 from .profile import Profile
 
@@ -87,6 +87,15 @@ def judged(inv: Inventory, profile: Profile, r: Resource) -> tuple[tuple[bool, s
     packets must come from."""
     allow, code, decider = assess(inv, profile, r)
     return (allow, decider.subscription, code), binding_of(inv, r)
+
+
+def judged_alike(inv: Inventory, profile: Profile, subscription: str, kind: str, egress: str | None,
+                 pulled: Pulled | None, state: State = State.RUNNING) -> tuple[bool, str | None, Code]:
+    """The verdict of every resource with these fields (all that assess() reads of a resource): a group of them
+    judged at once, without reading any of them."""
+    r = Resource("?", subscription, kind, (), egress=egress, state=state, pulled=pulled)
+    allow, code, decider = assess(inv, profile, r)
+    return allow, decider.subscription, code
 
 
 def packed_address(address: str) -> tuple[bytes, int | None]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ..core.inventory import Inventory, Resource, State, check_row
 from ..core.profile import Profile
-from ..core.table import UNKNOWN, Entry, Verdicts, judged, packed_address
+from ..core.table import UNKNOWN, Entry, Verdicts, judged, judged_alike, packed_address
 from ..errors import UserError
 from ..state.store import Changed, Store, pulled_of
 from ._fastpath import Table, View
@@ -82,10 +82,9 @@ class Keeper:
         """The verdict index of what an address row's `judged` says: its resource's row as far as assess() reads
         it, checked against the profile first."""
         subscription, kind, state, egress, pulled = json.loads(judged_key)
-        r = Resource(name, subscription, kind, (), None, None, None, egress, State(state), pulled_of(pulled))
+        r = Resource(name, subscription, kind, (), egress=egress, state=State(state), pulled=pulled_of(pulled))
         check_row(self.profile, "resources", r)
-        (allow, decided_by, code), _ = judged(inv, self.profile, r)
-        return verdicts.number(allow, decided_by, code)
+        return verdicts.number(*judged_alike(inv, self.profile, subscription, kind, egress, r.pulled, r.state))
 
     @staticmethod
     def _write_bound(table: Table, interfaces: dict[str, str], address: str, cls: int, bound: str | None) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
 from ..core.inventory import Inventory, Pulled, Resource, Subnet, Subscription, VNet, check_row, validate
 from ..core.profile import Profile
-from ..core.rows import INDEXED, TABLES as TABLE_NAMES, Changes, Group
+from ..core.rows import COUNTED_BY, INDEXED, TABLES as TABLE_NAMES, Changes, Counts
 from ..errors import UserError
 from .trust import SQLITE_MAGIC, StateFile, new_file_mode, size_fault
 
@@ -54,9 +54,10 @@ SCHEMA_1 = """
 # truth; the columns repeat parts of it), and one row per address: its owner, and what the daemon's table needs of
 # it, so that compiling the table is one pass over this one table (`judged`: what the verdict depends on, as
 # judged_key() writes it; `bound`: where the packets may come from, when anything binds them).
-RESOURCE_COLUMNS = ("subscription", "state", "vnet", "subnet", "egress", "pulled")
+RESOURCE_COLUMNS = ("subscription", "kind", "state", "vnet", "subnet", "egress", "pulled")
 SCHEMA_2 = """
     ALTER TABLE resources ADD COLUMN subscription TEXT;
+    ALTER TABLE resources ADD COLUMN kind TEXT;
     ALTER TABLE resources ADD COLUMN state TEXT;
     ALTER TABLE resources ADD COLUMN vnet TEXT;
     ALTER TABLE resources ADD COLUMN subnet TEXT;
@@ -67,6 +68,7 @@ SCHEMA_2 = """
                             judged TEXT NOT NULL, bound TEXT) WITHOUT ROWID;
     CREATE INDEX addresses_prefixes ON addresses (prefix_len) WHERE prefix_len IS NOT NULL;
     CREATE INDEX resources_running ON resources (subscription, state, pulled, vnet, subnet, name);
+    CREATE INDEX resources_judged ON resources (state, subscription, kind, egress, pulled);
     CREATE INDEX resources_by_vnet ON resources (vnet) WHERE vnet IS NOT NULL;
     CREATE INDEX resources_by_egress ON resources (egress) WHERE egress IS NOT NULL;
     CREATE INDEX vnets_by_subscription ON vnets (subscription);
@@ -138,7 +140,7 @@ def pulled_of(doc: str | None) -> Pulled | None:
 def _write_resource(cx: sqlite3.Connection, r: Resource, doc: str, before: Resource | None) -> None:
     """A resource's row, its columns and its address rows."""
     pulled = pulled_doc(r.pulled)
-    columns = (r.subscription, str(r.state), r.vnet, r.subnet, r.egress, pulled)
+    columns = (r.subscription, r.kind, str(r.state), r.vnet, r.subnet, r.egress, pulled)
     cx.execute(f"INSERT OR REPLACE INTO resources (name, doc, {', '.join(RESOURCE_COLUMNS)}) "
                f"VALUES (?, ?{', ?' * len(RESOURCE_COLUMNS)})", (r.name, doc, *columns))
     _drop_addresses(cx, before, keep=set(r.addresses))
@@ -596,19 +598,28 @@ class StoreSource:
         names = [n for (n,) in self._all("SELECT DISTINCT resource FROM addresses WHERE prefix_len IS NOT NULL")]
         return [row for row in (self.row("resources", n) for n in names) if row is not None]
 
-    def running(self, subscription: str) -> Iterable[Group]:
+    def running(self, by: tuple[str, ...], subscription: str | None = None) -> Counts:
+        if not set(by) <= set(COUNTED_BY):
+            raise ValueError(f"running resources are not counted by {by}")
+        columns = ", ".join(by)
+        where, args = ("AND subscription = ?", (subscription,)) if subscription is not None else ("", ())
+        rows = self._all(f"SELECT {columns}, count(*) FROM resources WHERE state = 'running' {where} "
+                         f"GROUP BY {columns}", args)
+        pulled = by.index("pulled") if "pulled" in by else -1
         try:
-            return [Group(pulled_of(pulled), vnet, subnet, int(n)) for pulled, vnet, subnet, n in self._all(
-                "SELECT pulled, vnet, subnet, count(*) FROM resources WHERE subscription = ? AND state = 'running' "
-                "GROUP BY pulled, vnet, subnet", (subscription,))]
+            return {tuple(pulled_of(v) if i == pulled else v for i, v in enumerate(row[:-1])): int(row[-1])
+                    for row in rows}
         except (ValueError, TypeError) as e:
-            raise self.file.damaged(f"a pulled policy of {subscription!r} does not parse: {e}") from None
+            raise self.file.damaged(f"a resource's pulled policy does not parse: {e}") from None
 
-    def running_names(self, group: Group, subscription: str, limit: int) -> list[str]:
-        return [n for (n,) in self._all(
-            "SELECT name FROM resources WHERE subscription = ? AND state = 'running' AND pulled IS ? AND vnet IS ? "
-            "AND subnet IS ? ORDER BY name LIMIT ?",
-            (subscription, pulled_doc(group.pulled), group.vnet, group.subnet, limit))]
+    def running_names(self, subscription: str, where: dict[str, Any], limit: int | None) -> list[str]:
+        if not set(where) <= set(COUNTED_BY):
+            raise ValueError(f"running resources are not found by {list(where)}")
+        values = [pulled_doc(v) if column == "pulled" else v for column, v in where.items()]
+        condition = "".join(f" AND {column} IS ?" for column in where)
+        return [n for (n,) in self._all(f"SELECT name FROM resources WHERE subscription = ? AND state = 'running'"
+                                        f"{condition} ORDER BY name LIMIT ?",
+                                        (subscription, *values, -1 if limit is None else limit))]
 
 
 def _over(old: Inventory, new: Inventory) -> Inventory:

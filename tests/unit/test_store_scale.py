@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import enforcer.state.store as store_module
 from enforcer.core import lifecycle
+from enforcer.core.inventory import Inventory, pull
 from enforcer.errors import UserError
 from enforcer.state.profiles import load_profile
 from enforcer.state.store import SCHEMA_1, SCHEMA_VERSION, Store, to_doc
@@ -76,9 +77,13 @@ def test_store_backed_inventory_answers_as_the_in_memory_one(tmp_path):
     lazy = store.snapshot()
     for sub in sorted(whole.subscriptions):
         assert [r.name for r in lazy.resources_of(sub)] == sorted(r.name for r in whole.resources_of(sub))
-        assert sorted(lazy.running(sub), key=repr) == sorted(whole.running(sub), key=repr)
-        for g in whole.running(sub):
-            assert lazy.running_names(g, sub, 5) == whole.running_names(g, sub, 5)
+        for by in (("pulled", "vnet", "subnet"), ("kind", "egress", "pulled"), ("subscription",)):
+            assert lazy.running(by, sub) == whole.running(by, sub)
+        for g in whole.running(("pulled", "vnet", "subnet"), sub):
+            where = dict(zip(("pulled", "vnet", "subnet"), g, strict=True))
+            assert lazy.running_names(sub, where, 5) == whole.running_names(sub, where, 5)
+    assert lazy.running(("subscription", "kind", "egress", "pulled")) == \
+        whole.running(("subscription", "kind", "egress", "pulled"))
     for vnet in whole.vnets:
         assert sorted(r.name for r in lazy.resources_in(vnet)) == sorted(r.name for r in whole.resources_in(vnet))
     assert [r.name for r in lazy.egressing_through("fw1")] == ["shop-relay"]
@@ -141,7 +146,7 @@ def test_a_version_1_state_is_migrated_in_place(tmp_path):
     inv, _ = store.read()
     assert inv == lab
     assert store.snapshot().owner_of("2001:db8:2::10") == "shop-web"
-    assert sorted(g.size for g in store.snapshot().running("payg-shop")) == [1, 3]  # shop-blob: no VNet
+    assert sorted(store.snapshot().running(("vnet",), "payg-shop").values()) == [1, 3]  # shop-blob: no VNet
     assert store.verify(load_profile)["addresses"] == sum(len(r.addresses) for r in lab.resources.values())
     store.close()
 
@@ -157,3 +162,24 @@ def test_state_check_reads_everything_a_command_would_not(lab):
     cx.close()
     err = lab("state", "check", expect=2)
     assert "is damaged (the resources name 28 addresses, the address rows hold 27)" in err and err.count("\n") == 1
+
+
+def test_counts_and_names_see_the_changes_made_on_top_of_the_state(tmp_path):
+    """An operation asks its questions of the state with its own changes on top: the same answers as an inventory
+    held whole that has them already."""
+    store = lab_state(tmp_path / "state.db", 60)
+    lazy = store.snapshot()
+    changed, _ = lifecycle.stop(lazy, PROFILE, "vm-00003")
+    changed, _ = lifecycle.add_resource(changed, PROFILE, "late", "devtest-lab", "vm", ["198.18.9.1"])
+    changed, _ = lifecycle.remove_resource(changed, PROFILE, "msdn-vm")
+    whole = Inventory(changed.profile, dict(changed.subscriptions.items()), dict(changed.vnets.items()),
+                      dict(changed.resources.items()))
+    for sub in ("devtest-lab", "msdn-dev", "csp-reseller"):
+        assert changed.running(("pulled", "vnet", "subnet"), sub) == whole.running(("pulled", "vnet", "subnet"), sub)
+        for g in whole.running(("pulled", "vnet", "subnet"), sub):
+            where = dict(zip(("pulled", "vnet", "subnet"), g, strict=True))
+            assert changed.running_names(sub, where, 50) == whole.running_names(sub, where, 50)
+    assert changed.running(("subscription",)) == whole.running(("subscription",))
+    assert "late" in changed.running_names("devtest-lab", {"pulled": pull(changed.subscriptions["devtest-lab"]),
+                                                           "vnet": None, "subnet": None}, 100)
+    store.close()
