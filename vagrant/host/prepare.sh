@@ -85,7 +85,12 @@ echo "prepare.sh: management network p25-mgmt (198.19.254.0/24, isolated) is up"
 
 # 4. KVM or software emulation: the box's own kernel, booted with no root file system, must reach its panic
 #    (a working KVM takes about a second; a paravirtual KVM that cannot run it hangs or aborts).
-kernel=$(find "${VAGRANT_HOME:-$HOME/.vagrant.d}/boxes/${box//\//-VAGRANTSLASH-}" -name vmlinuz 2>/dev/null | head -n 1)
+box_dir=${VAGRANT_HOME:-$HOME/.vagrant.d}/boxes/${box//\//-VAGRANTSLASH-}
+kernel=
+# A box not built yet (a fresh machine) is no error here: find must not end the script under pipefail.
+if [ -d "$box_dir" ]; then
+    kernel=$(find "$box_dir" -name vmlinuz -print -quit)
+fi
 driver=qemu
 if [ -z "$kernel" ]; then
     echo "prepare.sh: box $box not found (build it: vagrant/box/build.sh); assuming software emulation" >&2
