@@ -195,14 +195,15 @@ class NamespaceLab:
             raise LabError(f"the daemon does not answer: {answer}")
         return answer
 
-    def wait_synced(self, timeout: float = 5.0) -> float:
-        """Wait until the daemon runs the state's current generation; returns how long that took."""
+    def wait_synced(self, timeout: float = 5.0, poll: float = 0.02) -> float:
+        """Wait until the daemon runs the state's current generation, asking every `poll` seconds; returns how long
+        that took."""
         started = time.monotonic()
         target = Store(self.state).generation()
         while self.live()["generation"] != target:
             if time.monotonic() - started > timeout:
                 raise LabError(f"the daemon did not pick up generation {target} within {timeout} s")
-            time.sleep(0.02)
+            time.sleep(poll)
         return time.monotonic() - started
 
     # ------------------------------------------------------------ cleanup

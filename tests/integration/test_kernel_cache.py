@@ -142,6 +142,7 @@ def cache_lab(workdir: Path) -> Iterator[CacheLab]:
     fails. The rules, sets and queue live in the gateway's namespace and go with it; the host's own stay as they
     were."""
     host_sets = subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout
+    host_mangle = host_rules("mangle")
     lab = NetLab(workdir, [V4, V6])
     try:
         lab.up(VMS)
@@ -155,7 +156,14 @@ def cache_lab(workdir: Path) -> Iterator[CacheLab]:
         from pyroute2 import netns
         assert not [n for n in netns.listnetns() if n.startswith(lab.tag)]
         assert subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout == host_sets
-        assert "p25" not in subprocess.run(["iptables-save", "-t", "mangle"], capture_output=True, text=True).stdout
+        assert host_rules("mangle") == host_mangle, "the host's own rules changed"
+
+
+def host_rules(table: str) -> list[str]:
+    """The host's rules of one table, without iptables-save's dated comments (libvirt's p25mgmt0 rules may be
+    there: the host's, not the test's)."""
+    out = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if not line.startswith("#")]
 
 
 @pytest.fixture
