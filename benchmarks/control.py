@@ -149,8 +149,8 @@ def cli_latency(paths: dict[int, Path], rounds: int) -> dict[tuple[str, int], tu
 def report_cli(result: dict[tuple[str, int], tuple[float, float]], sizes: list[int]) -> None:
     small, large = sizes[0], sizes[-1]
     print(f"\nCLI latency, p50 ms (own: in-process; whole: a new process), {small:,} to {large:,} VMs")
-    print(f"{'command':18}" + "".join(f"{f'own@{n:,}':>13}" for n in sizes)
-          + "".join(f"{f'whole@{n:,}':>15}" for n in sizes) + f"{'whole ratio':>13}")
+    print(f"{'command':18}" + "".join(f"{f'own@{n:,}':>15}" for n in sizes)
+          + "".join(f"{f'whole@{n:,}':>17}" for n in sizes) + f"{'whole ratio':>13}")
     worst_own = worst_ratio = 0.0
     for label, _ in COMMANDS:
         own = [result[label, n][0] for n in sizes]
@@ -158,7 +158,7 @@ def report_cli(result: dict[tuple[str, int], tuple[float, float]], sizes: list[i
         ratio = whole[-1] / whole[0]
         if label != SUMMARY:
             worst_own, worst_ratio = max(worst_own, own[-1]), max(worst_ratio, ratio)
-        print(f"{label:18}" + "".join(f"{x:13.1f}" for x in own) + "".join(f"{x:15.1f}" for x in whole)
+        print(f"{label:18}" + "".join(f"{x:15.1f}" for x in own) + "".join(f"{x:17.1f}" for x in whole)
               + f"{ratio:13.2f}")
     print(f"target: own p50 <= {TARGET_OWN_MS:.0f} ms at {large:,} VMs (all but the summary): worst {worst_own:.1f} ms "
           f"{'PASS' if worst_own <= TARGET_OWN_MS else 'FAIL'}")
