@@ -15,20 +15,21 @@ host; addresses only from 198.18.0.0/15):
 (all tagged p25b<6 hex digits>, removed at the end, also on an error, Ctrl-C or SIGTERM) and, in the same run,
 measures:
 
-  1. worker     SYN verdicts/s of enforcer.dataplane.callback.PacketCallback over a table compiled from 100,000
-                registered VMs (the synthetic fleet of benchmarks/fleet.py), its bound method bound with
-                enforcer.dataplane.queue.bind_queue as the daemon binds it (the daemon's default queue length
-                4096, socket buffer 4 MiB, queue-full drops; copy range 128) and run by run_until_signalled. The
-                generator's source address is one of the registered VMs, one allowed on 25, so every consumer
-                accepts every SYN. The fleet registers no interfaces or MACs: the table binds no source, and the
-                callback's source-binding check costs only its lookup in the empty VerdictTable.bindings.
+  1. worker     SYN verdicts/s of the project's packet callback, the C Judge (enforcer/dataplane/_fastpath.c),
+                over the daemon's table (enforcer.dataplane.tables.Keeper) filled from 100,000 registered VMs of
+                the synthetic fleet of benchmarks/fleet.py (--vms: up to 1,000,000) and handed over as the daemon
+                hands it to a worker (a sealed memfd, mapped read-only), bound with enforcer.dataplane.queue.
+                bind_queue as the daemon binds it (the daemon's default queue length 4096, socket buffer 4 MiB,
+                queue-full drops; copy range 128) and run by run_until_signalled. The generator's source address
+                is one of the registered VMs, one allowed on 25, so every consumer accepts every SYN. The fleet
+                registers no interfaces or MACs: no source is bound, and the Judge's spoofing check is skipped.
   2. bound      the same worker, another process with the same table, except that the generator's source is bound
-                (table.bindings, set after compiling) to where its SYNs really come from: the gateway's end of
-                the VM's link (Topology's host.link, v0) and the VM's eth0 MAC (the one the generator's frames
-                carry). Every SYN then goes through the spoofing check (callback.spoofed: the arrival interface's
-                name, the source MAC) and passes it. The run checks that it did: a window where the callback
-                dropped any SYN as spoofed-source ends the run (exit 1); the summary compares the callback's
-                allowed count with the kernel's verdicts and the gateway's forwarded packets.
+                (put again into the table with an interface and a MAC before the image is handed over) to where
+                its SYNs really come from: the gateway's end of the VM's link (Topology's host.link, v0) and the
+                VM's eth0 MAC (the one the generator's frames carry). Every SYN then goes through the spoofing
+                check (the arrival interface's name, the source MAC) and passes it. The run checks that it did: a
+                window where the Judge dropped any SYN as spoofed-source ends the run (exit 1); the summary
+                compares the Judge's allowed count with the kernel's verdicts and the gateway's forwarded packets.
   3. accept-all the same for a bare netfilterqueue consumer whose callback does only pkt.accept(), bound the same way
                 (bind_queue, same options) on another queue number.
   4. no queue   the forwarding rate of the same SYNs with no NFQUEUE rule.
@@ -53,9 +54,9 @@ Counting: at the start and end of each window the consumer reads, in its namespa
 queue in /proc/net/netfilter/nfnetlink_queue (enforcer.dataplane.queue.kernel_queue_stats): verdicts = packets
 handed to the socket (id_sequence) - user_dropped - the change in packets waiting. That costs the callbacks
 nothing, so the bare consumer's callback really does only pkt.accept(); the worker's own count (the sum of
-PacketCallback.hits, malformed and errors), taken at the same moments, is printed alongside as a cross-check. The
-rate is that count over the consumer's own wall time between the two reads. Queue drops (queue full:
-queue_dropped; socket buffer full: user_dropped) are reported per window.
+the Judge's counts(), unknown, spoofed, malformed and errors), taken at the same moments, is printed alongside
+as a cross-check. The rate is that count over the consumer's own wall time between the two reads. Queue drops
+(queue full: queue_dropped; socket buffer full: user_dropped) are reported per window.
 
 A shared machine: by default (--fifo 10) the measured consumer runs SCHED_FIFO during its windows, pinned to its
 CPU, so that other tasks cannot take that CPU from it (the kernel still keeps 5% of it for them, which shows as
@@ -174,10 +175,10 @@ def print_preamble(args: argparse.Namespace, stale: list[str]) -> None:
 
 def choose_source(args: argparse.Namespace) -> str:
     """The generator's source address: a VM of the synthetic fleet the table allows (see fleet.pick_source)."""
-    inv, table, built = compiled_fleet(args.vms, args.seed)
-    source, vm_name, entry = pick_source(inv, table, args.seed)
-    print(f"table: {args.vms:,} registered VMs, {len(table):,} entries, built+compiled in {built:.1f} s; generator "
-          f"source {source} = {vm_name}: {entry_text(entry)}")
+    inv, keeper, built = compiled_fleet(args.vms, args.seed)
+    source, vm_name, entry = pick_source(inv, keeper, args.seed)
+    print(f"table: {args.vms:,} registered VMs, {len(keeper.table):,} entries, a {keeper.table.nbytes:,}-byte image, "
+          f"built and filled in {built:.1f} s; generator source {source} = {vm_name}: {entry_text(entry)}")
     return source
 
 
@@ -195,11 +196,11 @@ def print_lab(lab: Lab, source: str) -> None:
 
 
 def binding_text(t: dict) -> str:
-    """What the consumer's table binds: the source's binding as the callback finds it, and how many there are."""
+    """What the consumer's table binds the source to, as the Judge finds it."""
     if t.get("binding") is None:
-        return f"source not bound ({t.get('bindings', 0)} bindings)"
+        return "source not bound"
     interface, mac = t["binding"]
-    return f"source bound to {interface}, MAC {mac} ({t['bindings']} binding)"
+    return f"source bound to {interface}, MAC {mac}"
 
 
 def more_windows(rows: list[dict], rep: int, args: argparse.Namespace) -> bool:

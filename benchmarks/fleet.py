@@ -15,7 +15,8 @@ import random
 import time
 
 from enforcer.core.inventory import Inventory, Pulled, Resource, State, Subscription
-from enforcer.core.table import Entry, VerdictTable, compile_table, pack
+from enforcer.core.table import Entry, pack
+from enforcer.dataplane.tables import Keeper
 from enforcer.state.profiles import load_profile
 
 # 198.18.0.0/15 = 198.18.0.0 - 198.19.255.255; the last /20 (198.19.240.0/20) is kept for scale-set prefixes.
@@ -124,18 +125,21 @@ def host_keys(inv: Inventory) -> tuple[list[bytes], list[bytes]]:
     return k4, k6
 
 
-def compiled_fleet(n: int, seed: int) -> tuple[Inventory, VerdictTable, float]:
-    """The fleet and its table compiled with the azure profile, and the seconds both took."""
+def compiled_fleet(n: int, seed: int) -> tuple[Inventory, Keeper, float]:
+    """The fleet, and the daemon's table filled from it with the azure profile (Keeper.fill), and the seconds
+    both took."""
     t0 = time.perf_counter()
     inv = build_inventory(n, seed)
-    table = compile_table(inv, load_profile("azure"))
-    return inv, table, time.perf_counter() - t0
+    keeper = Keeper(load_profile("azure"))
+    keeper.fill(inv)
+    return inv, keeper, time.perf_counter() - t0
 
 
-def pick_source(inv: Inventory, table: VerdictTable, seed: int) -> tuple[str, str, Entry]:
+def pick_source(inv: Inventory, keeper: Keeper, seed: int) -> tuple[str, str, Entry]:
     """A source for the data-plane generator: a running VM with one IPv4 address in 198.18.0.0/16 (not the
     lab gateway's 198.18.0.1), allowed on 25 by the table. Returns (address, resource name, entry)."""
     rng = random.Random(seed)
+    view = keeper.view()
     names = [name for name in inv.resources if name.startswith("vm-")]
     for _ in range(10_000):
         r = inv.resources[rng.choice(names)]
@@ -143,7 +147,7 @@ def pick_source(inv: Inventory, table: VerdictTable, seed: int) -> tuple[str, st
             continue
         if r.addresses[0] in ("198.18.0.1",):
             continue
-        entry = table.lookup(pack(r.addresses[0]))
+        entry = keeper.entry(view, pack(r.addresses[0]))
         if entry.allow:
             return r.addresses[0], r.name, entry
     raise RuntimeError("no allowed IPv4 VM found in the synthetic fleet")

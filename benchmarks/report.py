@@ -10,7 +10,7 @@ from typing import Any
 from .kernel import clock_ticks
 from .params import AHEAD, DISTURBED, TARGET_RATIO
 
-NAMES = {"worker": "worker (PacketCallback)", "bound": "worker, bound source", "accept": "accept-all",
+NAMES = {"worker": "worker (Judge)", "bound": "worker, bound source", "accept": "accept-all",
          "none": "no queue (forwarding)"}
 SHORT = {"worker": "worker", "bound": "worker-bound", "accept": "accept-all", "none": "no queue"}
 
@@ -88,9 +88,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def entry_text(entry: Any) -> str:
-    """A table entry as a plain tuple: (allow, resource, subscription, code)."""
-    allow, resource, subscription, code = entry
-    return repr((allow, resource, subscription, str(code)))
+    """A table entry as a plain tuple: (allow, the subscription whose policy decided, code)."""
+    allow, subscription, code = entry
+    return repr((allow, subscription, str(code)))
 
 
 # ---------------------------------------------------------------- one line per window
@@ -218,7 +218,7 @@ def print_ratios(rows: list[dict], med: dict[str, float], per_cpu: dict[str, flo
               "generator's, a lower bound of the kernel's)")
     us_per = {c: 1e6 / med[c] for c in ("worker", "accept")}
     print(f"  per verdict: worker {us_per['worker']:.2f} us, accept-all {us_per['accept']:.2f} us of the consumer "
-          f"CPU: the PacketCallback costs {us_per['worker'] - us_per['accept']:.2f} us more per SYN")
+          f"CPU: the Judge costs {us_per['worker'] - us_per['accept']:.2f} us more per SYN")
     if "bound" in med:
         print_binding_cost(med, per_cpu)
 

@@ -9,7 +9,7 @@ Every child dies with its parent (PR_SET_PDEATHSIG). The roles and their options
   consumer  --kind worker|accept --queue Q [--vms N --seed N --source ADDR] [--bind-interface IF]
             [--bind-mac MAC] [--cpu C] [--lifetime S]
             (gateway) binds queue Q as the daemon does and gives verdicts: kind worker with the project's
-            PacketCallback over the synthetic fleet's table of N VMs (--source: the address whose entry it
+            C Judge over the synthetic fleet's table of N VMs (--source: the address whose entry it
             reports; --bind-interface/--bind-mac: bind that address to where its packets come from, the gateway
             interface they arrive on and their source MAC, so that the callback runs its spoofing check),
             kind accept with a callback that does only pkt.accept(). stdin: "mark" answers
@@ -48,9 +48,10 @@ import threading
 import time
 from typing import Any
 
-from enforcer.core.table import SPOOFED, Binding, pack
-from enforcer.dataplane.callback import PacketCallback
+from enforcer.core.table import Binding, pack
+from enforcer.dataplane._fastpath import Judge
 from enforcer.dataplane.queue import bind_queue, kernel_queue_stats, run_until_signalled
+from enforcer.dataplane.tables import mapped
 from enforcer.dataplane.worker import die_with_parent
 
 from .fleet import compiled_fleet
@@ -84,21 +85,28 @@ def accept_all(pkt: Any) -> None:
     pkt.accept()
 
 
-def worker_callback(vms: int, seed: int, source: str, binding: Binding | None) -> tuple[PacketCallback, dict]:
-    """The project's packet callback over the synthetic fleet's table (with `source` bound to `binding`, if
-    given), and what to report of the table."""
-    inv, table, seconds = compiled_fleet(vms, seed)
-    del inv
+def worker_judge(vms: int, seed: int, source: str, binding: Binding | None) -> tuple[Judge, dict]:
+    """The project's packet callback (the C Judge) over the synthetic fleet's table (with `source` bound to
+    `binding`, if given), handed over as the daemon hands it to a worker: a sealed memfd mapped read-only."""
+    inv, keeper, seconds = compiled_fleet(vms, seed)
     key = pack(source)
     if binding is not None:
-        # the fleet registers no interfaces or MACs: bind the one source the generator sends from, as
-        # compile_table would for a VM registered with its interface and MAC
-        table.bindings[key] = binding
-    bound = table.binding(key, table.exact[key]) if key in table.exact else None  # as the callback finds it
-    built = {"seconds": round(seconds, 2), "entries": len(table), "source_verdict": list(table.lookup(key)),
-             "bindings": len(table.bindings),
-             "binding": None if bound is None else [bound.interface, bound.mac.hex() if bound.mac else None]}
-    return PacketCallback(table), built
+        # the fleet registers no interfaces or MACs: bind the one source the generator sends from, as the
+        # daemon's table would for a VM registered with its interface and MAC
+        cls = keeper.view().lookup(key)
+        keeper.table.put(key, cls, binding.interface, binding.mac)
+    del inv
+    fd = keeper.publish()
+    try:
+        view = mapped(fd)
+    finally:
+        os.close(fd)
+    described = view.entry(key)
+    bound = None if described is None or (described[1] is None and described[2] is None) else described
+    built = {"seconds": round(seconds, 2), "entries": len(view), "image_bytes": keeper.table.nbytes,
+             "source_verdict": list(keeper.entry(view, key)),
+             "binding": None if bound is None else [bound[1], bound[2].hex() if bound[2] else None]}
+    return Judge(view), built
 
 
 def binding_option(args: argparse.Namespace) -> Binding | None:
@@ -109,14 +117,15 @@ def binding_option(args: argparse.Namespace) -> Binding | None:
     return Binding(args.bind_interface or None, mac)
 
 
-def own_counts(cb: PacketCallback | None) -> dict:
+def own_counts(judge: Judge | None) -> dict:
     """The worker's own verdict count, and of it the accepted and the spoofed-source drops (a bound source's
     SYNs must all be accepted, or the window measures drops); all None for the accept-all consumer."""
-    if cb is None:
+    if judge is None:
         return {"own": None, "allowed": None, "spoofed": None}
-    hits = dict(cb.hits)  # copied at once under the GIL: the packet thread keeps counting
-    return {"own": sum(hits.values()) + cb.malformed + cb.errors,
-            "allowed": sum(n for entry, n in hits.items() if entry.allow), "spoofed": hits.get(SPOOFED, 0)}
+    counts = judge.counts()  # hits per class index, copied at once under the GIL: the packet thread keeps counting
+    view = judge.view
+    return {"own": sum(counts) + judge.unknown + judge.spoofed + judge.malformed + judge.errors,
+            "allowed": sum(n for cls, n in enumerate(counts) if view.allows(cls)), "spoofed": judge.spoofed}
 
 
 def stop_main_thread() -> None:
@@ -129,24 +138,21 @@ def stop_main_thread() -> None:
 
 def consumer(args: argparse.Namespace) -> int:
     die_with_parent()
-    cb: PacketCallback | None = None
+    judge: Judge | None = None
     built: dict = {}
     if args.kind == "worker":
-        cb, built = worker_callback(args.vms, args.seed, args.source, binding_option(args))
+        judge, built = worker_judge(args.vms, args.seed, args.source, binding_option(args))
     pin(args.cpu)
     try:
-        # a bound method, not the instance: what the daemon binds (see bind_queue)
-        nfq = bind_queue(args.queue, accept_all if cb is None else cb.__call__, QUEUE_LENGTH, SOCKET_BUFFER, FAIL_OPEN)
+        # the Judge itself, as the daemon's worker binds it
+        nfq = bind_queue(args.queue, accept_all if judge is None else judge, QUEUE_LENGTH, SOCKET_BUFFER, FAIL_OPEN)
     except OSError as e:
         say({"error": str(e)})
         return 1
 
-    def own() -> int | None:
-        return None if cb is None else sum(dict(cb.hits).values()) + cb.malformed + cb.errors
-
     def mark() -> dict:
         stats = kernel_queue_stats().get(args.queue)
-        return {"t": time.monotonic(), **own_counts(cb), "q": None if stats is None else dataclasses.asdict(stats)}
+        return {"t": time.monotonic(), **own_counts(judge), "q": None if stats is None else dataclasses.asdict(stats)}
 
     stopping = threading.Event()
 
@@ -168,8 +174,8 @@ def consumer(args: argparse.Namespace) -> int:
     threading.Thread(target=control, daemon=True).start()
     threading.Thread(target=lifetime, daemon=True).start()
     run_until_signalled(nfq)
-    say({"final": True, "own": own(), "errors": cb.errors if cb is not None else 0,
-         "malformed": cb.malformed if cb is not None else 0})
+    say({"final": True, "own": own_counts(judge)["own"], "errors": judge.errors if judge is not None else 0,
+         "malformed": judge.malformed if judge is not None else 0})
     return 0
 
 
@@ -316,7 +322,7 @@ def parser() -> argparse.ArgumentParser:
     roles = ap.add_subparsers(dest="role", required=True)
     p = roles.add_parser("consumer", help="bind a queue in the gateway and give verdicts")
     p.add_argument("--kind", choices=("worker", "accept"), required=True,
-                   help="the project's PacketCallback, or a callback that only accepts")
+                   help="the project's Judge, or a callback that only accepts")
     p.add_argument("--queue", type=int, required=True, help="the NFQUEUE number to bind")
     p.add_argument("--vms", type=int, default=VMS, help=f"registered VMs in the worker's table (default {VMS})")
     p.add_argument("--seed", type=int, default=SEED, help=f"seed of the synthetic fleet (default {SEED})")
