@@ -1,0 +1,36 @@
+"""The benchmarks still run: each in a small, quick form (they are reports, timed by hand, never by CI; this only
+proves that they start, measure and print their targets). The control benchmark's form is in
+test_reload_under_load.py."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from enforcer.lab.netns import can_build_namespaces
+from support.paths import ROOT
+
+WHY = can_build_namespaces()
+
+
+def bench(*argv: str, timeout: float = 300) -> str:
+    r = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_the_table_benchmark_runs_and_checks_the_table_against_the_policy():
+    out = bench("benchmarks.table", "--quick", "--sizes", "1000,20000", "--lookups", "20000")
+    assert re.search(r"^\s+20,000\s+[\d.]+\s+[\d,]+\s+[\d.]+\s+[\d.]+", out, re.M), out
+    assert "lookup@1M <= 1.5x lookup@1k: SKIP" in out, out
+    assert re.search(r"<= 64 bytes per address .*: (PASS|FAIL) \(worst [\d.]+ at", out), out
+
+
+@pytest.mark.skipif(WHY is not None, reason=str(WHY))
+def test_the_data_plane_benchmark_runs_the_judge_in_namespaces_and_cleans_up():
+    out = bench("benchmarks.dataplane", "--quick", "--vms", "2000", "--reps", "1", "--extra", "0", "--seconds",
+                "0.3", "--connects", "8", "--fifo", "0")
+    assert re.search(r"worker / accept-all\s+[\d.]+\s+target >= 0\.90: (PASS|FAIL)", out), out
+    assert "bound source accepted: yes" in out, out  # every SYN of the bound source passed the spoofing check
+    assert re.search(r"cleanup: namespaces of p25b\w+ left: none", out), out
