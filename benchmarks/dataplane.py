@@ -32,8 +32,12 @@ measures:
                 compares the Judge's allowed count with the kernel's verdicts and the gateway's forwarded packets.
   3. accept-all the same for a bare netfilterqueue consumer whose callback does only pkt.accept(), bound the same way
                 (bind_queue, same options) on another queue number.
-  4. no queue   the forwarding rate of the same SYNs with no NFQUEUE rule.
-  5. latency    p50/p99 of a TCP connect() from the VM to a listener on port 25 in the internet namespace, through
+  4. cached     the kernel cache (--kernel-cache): the project's rules with the cache's sets
+                (RuleSpec.cache), the generator's source put into the allowed set by enforcer.dataplane.
+                kernelcache.KernelCache as a worker puts a source it judged; every SYN is then accepted in the
+                kernel, before the queue rule, and the rate is what the gateway forwards.
+  5. no queue   the forwarding rate of the same SYNs with no rule of the project at all.
+  6. latency    p50/p99 of a TCP connect() from the VM to a listener on port 25 in the internet namespace, through
                 the gateway, with the worker's queue rule in place vs with no rule: sequential connects at idle, in
                 blocks alternating between the two.
 
@@ -87,12 +91,12 @@ import time
 from .fleet import compiled_fleet, pick_source
 from .kernel import busy_note, machine
 from .lab import Lab
-from .params import INTERNET4, SEED, TAG_PREFIX, VMS, WARMUP
+from .params import INTERNET4, NO_CONSUMER, SEED, TAG_PREFIX, VMS, WARMUP
 from .report import entry_text, is_clean, print_binding_check, print_latency, print_ratios, print_throughput, \
     print_window, print_window_header
 
 PROG = "python -m benchmarks.dataplane"
-CONFIGS = ["worker", "bound", "accept", "none"]
+CONFIGS = ["worker", "bound", "accept", "cached", "none"]
 
 
 # ---------------------------------------------------------------- options
@@ -209,7 +213,7 @@ def more_windows(rows: list[dict], rep: int, args: argparse.Namespace) -> bool:
     if rep < args.reps:
         return True
     want_clean = min(2, args.reps)
-    short = [c for c in CONFIGS if c != "none"
+    short = [c for c in CONFIGS if c not in NO_CONSUMER
              and sum(1 for r in rows if r["config"] == c and is_clean(r)) < want_clean]
     if not short or rep >= args.reps + args.extra:
         return False

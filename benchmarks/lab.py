@@ -45,6 +45,7 @@ class Lab:
 
     def up(self, source: str) -> None:
         """The topology, the rule agents of the gateway and the internet host, and the consumers, bound."""
+        self.source = source
         self.topology = Topology(self.tag, [INTERNET4])
         self.topology.add_vm("gen", [source])
         self.topology.up()
@@ -98,6 +99,8 @@ class Lab:
         """Install the project's queue rule naming this configuration's queue, or remove it (no queue)."""
         if config == "none":
             answer = self.gw_agent.ask("remove")
+        elif config == "cached":
+            answer = self.gw_agent.ask(f"install-cached {self.queues['worker']} {self.source}")
         else:
             answer = self.gw_agent.ask(f"install {self.queues[config]}")
         if not answer.get("ok"):

@@ -18,7 +18,9 @@ QUEUE_WORKER, QUEUE_ACCEPT, QUEUE_BOUND = DAEMON.queue, DAEMON.queue + 1, DAEMON
 QUEUE_LENGTH, SOCKET_BUFFER = DAEMON.queue_length, DAEMON.socket_buffer
 FAIL_OPEN = DAEMON.queue_full == QueueFull.ACCEPT
 
-TARGET_RATIO = 0.90   # worker / accept-all
+TARGET_RATIO = 0.95   # worker / accept-all (issue 11: over a table of a million VMs)
+TARGET_CACHED = 0.80  # kernel cache / no queue (issue 11, --kernel-cache)
+NO_CONSUMER = ("cached", "none")  # configurations judged in the kernel alone: counted by what the gateway forwards
 DISTURBED = 0.05      # a window where other tasks took more than this share of the consumer CPU
 AHEAD = 1.05          # a clean window: the generator offered at least this many times the verdict rate
 WARMUP = 0.5          # seconds of sending before a window opens (the queue fills, caches warm)

@@ -8,11 +8,12 @@ import statistics
 from typing import Any
 
 from .kernel import clock_ticks
-from .params import AHEAD, DISTURBED, TARGET_RATIO
+from .params import AHEAD, DISTURBED, NO_CONSUMER, TARGET_CACHED, TARGET_RATIO
 
 NAMES = {"worker": "worker (Judge)", "bound": "worker, bound source", "accept": "accept-all",
-         "none": "no queue (forwarding)"}
-SHORT = {"worker": "worker", "bound": "worker-bound", "accept": "accept-all", "none": "no queue"}
+         "cached": "kernel cache, in the set", "none": "no queue (forwarding)"}
+SHORT = {"worker": "worker", "bound": "worker-bound", "accept": "accept-all", "cached": "kernel cache",
+         "none": "no queue"}
 
 
 # ---------------------------------------------------------------- accounting
@@ -72,7 +73,7 @@ def is_clean(row: dict) -> bool:
     above DISTURBED of its CPU, not idle beyond what SCHED_FIFO throttling leaves (sched_rt_runtime_us), packets
     dropped because the queue was full, some still waiting when the window closed, and the generator ahead of the
     consumer by AHEAD over the window."""
-    if row["config"] == "none":
+    if row["config"] in NO_CONSUMER:
         return True
     return (row["other"] <= DISTURBED and row["idle"] <= row["idle_limit"] and row["saturated"]
             and row["waiting"][1] > 0 and row["offered"] >= AHEAD * row["rate"])
@@ -105,7 +106,7 @@ def print_window_header() -> None:
 def window_flags(row: dict, seconds: float) -> str:
     """Why a window may not be clean, and where the counts disagree."""
     flag = ""
-    if row["config"] != "none":
+    if row["config"] not in NO_CONSUMER:
         if row["other"] > DISTURBED:
             flag += "  disturbed: other tasks on the consumer CPU"
         if row["idle"] > row["idle_limit"]:
@@ -132,7 +133,7 @@ def accepted_all(row: dict) -> bool:
 
 def print_window(row: dict, seconds: float) -> None:
     own = f"{row['own'] / row['cwall']:,.0f}" if "own" in row else "-"
-    if row["config"] == "none":
+    if row["config"] in NO_CONSUMER:
         verdicts = q = u = w = cpu = "-"
     else:
         verdicts = f"{row['rate']:,.0f}"
@@ -161,7 +162,7 @@ def print_throughput(rows: list[dict], configs: list[str]) -> tuple[dict[str, fl
         use = clean or rs
         rates = [r["rate"] for r in use]
         med[config] = statistics.median(rates)
-        if config == "none":
+        if config in NO_CONSUMER:
             pc, sat, drops, n_clean = "-", "-", "-", "-"
         else:
             per_cpu[config] = statistics.median(r["rate"] / r["cpu"] for r in rs if r["cpu"] > 0)
@@ -212,6 +213,10 @@ def print_ratios(rows: list[dict], med: dict[str, float], per_cpu: dict[str, flo
         print_pair(rows, med, per_cpu, "bound", "accept")
     print(f"  worker / no queue          {med['worker'] / med['none']:.3f}")
     print(f"  accept-all / no queue      {med['accept'] / med['none']:.3f}")
+    if "cached" in med:
+        cached = med["cached"] / med["none"]
+        print(f"  kernel cache / no queue    {cached:.3f}   target >= {TARGET_CACHED:.2f}: "
+              f"{'PASS' if cached >= TARGET_CACHED else 'FAIL'}")
     none_rows = [r for r in rows if r["config"] == "none"]
     if all(r["forwarded"] >= 0.97 * r["offered"] for r in none_rows):
         print("      (with no queue the gateway forwarded all the generator sent: the no-queue rate is the "

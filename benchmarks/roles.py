@@ -18,6 +18,7 @@ Every child dies with its parent (PR_SET_PDEATHSIG). The roles and their options
             queue, null when unbound), "quit" or end of input stops it.
   agent     [--lifetime S]
             (gateway, internet) rules in its namespace: "install Q" (the project's queue rule naming queue Q),
+            "install-cached Q ADDR" (the same with the kernel cache's sets, ADDR put into the allowed one),
             "remove", "run ARGV-as-JSON"; answers {"ok", ...} to each. Removes the project's rules at the end.
   sender    --source ADDR --dst ADDR [--sender ring|raw] [--src-mac MAC --dst-mac MAC] [--seconds S] [--rate R]
             [--max-packets N] [--seed N] [--cpu C]
@@ -188,6 +189,18 @@ def agent_answer(backend: Any, command: str, arg: str) -> dict:
         spec = RuleSpec(int(arg), 1, (PORT,), (), False)
         backend.install(spec)
         return {"ok": backend.installed(spec)}
+    if command == "install-cached":  # the rules with the kernel cache, and a source already judged allowed in it
+        from enforcer.dataplane.kernelcache import KernelCache
+        from enforcer.dataplane.rules.base import CacheSpec
+        queue, source = arg.split()
+        spec = RuleSpec(int(queue), 1, (PORT,), (), False, cache=CacheSpec())
+        backend.install(spec)
+        cache = KernelCache("iptables", CacheSpec().timeout)
+        try:
+            added = cache.remember([(pack(source), True)])
+        finally:
+            cache.close()
+        return {"ok": backend.installed(spec) and added == 1}
     if command == "remove":
         backend.remove()
         return {"ok": True}
