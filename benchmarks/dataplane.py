@@ -37,6 +37,12 @@ measures:
                 kernelcache.KernelCache as a worker puts a source it judged; every SYN is then accepted in the
                 kernel, before the queue rule, and the rate is what the gateway forwards.
   5. no queue   the forwarding rate of the same SYNs with no rule of the project at all.
+  --queues N    (N >= 2) one more configuration, "worker, --queues": N workers as in 1, on N queues that one rule
+                of the project balances (RuleSpec.queues = N, iptables --queue-balance, which hashes the
+                addresses), one worker per CPU from the last, at normal priority (on two CPUs the second shares
+                its CPU with the generator, which a SCHED_FIFO worker would starve); the generator then sends from
+                16 allowed sources in turn. Its rate is the sum of the N queues' verdicts; the target is 1.6x the
+                single worker.
   6. latency    p50/p99 of a TCP connect() from the VM to a listener on port 25 in the internet namespace, through
                 the gateway, with the worker's queue rule in place vs with no rule: sequential connects at idle, in
                 blocks alternating between the two.
@@ -88,10 +94,10 @@ import subprocess
 import sys
 import time
 
-from .fleet import compiled_fleet, pick_source
+from .fleet import compiled_fleet, pick_sources
 from .kernel import busy_note, machine
 from .lab import Lab
-from .params import INTERNET4, NO_CONSUMER, SEED, TAG_PREFIX, VMS, WARMUP
+from .params import INTERNET4, MULTI_SOURCES, NO_CONSUMER, SEED, TAG_PREFIX, VMS, WARMUP
 from .report import entry_text, is_clean, print_binding_check, print_latency, print_ratios, print_throughput, \
     print_window, print_window_header
 
@@ -121,6 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "(default 0: as fast as it can)")
     ap.add_argument("--remove-stale", action="store_true", help="remove the namespaces a killed run left behind, "
                     "then exit")
+    ap.add_argument("--queues", type=int, default=1, help="also measure N workers on N queues balanced by one rule "
+                    "(default 1: not measured)")
     ap.add_argument("--vms", type=int, default=VMS, help=f"registered VMs in the worker's table (default {VMS})")
     ap.add_argument("--seed", type=int, default=SEED, help=f"seed of the synthetic fleet and the SYNs (default {SEED})")
     ap.add_argument("--max-packets", type=int, default=50_000_000, help="at most this many packets per window's "
@@ -128,12 +136,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lifetime", type=float, default=900.0, help="the children end by themselves after at least "
                     "this many seconds (default 900, raised to outlast the run)")
     args = ap.parse_args(argv)
+    if not 1 <= args.queues <= 8:
+        ap.error(f"--queues {args.queues}: between 1 and 8")
+    # the --queues configuration runs beside the single worker, before the configurations with no consumer
+    args.configs = CONFIGS[:3] + (["multi"] if args.queues > 1 else []) + CONFIGS[3:]
     args.seconds = args.seconds or (1.0 if args.quick else 2.0)
     args.reps = args.reps or (3 if args.quick else 6)
     args.connects = args.connects or (150 if args.quick else 400)
     args.extra = args.extra if args.extra is not None else (1 if args.quick else 2)
     # the children end by themselves after this long: well past the longest this run can take
-    args.lifetime = max(args.lifetime, 300 + 2 * (args.reps + args.extra) * len(CONFIGS) * (args.seconds + 3)
+    args.lifetime = max(args.lifetime, 300 + 2 * (args.reps + args.extra) * len(args.configs) * (args.seconds + 3)
                         + 0.05 * args.connects)
     return args
 
@@ -171,19 +183,24 @@ def print_preamble(args: argparse.Namespace, stale: list[str]) -> None:
     if stale:
         print(f"note: {len(stale)} namespace(s) left by a killed run ({', '.join(stale)}); --remove-stale removes them")
     print(f"windows of {args.seconds:g} s after {WARMUP:g} s of warm-up; {args.reps} repetitions of "
-          f"{', '.join(CONFIGS)}, order rotating; {args.connects} connects per latency configuration")
+          f"{', '.join(args.configs)}, order rotating; {args.connects} connects per latency configuration")
     print(f"consumers: {'SCHED_FIFO ' + str(args.fifo) + ' during their windows' if args.fifo else 'normal priority'}; "
           f"generator: {'AF_PACKET TX ring' if args.sender == 'ring' else 'raw socket, one send() per packet'}")
     sys.stdout.flush()
 
 
-def choose_source(args: argparse.Namespace) -> str:
-    """The generator's source address: a VM of the synthetic fleet the table allows (see fleet.pick_source)."""
+def choose_sources(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The generator's source address, and for --queues its others: VMs of the synthetic fleet the table allows
+    (see fleet.pick_sources)."""
     inv, keeper, built = compiled_fleet(args.vms, args.seed)
-    source, vm_name, entry = pick_source(inv, keeper, args.seed)
+    picked = pick_sources(inv, keeper, args.seed, MULTI_SOURCES if args.queues > 1 else 1)
+    source, vm_name, entry = picked[0]
     print(f"table: {args.vms:,} registered VMs, {len(keeper.table):,} entries, a {keeper.table.nbytes:,}-byte image, "
           f"built and filled in {built:.1f} s; generator source {source} = {vm_name}: {entry_text(entry)}")
-    return source
+    if args.queues > 1:
+        print(f"  --queues {args.queues}: the generator sends from {len(picked)} allowed sources in turn (the rule "
+              "balances by address)")
+    return source, [address for address, _, _ in picked[1:]]
 
 
 def print_lab(lab: Lab, source: str) -> None:
@@ -192,10 +209,10 @@ def print_lab(lab: Lab, source: str) -> None:
     for kind, r in lab.ready.items():
         t = r.get("table") or {}
         if t:
-            print(f"  consumer {kind} (pid {r['pid']}): queue {lab.queues[kind]}, table of {t['entries']:,} entries "
+            print(f"  consumer {kind} (pid {r['pid']}): queue {lab.bound[kind]}, table of {t['entries']:,} entries "
                   f"built in {t['seconds']} s, source judged {tuple(t['source_verdict'])}, {binding_text(t)}")
         else:
-            print(f"  consumer {kind} (pid {r['pid']}): queue {lab.queues[kind]}, callback pkt.accept()")
+            print(f"  consumer {kind} (pid {r['pid']}): queue {lab.bound[kind]}, callback pkt.accept()")
     print()
 
 
@@ -213,7 +230,7 @@ def more_windows(rows: list[dict], rep: int, args: argparse.Namespace) -> bool:
     if rep < args.reps:
         return True
     want_clean = min(2, args.reps)
-    short = [c for c in CONFIGS if c not in NO_CONSUMER
+    short = [c for c in args.configs if c not in NO_CONSUMER
              and sum(1 for r in rows if r["config"] == c and is_clean(r)) < want_clean]
     if not short or rep >= args.reps + args.extra:
         return False
@@ -227,8 +244,9 @@ def run_windows(lab: Lab, args: argparse.Namespace, source: str) -> list[dict]:
     rows: list[dict] = []
     rep = 0
     while more_windows(rows, rep, args):
-        shift = rep % len(CONFIGS)
-        for config in CONFIGS[shift:] + CONFIGS[:shift]:
+        configs = args.configs
+        shift = rep % len(configs)
+        for config in configs[shift:] + configs[:shift]:
             row = lab.throughput_phase(config, source)
             row["rep"] = rep
             rows.append(row)
@@ -238,8 +256,8 @@ def run_windows(lab: Lab, args: argparse.Namespace, source: str) -> list[dict]:
     return rows
 
 
-def measure(lab: Lab, args: argparse.Namespace, source: str) -> tuple[list[dict], dict]:
-    lab.up(source)
+def measure(lab: Lab, args: argparse.Namespace, source: str, more: list[str]) -> tuple[list[dict], dict]:
+    lab.up(source, more)
     print_lab(lab, source)
     lab.inet_drop(True)
     rows = run_windows(lab, args, source)
@@ -273,13 +291,13 @@ def leave_if_fork(main_pid: int) -> None:
         os._exit(1)
 
 
-def run(lab: Lab, args: argparse.Namespace, source: str) -> tuple[int, list[dict], dict | None]:
+def run(lab: Lab, args: argparse.Namespace, source: str, more: list[str]) -> tuple[int, list[dict], dict | None]:
     """Measure in the lab, and take it down whatever happens: (exit status, the windows' rows, the latencies)."""
     main_pid = os.getpid()
     previous = interrupt_on_term(main_pid)
     completed = False
     try:
-        rows, lat = measure(lab, args, source)
+        rows, lat = measure(lab, args, source, more)
         completed = True
         return 0, rows, lat
     except KeyboardInterrupt:
@@ -320,13 +338,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print_preamble(args, stale)
     t_all = time.perf_counter()
-    source = choose_source(args)
+    source, more = choose_sources(args)
     lab = Lab(args)
-    status, rows, lat = run(lab, args, source)
+    status, rows, lat = run(lab, args, source, more)
     if status != 0:
         return status
     print()
-    med, per_cpu = print_throughput(rows, CONFIGS)
+    med, per_cpu = print_throughput(rows, args.configs)
     print_ratios(rows, med, per_cpu)
     accepted = print_binding_check(rows)
     if lat is not None:

@@ -135,13 +135,14 @@ def compiled_fleet(n: int, seed: int) -> tuple[Inventory, Keeper, float]:
     return inv, keeper, time.perf_counter() - t0
 
 
-def pick_source(inv: Inventory, keeper: Keeper, seed: int) -> tuple[str, str, Entry]:
-    """A source for the data-plane generator: a running VM with one IPv4 address in 198.18.0.0/16 (not the
-    lab gateway's 198.18.0.1), allowed on 25 by the table. Returns (address, resource name, entry)."""
+def pick_sources(inv: Inventory, keeper: Keeper, seed: int, count: int = 1) -> list[tuple[str, str, Entry]]:
+    """Sources for the data-plane generator: `count` running VMs, each with one IPv4 address in 198.18.0.0/16
+    (not the lab gateway's 198.18.0.1), allowed on 25 by the table. Each is (address, resource name, entry)."""
     rng = random.Random(seed)
     view = keeper.view()
     names = [name for name in inv.resources if name.startswith("vm-")]
-    for _ in range(10_000):
+    found: dict[str, tuple[str, str, Entry]] = {}
+    for _ in range(10_000 * count):
         r = inv.resources[rng.choice(names)]
         if len(r.addresses) != 1 or ":" in r.addresses[0] or not r.addresses[0].startswith("198.18."):
             continue
@@ -149,5 +150,7 @@ def pick_source(inv: Inventory, keeper: Keeper, seed: int) -> tuple[str, str, En
             continue
         entry = keeper.entry(view, pack(r.addresses[0]))
         if entry.allow:
-            return r.addresses[0], r.name, entry
-    raise RuntimeError("no allowed IPv4 VM found in the synthetic fleet")
+            found.setdefault(r.addresses[0], (r.addresses[0], r.name, entry))
+            if len(found) == count:
+                return list(found.values())
+    raise RuntimeError(f"fewer than {count} allowed IPv4 VMs found in the synthetic fleet")

@@ -17,7 +17,8 @@ from enforcer.lab.netns import Topology, remove_tagged
 
 from .child import Child
 from .kernel import clock_ticks, cpu_ticks, dev_counters, rt_throttle, softnet_drops, steal_ticks, task_ticks
-from .params import DISTURBED, INTERNET4, PORT, QUEUE_ACCEPT, QUEUE_BOUND, QUEUE_WORKER, TAG_PREFIX, TAIL, WARMUP
+from .params import DISTURBED, INTERNET4, PORT, QUEUE_ACCEPT, QUEUE_BOUND, QUEUE_MULTI, QUEUE_WORKER, TAG_PREFIX, \
+    TAIL, WARMUP
 from .report import window_row
 
 
@@ -29,6 +30,7 @@ class Lab:
         self.log_dir = tempfile.mkdtemp(prefix="p25bench-")
         self.topology: Topology | None = None
         self.consumers: dict[str, Child] = {}
+        self.multi: list[Child] = []  # --queues N: N workers on queues QUEUE_MULTI.., one rule balancing them
         self.queues = {"worker": QUEUE_WORKER, "bound": QUEUE_BOUND, "accept": QUEUE_ACCEPT}
         self.ready: dict[str, dict] = {}
         self.cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
@@ -43,11 +45,12 @@ class Lab:
 
     # ------------------------------------------------------------ up and down
 
-    def up(self, source: str) -> None:
-        """The topology, the rule agents of the gateway and the internet host, and the consumers, bound."""
-        self.source = source
+    def up(self, source: str, more: list[str]) -> None:
+        """The topology, the rule agents of the gateway and the internet host, and the consumers, bound. `more`:
+        the generator's other sources, for the --queues configuration."""
+        self.source, self.sources = source, ",".join([source, *more])
         self.topology = Topology(self.tag, [INTERNET4])
-        self.topology.add_vm("gen", [source])
+        self.topology.add_vm("gen", [source, *more])
         self.topology.up()
         self.gw = self.topology.gateway.namespace
         self.inet = self.topology.internet.namespace
@@ -69,7 +72,15 @@ class Lab:
                 # and carry eth0's MAC (the ring sender writes it into every frame; the raw sender's kernel does)
                 options += ["--bind-interface", self.vm_link, "--bind-mac", self.vm_mac]
             self.consumers[config] = self.child(f"consumer-{config}", self.gw, "consumer", *options)
+        for i in range(self.args.queues if self.args.queues > 1 else 0):
+            # one per CPU from the last; the first shares no CPU with the generator, the second does on two cores
+            cpu = self.cpus[-1 - i % len(self.cpus)]
+            self.multi.append(self.child(f"consumer-multi-{i}", self.gw, "consumer", "--kind", "worker", "--queue",
+                                         str(QUEUE_MULTI + i), "--cpu", str(cpu), "--lifetime", life, "--vms",
+                                         str(self.args.vms), "--seed", str(self.args.seed), "--source", source))
         self.ready = {kind: c.read(120) for kind, c in self.consumers.items()}
+        self.ready |= {f"multi-{i}": c.read(120) for i, c in enumerate(self.multi)}
+        self.bound = self.queues | {f"multi-{i}": QUEUE_MULTI + i for i in range(len(self.multi))}
         for kind, r in self.ready.items():
             if "error" in r:
                 raise RuntimeError(f"consumer {kind}: {r['error']}")
@@ -99,6 +110,8 @@ class Lab:
         """Install the project's queue rule naming this configuration's queue, or remove it (no queue)."""
         if config == "none":
             answer = self.gw_agent.ask("remove")
+        elif config == "multi":
+            answer = self.gw_agent.ask(f"install {QUEUE_MULTI} {len(self.multi)}")
         elif config == "cached":
             answer = self.gw_agent.ask(f"install-cached {self.queues['worker']} {self.source}")
         else:
@@ -140,12 +153,15 @@ class Lab:
         (report.window_row)."""
         self.rule(config)
         consumer = self.consumers.get(config)
+        group = self.multi if config == "multi" else [consumer] if consumer is not None else []
         if consumer is not None:
+            # the --queues workers stay at normal priority: on two CPUs one of them shares its CPU with the
+            # generator, which a SCHED_FIFO consumer would starve
             self.priority(consumer, True)
         try:
-            m0, m1 = self._window(config, consumer, source)
-            if consumer is not None:
-                self._drain(consumer)
+            m0, m1 = self._window(config, group, source)
+            for c in group:
+                self._drain(c)
         finally:
             if consumer is not None:
                 self.priority(consumer, False)
@@ -160,8 +176,11 @@ class Lab:
         return row
 
     def _start_sender(self, config: str, source: str) -> Child:
-        """The generator, ready to go; falls back to the raw-socket sender when the TX ring cannot be set up."""
+        """The generator, ready to go; falls back to the raw-socket sender when the TX ring cannot be set up. For
+        the --queues configuration it sends from all its sources in turn, so that the rule spreads the SYNs."""
         a = self.args
+        if config == "multi":
+            source = self.sources
         while True:
             sender = self.child(f"sender-{config}", self.vm, "sender", "--sender", a.sender, "--source", source,
                                 "--dst", INTERNET4, "--src-mac", self.vm_mac, "--dst-mac", self.gw_mac,
@@ -177,15 +196,15 @@ class Lab:
             print(f"  (sender: {hello['error']}; falling back to the raw-socket sender)")
             a.sender = "raw"
 
-    def _window(self, config: str, consumer: Child | None, source: str) -> tuple[dict, dict]:
+    def _window(self, config: str, group: list[Child], source: str) -> tuple[dict, dict]:
         """Send, warm up, and mark the start and the end of the window."""
         sender = self._start_sender(config, source)
         try:
             sender.send("go")
             time.sleep(WARMUP)
-            m0 = self.mark(consumer, sender.proc.pid)
+            m0 = self.mark(group, sender.proc.pid)
             time.sleep(self.args.seconds)
-            m1 = self.mark(consumer, sender.proc.pid)
+            m1 = self.mark(group, sender.proc.pid)
         finally:
             if sender.proc.poll() is None:
                 sender.proc.terminate()   # the window is closed: no need to send on until the sender's deadline
@@ -201,17 +220,19 @@ class Lab:
                 break
             time.sleep(0.05)
 
-    def mark(self, consumer: Child | None, sender_pid: int) -> dict:
-        """The counters at one end of a window: the consumer's (its queue's, its own count), the gateway's
-        forwarded packets, the VM's sent ones, backlog drops, steal time, the consumer's and its CPU's ticks."""
-        m: dict[str, Any] = {"c": consumer.ask("mark") if consumer is not None else None}
+    def mark(self, group: list[Child], sender_pid: int) -> dict:
+        """The counters at one end of a window: the consumers' (their queues', their own counts, added up), the
+        gateway's forwarded packets, the VM's sent ones, backlog drops, steal time, the consumers' ticks and
+        their CPU's (all CPUs' for a group of several)."""
+        m: dict[str, Any] = {"c": summed([c.ask("mark") for c in group]) if group else None}
         m["t"] = time.monotonic()
         m["fwd"] = dev_counters(self.gw_agent.proc.pid, "inet")[1]
         m["vm_tx"] = dev_counters(sender_pid, "eth0")[1]
         m["softnet"] = softnet_drops()
         m["steal"] = steal_ticks()
-        m["cpu"] = task_ticks(consumer.proc.pid) if consumer is not None else 0
-        m["ccpu"] = cpu_ticks(max(0, self.consumer_cpu))
+        m["cpu"] = sum(task_ticks(c.proc.pid) for c in group)
+        ticks = [cpu_ticks(cpu) for cpu in (self.cpus if len(group) > 1 else [max(0, self.consumer_cpu)])]
+        m["ccpu"] = {k: sum(t[k] for t in ticks) for k in ticks[0]}
         return m
 
     # ------------------------------------------------------------ latency
@@ -255,3 +276,15 @@ class Lab:
             conn.stop()
             if config == "worker":
                 self.priority(worker, False)
+
+
+def summed(marks: list[dict]) -> dict:
+    """Several consumers' marks as one: their counts and their queues' counters added up, the latest time."""
+    if len(marks) == 1:
+        return marks[0]
+    out: dict[str, Any] = {"t": max(m["t"] for m in marks)}
+    for key in ("own", "allowed", "spoofed"):
+        out[key] = None if any(m[key] is None for m in marks) else sum(m[key] for m in marks)
+    qs = [m["q"] for m in marks]
+    out["q"] = None if None in qs else {k: sum(q[k] for q in qs) for k in qs[0]}
+    return out

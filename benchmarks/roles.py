@@ -17,14 +17,15 @@ Every child dies with its parent (PR_SET_PDEATHSIG). The roles and their options
             accepted, spoofed: the spoofed-source drops, all null for accept; q: the kernel's counters of the
             queue, null when unbound), "quit" or end of input stops it.
   agent     [--lifetime S]
-            (gateway, internet) rules in its namespace: "install Q" (the project's queue rule naming queue Q),
+            (gateway, internet) rules in its namespace: "install Q [N]" (the project's queue rule naming queue Q,
+            or balancing N queues from Q),
             "install-cached Q ADDR" (the same with the kernel cache's sets, ADDR put into the allowed one),
             "remove", "run ARGV-as-JSON"; answers {"ok", ...} to each. Removes the project's rules at the end.
-  sender    --source ADDR --dst ADDR [--sender ring|raw] [--src-mac MAC --dst-mac MAC] [--seconds S] [--rate R]
-            [--max-packets N] [--seed N] [--cpu C]
-            (VM) prebuilt SYNs to ADDR:25 from FLOWS source ports; starts on "go", stops after S seconds or
-            N packets, answers {"sent", "seconds", "errors", "busy"}. The ring sender needs both MACs (eth0's,
-            and the gateway's on the other end of the link).
+  sender    --source ADDR[,ADDR...] --dst ADDR [--sender ring|raw] [--src-mac MAC --dst-mac MAC] [--seconds S]
+            [--rate R] [--max-packets N] [--seed N] [--cpu C]
+            (VM) prebuilt SYNs to ADDR:25 from FLOWS source ports (the sources in turn); starts on "go", stops
+            after S seconds or N packets, answers {"sent", "seconds", "errors", "busy"}. The ring sender needs
+            both MACs (eth0's, and the gateway's on the other end of the link).
   listener  --address ADDR [--lifetime S]
             (internet) accepts on ADDR:25 and closes at once; ends when its stdin closes.
   connector --dst ADDR --count N [--cpu C] [--fifo P]
@@ -185,8 +186,9 @@ def consumer(args: argparse.Namespace) -> int:
 
 def agent_answer(backend: Any, command: str, arg: str) -> dict:
     from enforcer.dataplane.rules import RuleSpec
-    if command == "install":
-        spec = RuleSpec(int(arg), 1, (PORT,), (), False)
+    if command == "install":  # Q [N]: queue Q, or N queues from Q balanced by the rule
+        queue, _, count = arg.partition(" ")
+        spec = RuleSpec(int(queue), int(count or 1), (PORT,), (), False)
         backend.install(spec)
         return {"ok": backend.installed(spec)}
     if command == "install-cached":  # the rules with the kernel cache, and a source already judged allowed in it

@@ -30,11 +30,12 @@ def checksum(data: bytes) -> int:
 
 def syn_packets(src: str, dst: str, port: int, flows: int, seed: int) -> list[bytes]:
     """Whole IPv4 SYNs (IP header + 20 bytes of TCP, both checksums right: the TX ring sends them as they are),
-    one per source port."""
+    one per source port; `src` may name several addresses, comma-separated, taken in turn."""
     rng = random.Random(seed)
-    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    sources, d = [socket.inet_aton(a) for a in src.split(",")], socket.inet_aton(dst)
     out = []
     for i in range(flows):
+        s = sources[i % len(sources)]
         sport = 1024 + i
         tcp = struct.pack("!HHIIBBHHH", sport, port, rng.getrandbits(32), 0, 5 << 4, 0x02, 64240, 0, 0)
         csum = checksum(s + d + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp)) + tcp)

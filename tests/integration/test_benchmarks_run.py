@@ -30,8 +30,9 @@ def test_the_table_benchmark_runs_and_checks_the_table_against_the_policy():
 @pytest.mark.skipif(WHY is not None, reason=str(WHY))
 def test_the_data_plane_benchmark_runs_the_judge_in_namespaces_and_cleans_up():
     out = bench("benchmarks.dataplane", "--quick", "--vms", "2000", "--reps", "1", "--extra", "0", "--seconds",
-                "0.3", "--connects", "8", "--fifo", "0")
+                "0.3", "--connects", "8", "--fifo", "0", "--queues", "2")
     assert re.search(r"worker / accept-all\s+[\d.]+\s+target >= 0\.95: (PASS|FAIL)", out), out
     assert "bound source accepted: yes" in out, out  # every SYN of the bound source passed the spoofing check
+    assert re.search(r"worker --queues / worker\s+[\d.]+\s+target >= 1\.60: (PASS|FAIL)", out), out
     assert re.search(r"kernel cache / no queue\s+[\d.]+\s+target >= 0\.80: (PASS|FAIL)", out), out
     assert re.search(r"cleanup: namespaces of p25b\w+ left: none", out), out
