@@ -3,7 +3,7 @@ long a change takes to reach the packet path while the gateway judges a steady S
 once it has run (1 if it breaks, 2 where it cannot run). From the repository root, as root for the second part:
 
     python -m benchmarks.control [--sizes 1000,100000,1000000] [--quick] [--states DIR] [--cli-only | --reload-only]
-                                 [--seconds 60] [--rate 100000] [--period 0.1]
+                                 [--seconds 60] [--rate 100000] [--period 0.1] [--kernel-cache]
 
 States (benchmarks/states.py): the example lab and N more running VMs, built once per size (1M: about 100 s and
 900 MB; --states DIR keeps them for the next run).
@@ -25,7 +25,9 @@ States (benchmarks/states.py): the example lab and N more running VMs, built onc
    the internet host (raw PREROUTING there, dropped: no SYN-ACK comes back), and the gateway's queue statistics.
    misjudged = allowed SYNs that entered and did not arrive + blocked SYNs that arrived + devtest-vm's burst SYNs
    that met the wrong verdict. Targets: commit to verdict <= 100 ms (max), >= 100,000 SYN/s offered, 0
-   misjudged, 0 kernel queue drops.
+   misjudged, 0 kernel queue drops. --kernel-cache runs the daemon with its kernel cache, the five VMs unbound
+   first (a bound source is never cached): a source's SYNs after its first are then judged in the kernel, and a
+   stale cached verdict after a change would show as misjudged SYNs.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from enforcer.lab.files import DEFAULT_LAB, resources_of
 from enforcer.lab.namespace_lab import NamespaceLab
 from enforcer.lab.netns import can_build_namespaces, run_in
 
-from .soak import STEADY, TOGGLED, Sender, flip, in_namespace
+from .soak import STEADY, TOGGLED, Sender, flip, in_namespace, unbind_senders
 from .states import lab_state
 
 DEFAULT_SIZES = (1_000, 100_000, 1_000_000)
@@ -226,7 +228,8 @@ def reload_under_load(lab: NamespaceLab, seconds: float, rate: float, period: fl
     count_syns(inet, sources, ["-j", "DROP"])
     toggled = Sender(lab, TOGGLED, 99)
     senders = start_senders(lab, seconds, rate)
-    before = lab.live()["kernel_queues"]
+    live = lab.live()
+    before, judged_before = live["kernel_queues"], judged_count(live)
     for _, proc in senders:
         assert proc.stdin is not None
         proc.stdin.write("go\n")
@@ -245,7 +248,8 @@ def reload_under_load(lab: NamespaceLab, seconds: float, rate: float, period: fl
     sent = {vm: json.loads(proc.communicate(timeout=seconds + 60)[0].splitlines()[-1]) for vm, proc in senders}
     time.sleep(0.5)  # the last SYNs on their way
     entered, arrived = counted(gw), counted(inet)
-    after = lab.live()["kernel_queues"]
+    live = lab.live()
+    after = live["kernel_queues"]
     drops = sum(q.get("queue_dropped", 0) + q.get("user_dropped", 0) for q in after.values()) \
         - sum(q.get("queue_dropped", 0) + q.get("user_dropped", 0) for q in before.values())
     rows = []
@@ -257,7 +261,13 @@ def reload_under_load(lab: NamespaceLab, seconds: float, rate: float, period: fl
     rows.append((TOGGLED, toggled.sent, entered.get(src, 0), expected_toggled, arrived.get(src, 0)))
     offered = sum(s["sent"] for s in sent.values()) / max(s["seconds"] for s in sent.values())
     return {"rows": rows, "reload_ms": sorted(reload_ms), "drops": drops, "offered": offered,
+            "judged": judged_count(live) - judged_before,
             "misjudged": sum(abs(expected - seen) for _, _, _, expected, seen in rows)}
+
+
+def judged_count(live: dict[str, Any]) -> int:
+    """SYNs the daemon's workers have judged so far (those the kernel cache judged never reach them)."""
+    return sum(v["count"] for v in live["verdicts"])
 
 
 def report_reload(result: dict[str, Any], label: str) -> bool:
@@ -265,6 +275,8 @@ def report_reload(result: dict[str, Any], label: str) -> bool:
     print(f"{'source':12} {'sent':>10} {'entered':>10} {'expected':>10} {'arrived':>10}")
     for vm, sent, entered, expected, seen in result["rows"]:
         print(f"{vm:12} {sent:10,} {entered:10,} {expected:10,} {seen:10,}")
+    print(f"judged by the workers: {result['judged']:,} of {sum(row[2] for row in result['rows']):,} SYNs that "
+          "entered (the rest by the kernel cache, if on)")
     ms = result["reload_ms"]
     worst, p50 = ms[-1], ms[len(ms) // 2]
     checks = [
@@ -308,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     part = ap.add_mutually_exclusive_group()
     part.add_argument("--cli-only", action="store_true")
     part.add_argument("--reload-only", action="store_true")
+    ap.add_argument("--kernel-cache", action="store_true", help="the reload part with the daemon's --kernel-cache, "
+                    "the sending VMs unbound (a bound source is never cached)")
     args = ap.parse_args(argv)
     try:
         sizes = sorted(int(x) for x in args.sizes.split(",")) if args.sizes else \
@@ -327,9 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.cli_only:
             for queue_full in ("drop", "accept"):
                 with lab_with_state(paths[sizes[-1]]) as lab:
-                    lab.start_daemon("--queue-full", queue_full)
+                    if args.kernel_cache:
+                        unbind_senders(lab)
+                    lab.start_daemon("--queue-full", queue_full, *(["--kernel-cache"] if args.kernel_cache else []))
                     result = reload_under_load(lab, seconds, rate, args.period)
-                report_reload(result, f"{sizes[-1]:,} VMs beside the lab, --queue-full {queue_full}, "
+                cache = ", --kernel-cache" if args.kernel_cache else ""
+                report_reload(result, f"{sizes[-1]:,} VMs beside the lab, --queue-full {queue_full}{cache}, "
                                       f"default queue length, a change every {args.period * 1000:.0f} ms for "
                                       f"{seconds:.0f} s")
     return 0

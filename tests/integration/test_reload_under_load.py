@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.control import lab_with_state, reload_under_load
+from benchmarks.soak import unbind_senders
 from benchmarks.states import lab_state
 from enforcer.lab.netns import can_build_namespaces
 from support.paths import ROOT
@@ -26,9 +27,14 @@ def state(tmp_path_factory) -> Path:
 
 @pytest.mark.skipif(WHY is not None, reason=str(WHY))
 @pytest.mark.parametrize("queue_full", ["drop", "accept"])
-def test_a_change_every_100_ms_under_a_steady_syn_stream_costs_no_verdict(state, queue_full):
+@pytest.mark.parametrize("kernel_cache", [False, True], ids=["queue", "kernel-cache"])
+def test_a_change_every_100_ms_under_a_steady_syn_stream_costs_no_verdict(state, queue_full, kernel_cache):
+    """With --kernel-cache the senders are unbound, so that all but each source's first SYN are judged in the
+    kernel: a cached verdict that outlived its change would show as misjudged SYNs of the toggled VM."""
     with lab_with_state(state) as lab:
-        lab.start_daemon("--queue-full", queue_full)
+        if kernel_cache:
+            unbind_senders(lab)
+        lab.start_daemon("--queue-full", queue_full, *(["--kernel-cache"] if kernel_cache else []))
         result = reload_under_load(lab, seconds=4.0, rate=8_000, period=0.1)
     rows = {vm: (sent, entered, expected, arrived) for vm, sent, entered, expected, arrived in result["rows"]}
     assert all(sent > 5_000 for vm, (sent, *_) in rows.items() if vm != "devtest-vm"), rows
@@ -36,6 +42,11 @@ def test_a_change_every_100_ms_under_a_steady_syn_stream_costs_no_verdict(state,
     assert len(result["reload_ms"]) >= 20, "the changes did not keep coming"
     assert result["drops"] == 0, result
     assert result["misjudged"] == 0, rows
+    entered = sum(row[1] for row in rows.values())
+    if kernel_cache:  # the kernel judged nearly all of them: the cache was really in the path
+        assert result["judged"] < 0.1 * entered, (result["judged"], entered)
+    else:
+        assert result["judged"] >= 0.9 * entered, (result["judged"], entered)
 
 
 def test_the_control_benchmark_runs_in_its_quick_form():
