@@ -28,7 +28,7 @@ def project_rules(lab: NamespaceLab) -> list[str]:
     lines = []
     for tool in ("iptables-save", "ip6tables-save"):
         lines += [line for line in lab.in_gateway([tool]).stdout.splitlines()
-                  if "P25-ENFORCER" in line or "port25-enforcer" in line]
+                  if "P25-ENFORCER" in line or "P25-DEFRAG" in line or "port25-enforcer" in line]
     return lines
 
 

@@ -34,7 +34,7 @@ class NetLab(NamespaceLab):
         lines = []
         for tool in ("iptables-save", "ip6tables-save"):
             lines += [line for line in self.in_gateway([tool]).stdout.splitlines()
-                      if "P25-ENFORCER" in line or "port25-enforcer" in line]
+                      if "P25-ENFORCER" in line or "P25-DEFRAG" in line or "port25-enforcer" in line]
         return "\n".join(lines)
 
     def delivered(self) -> int:

@@ -74,22 +74,24 @@ def test_iptables_install_sends_exactly_one_batch_per_family():
     assert restores[0][1] == (
         "*mangle\n"
         ":P25-ENFORCER - [0:0]\n"
+        ":P25-DEFRAG - [0:0]\n"
         "-D FORWARD -p tcp -m multiport --dports 25 -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m comment "
         "--comment port25-enforcer -j P25-ENFORCER\n"
         "-I FORWARD -p tcp -m multiport --dports 25 --tcp-flags SYN SYN -m comment "
         "--comment port25-enforcer -j P25-ENFORCER\n"
-        "-A P25-ENFORCER -m conntrack --ctstate INVALID -m comment --comment port25-enforcer-defragment\n"
         "-A P25-ENFORCER -d 198.18.1.0/24 -j RETURN\n"
         "-A P25-ENFORCER -j NFQUEUE --queue-num 25\n"
+        "-A P25-DEFRAG -m socket -m comment --comment port25-enforcer-defragment\n"
         "COMMIT\n")
     assert restores[1][1] == (
         "*mangle\n"
         ":P25-ENFORCER - [0:0]\n"
+        ":P25-DEFRAG - [0:0]\n"
         "-I FORWARD -p tcp -m multiport --dports 25 --tcp-flags SYN SYN -m comment "
         "--comment port25-enforcer -j P25-ENFORCER\n"
-        "-A P25-ENFORCER -m conntrack --ctstate INVALID -m comment --comment port25-enforcer-defragment\n"
         "-A P25-ENFORCER -d 2001:db8:1::/64 -j RETURN\n"
         "-A P25-ENFORCER -j NFQUEUE --queue-num 25\n"
+        "-A P25-DEFRAG -m socket -m comment --comment port25-enforcer-defragment\n"
         "COMMIT\n")
 
 
@@ -102,6 +104,15 @@ def test_iptables_remove_deletes_only_our_jump_and_chain():
     assert batches == ["*mangle\n-D FORWARD -p tcp -m multiport --dports 25 -m comment --comment port25-enforcer "
                        "-j P25-ENFORCER\n-F P25-ENFORCER\n-X P25-ENFORCER\nCOMMIT\n"]
     assert not [argv for argv, _ in run.calls if argv[0] == "ip6tables-restore"]  # nothing of ours there
+
+
+def test_iptables_remove_deletes_the_defragmentation_chain_too():
+    saved = "*mangle\n:P25-ENFORCER - [0:0]\n:P25-DEFRAG - [0:0]\n" \
+            "-A P25-DEFRAG -m socket -m comment --comment port25-enforcer-defragment\nCOMMIT\n"
+    run = Recorder({"iptables-save": saved})
+    IptablesBackend(run).remove()
+    batches = [stdin for argv, stdin in run.calls if argv[0] == "iptables-restore"]
+    assert batches == ["*mangle\n-F P25-ENFORCER\n-X P25-ENFORCER\n-F P25-DEFRAG\n-X P25-DEFRAG\nCOMMIT\n"]
 
 
 def test_nftables_install_sends_the_rendered_table_as_one_transaction():
@@ -120,22 +131,22 @@ JUMP = "-I FORWARD -p tcp -m multiport --dports 25 --tcp-flags SYN SYN -m commen
 def test_iptables_cache_rules_sit_after_the_internal_destinations_before_the_queue():
     backend = IptablesBackend()
     assert backend.render(CACHED, 4, old_jumps=[]) == (
-        "*mangle\n:P25-ENFORCER - [0:0]\n" + JUMP +
-        "-A P25-ENFORCER -m conntrack --ctstate INVALID -m comment --comment port25-enforcer-defragment\n"
+        "*mangle\n:P25-ENFORCER - [0:0]\n:P25-DEFRAG - [0:0]\n" + JUMP +
         "-A P25-ENFORCER -p 4 -j DROP\n"
         "-A P25-ENFORCER -d 198.18.1.0/24 -j RETURN\n"
         "-A P25-ENFORCER -m set --match-set p25-allow4 src -j ACCEPT\n"
         "-A P25-ENFORCER -m set --match-set p25-block4 src -j DROP\n"
         "-A P25-ENFORCER -j NFQUEUE --queue-num 25\n"
+        "-A P25-DEFRAG -m socket -m comment --comment port25-enforcer-defragment\n"
         "COMMIT\n")
     assert backend.render(CACHED, 6, old_jumps=[]) == (
-        "*mangle\n:P25-ENFORCER - [0:0]\n" + JUMP +
-        "-A P25-ENFORCER -m conntrack --ctstate INVALID -m comment --comment port25-enforcer-defragment\n"
+        "*mangle\n:P25-ENFORCER - [0:0]\n:P25-DEFRAG - [0:0]\n" + JUMP +
         "-A P25-ENFORCER -p 4 -j DROP\n"
         "-A P25-ENFORCER -d 2001:db8:1::/64 -j RETURN\n"
         "-A P25-ENFORCER -m set --match-set p25-allow6 src -j ACCEPT\n"
         "-A P25-ENFORCER -m set --match-set p25-block6 src -j DROP\n"
         "-A P25-ENFORCER -j NFQUEUE --queue-num 25\n"
+        "-A P25-DEFRAG -m socket -m comment --comment port25-enforcer-defragment\n"
         "COMMIT\n")
     without = RuleSpec(25, 1, (25,), SPEC.internal, bypass=False, dropped_protocols=(4,))
     assert "match-set" not in backend.render(without, 4, []) + backend.render(without, 6, [])
@@ -212,7 +223,8 @@ def saved_rules(backend: IptablesBackend, spec: RuleSpec, version: int) -> str:
     """What iptables-save prints once `spec` is installed."""
     jumps = [line.replace("-I FORWARD", "-A FORWARD") for line in backend.render(spec, version, []).splitlines()
              if line.startswith("-I FORWARD")]
-    return "\n".join(["*mangle", ":P25-ENFORCER - [0:0]", *jumps, *backend.chain_rules(spec, version), "COMMIT"])
+    return "\n".join(["*mangle", ":P25-ENFORCER - [0:0]", ":P25-DEFRAG - [0:0]", *jumps,
+                      *backend.chain_rules(spec, version), backend.defrag_rule, "COMMIT"])
 
 
 HEADERS = ("create p25-allow4 hash:ip family inet hashsize 1024 maxelem 65536 timeout 300 bucketsize 12 initval 0x1\n"

@@ -16,8 +16,9 @@ from typing import Callable, ClassVar
 from ...errors import UserError
 
 TAG = "port25-enforcer"
-# Why every backend loads conntrack: its defragmentation runs before any rule, so a SYN split into fragments
-# (the first too short to hold the TCP flags) is whole again when the rules look at it.
+# Why every backend turns on the kernel's defragmentation (iptables: a socket match, which loads nf_defrag alone;
+# nftables: conntrack, which brings it): it runs before any rule, so a SYN split into fragments (the first too
+# short to hold the TCP flags) is whole again when the rules look at it.
 DEFRAG_TAG = f"{TAG}-defragment"
 
 
