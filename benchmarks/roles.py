@@ -95,7 +95,9 @@ def worker_judge(vms: int, seed: int, source: str, binding: Binding | None) -> t
     if binding is not None:
         # the fleet registers no interfaces or MACs: bind the one source the generator sends from, as the
         # daemon's table would for a VM registered with its interface and MAC
-        cls = keeper.view().lookup(key)
+        cls, _, _ = keeper.table.get(key) or (None, None, None)
+        if cls is None:
+            raise RuntimeError(f"--source {source} is not registered in the fleet")
         keeper.table.put(key, cls, binding.interface, binding.mac)
     del inv
     fd = keeper.publish()
@@ -197,7 +199,7 @@ def agent_answer(backend: Any, command: str, arg: str) -> dict:
         queue, source = arg.split()
         spec = RuleSpec(int(queue), 1, (PORT,), (), False, cache=CacheSpec())
         backend.install(spec)
-        cache = KernelCache("iptables", CacheSpec().timeout)
+        cache = KernelCache(backend.name, CacheSpec().timeout)
         try:
             added = cache.remember([(pack(source), True)])
         finally:

@@ -6,9 +6,8 @@ internal destinations, goes to the queue; the profile's tunnel protocols are dro
 second chain of ours (P25-DEFRAG, which nothing jumps to: the rule is never evaluated) makes the kernel reassemble
 fragments before any rule sees them (loading the rule turns nf_defrag on in the namespace) without conntrack,
 whose per-packet lookup would cost every forwarded packet about a quarter of the gateway's rate. `mangle` runs
-before the gateway's own
-filter rules: a queue verdict of accept resumes at the next table, so what the enforcer accepts still meets the
-operator's filtering. Nothing outside our chain is changed, apart from the tagged jumps into it.
+before the gateway's own filter rules: a queue verdict of accept resumes at the next table, so what the enforcer
+accepts still meets the operator's filtering. Nothing outside our chain is changed, apart from the tagged jumps into it.
 
 With the kernel cache (RuleSpec.cache), four ipsets of our own (hash:ip with a timeout: p25-allow4, p25-block4,
 p25-allow6, p25-block6) and, before the queue rule, a rule accepting the family's allowed set and one dropping its
