@@ -64,7 +64,6 @@ TARGET_RATE = 100_000
 DEFAULT_RATE = 105_000  # paced a little above the target: the senders keep just under what they are asked
 INTERNET = "198.19.25.25"
 COUNTER = "p25-ctl"
-SUMMARY = "status (summary)"
 
 # label -> the arguments of round i (pairs undo each other, so that every round finds the same state)
 COMMANDS: list[tuple[str, Callable[[int], list[str]]]] = [
@@ -76,9 +75,8 @@ COMMANDS: list[tuple[str, Callable[[int], list[str]]]] = [
     ("vm add", lambda i: ["vm", "add", f"bench-{i}", "--subscription", "payg-shop", "--address",
                           f"2001:db8:2000::{i + 1:x}"]),
     ("vm remove", lambda i: ["vm", "remove", f"bench-{i}"]),
-    # the one summary of the whole inventory: it counts every running resource (through an index), so it is shown
-    # beside the targets, not held to them
-    (SUMMARY, lambda i: ["status"]),
+    # the summary of the whole inventory: it reads the counts the store keeps of each group of alike resources
+    ("status", lambda i: ["status"]),
 ]
 
 
@@ -158,11 +156,10 @@ def report_cli(result: dict[tuple[str, int], tuple[float, float]], sizes: list[i
         own = [result[label, n][0] for n in sizes]
         whole = [result[label, n][1] for n in sizes]
         ratio = whole[-1] / whole[0]
-        if label != SUMMARY:
-            worst_own, worst_ratio = max(worst_own, own[-1]), max(worst_ratio, ratio)
+        worst_own, worst_ratio = max(worst_own, own[-1]), max(worst_ratio, ratio)
         print(f"{label:18}" + "".join(f"{x:15.1f}" for x in own) + "".join(f"{x:17.1f}" for x in whole)
               + f"{ratio:13.2f}")
-    print(f"target: own p50 <= {TARGET_OWN_MS:.0f} ms at {large:,} VMs (all but the summary): worst {worst_own:.1f} ms "
+    print(f"target: own p50 <= {TARGET_OWN_MS:.0f} ms at {large:,} VMs: worst {worst_own:.1f} ms "
           f"{'PASS' if worst_own <= TARGET_OWN_MS else 'FAIL'}")
     print(f"target: whole p50 at {large:,} <= {TARGET_WHOLE_RATIO}x at {small:,}: worst {worst_ratio:.2f}x "
           f"{'PASS' if worst_ratio <= TARGET_WHOLE_RATIO else 'FAIL'}")

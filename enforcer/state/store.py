@@ -87,7 +87,46 @@ def _fill_columns(cx: sqlite3.Connection) -> None:
         _write_resource(cx, r, doc, None)
 
 
-MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [[SCHEMA_1], [SCHEMA_2, _fill_columns]]
+# Version 3: how many resources each group of alike ones holds (a group: equal state and COUNTED_BY columns),
+# kept by triggers in the transaction that writes the resource, so that a count (`enforcer status`, diagnose's
+# pending restarts) reads one row a group, not the resources. `grp` is the group's columns as one key: a primary
+# key of nullable columns would not match NULL to NULL.
+GROUPED_BY = ("state", *COUNTED_BY)
+
+
+def _group_key(row: str) -> str:
+    return f"json_array({', '.join(f'{row}.{column}' for column in GROUPED_BY)})"
+
+
+def _counted(row: str, step: int) -> str:
+    """The statements that count `row` (new or old) in or out of its group; a group counted down to 0 goes."""
+    if step > 0:
+        values = ", ".join(f"{row}.{column}" for column in GROUPED_BY)
+        return (f"INSERT INTO resource_counts SELECT {_group_key(row)}, {values}, 1 WHERE true "
+                f"ON CONFLICT (grp) DO UPDATE SET n = n + 1;")
+    return (f"UPDATE resource_counts SET n = n - 1 WHERE grp = {_group_key(row)};\n"
+            f"DELETE FROM resource_counts WHERE grp = {_group_key(row)} AND n <= 0;")
+
+
+SCHEMA_3 = f"""
+    CREATE TABLE resource_counts (grp TEXT PRIMARY KEY, {', '.join(f'{c} TEXT' for c in GROUPED_BY)},
+                                  n INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO resource_counts SELECT {_group_key('resources')}, {', '.join(GROUPED_BY)}, count(*)
+        FROM resources GROUP BY 1;
+    CREATE TRIGGER resources_counted_in AFTER INSERT ON resources BEGIN
+        {_counted('new', 1)}
+    END;
+    CREATE TRIGGER resources_counted_out AFTER DELETE ON resources BEGIN
+        {_counted('old', -1)}
+    END;
+    CREATE TRIGGER resources_counted_moved AFTER UPDATE OF {', '.join(GROUPED_BY)} ON resources BEGIN
+        {_counted('old', -1)}
+        {_counted('new', 1)}
+    END;
+    """
+
+MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
+    [SCHEMA_1], [SCHEMA_2, _fill_columns], [SCHEMA_3]]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 TABLES = {"subscriptions": Subscription, "vnets": VNet, "resources": Resource}
@@ -141,8 +180,10 @@ def _write_resource(cx: sqlite3.Connection, r: Resource, doc: str, before: Resou
     """A resource's row, its columns and its address rows."""
     pulled = pulled_doc(r.pulled)
     columns = (r.subscription, r.kind, str(r.state), r.vnet, r.subnet, r.egress, pulled)
-    cx.execute(f"INSERT OR REPLACE INTO resources (name, doc, {', '.join(RESOURCE_COLUMNS)}) "
-               f"VALUES (?, ?{', ?' * len(RESOURCE_COLUMNS)})", (r.name, doc, *columns))
+    # an upsert, not INSERT OR REPLACE: the row a REPLACE deletes fires no delete trigger (resource_counts)
+    cx.execute(f"INSERT INTO resources (name, doc, {', '.join(RESOURCE_COLUMNS)}) "
+               f"VALUES (?, ?{', ?' * len(RESOURCE_COLUMNS)}) ON CONFLICT (name) DO UPDATE SET doc = excluded.doc, "
+               + ", ".join(f"{c} = excluded.{c}" for c in RESOURCE_COLUMNS), (r.name, doc, *columns))
     _drop_addresses(cx, before, keep=set(r.addresses))
     judged = judged_key(r.subscription, r.kind, str(r.state), r.egress, pulled)
     bound = json.dumps([r.vnet, r.interface, r.mac]) if (r.vnet, r.interface, r.mac) != (None, None, None) else None
@@ -176,12 +217,6 @@ def from_doc(table: str, text: str) -> Entity:
         d.pop("pulled", None)
         return Resource(**{**d, "addresses": tuple(d["addresses"]), "pulled": pulled})
     return Subscription(**d)
-
-
-
-
-
-
 
 
 class Store:
@@ -253,7 +288,8 @@ class Store:
             if not current:  # a migration is coming: the whole file first
                 self._quick_check(cx)
             else:
-                self._quick_check(cx, ("meta", *TABLES) if self.checks_whole_file else ("meta",))
+                counts = ("meta", "resource_counts")  # what a summary reads: small whatever the state holds
+                self._quick_check(cx, (*counts, *TABLES) if self.checks_whole_file else counts)
         except sqlite3.Error as e:
             raise self.file.trouble(e) from None
         return not current
@@ -405,6 +441,12 @@ class Store:
         named = sum(len(r.addresses) for r in inv.resources.values())
         if held != named:
             raise self.file.damaged(f"the resources name {named} addresses, the address rows hold {held}")
+        with self._reading():
+            counted = self._db.execute(f"SELECT {', '.join(GROUPED_BY)}, n FROM resource_counts").fetchall()
+            grouped = self._db.execute(f"SELECT {', '.join(GROUPED_BY)}, count(*) FROM resources "
+                                       f"GROUP BY {', '.join(GROUPED_BY)}").fetchall()
+        if sorted(counted, key=repr) != sorted(grouped, key=repr):
+            raise self.file.damaged("the counts of resources (table resource_counts) do not match the resources")
         return {"subscriptions": len(inv.subscriptions), "vnets": len(inv.vnets), "resources": len(inv.resources),
                 "addresses": held, "audit rows": audit}
 
@@ -581,7 +623,12 @@ class StoreSource:
             yield self._parse(table, name, doc, keep=False)  # a listing of the whole table must not hold it twice
 
     def count(self, table: str) -> int:
-        return int(self._all(f"SELECT count(*) FROM {table}")[0][0])
+        sql = "SELECT coalesce(sum(n), 0) FROM resource_counts" if table == "resources" else \
+            f"SELECT count(*) FROM {table}"
+        try:
+            return int(self._all(sql)[0][0])
+        except (ValueError, TypeError) as e:
+            raise self.file.damaged(f"a count of {table} does not parse: {e}") from None
 
     def where(self, table: str, column: str, value: str) -> Iterable[Entity]:
         if (table, column) not in INDEXED:
@@ -603,14 +650,14 @@ class StoreSource:
             raise ValueError(f"running resources are not counted by {by}")
         columns = ", ".join(by)
         where, args = ("AND subscription = ?", (subscription,)) if subscription is not None else ("", ())
-        rows = self._all(f"SELECT {columns}, count(*) FROM resources WHERE state = 'running' {where} "
+        rows = self._all(f"SELECT {columns}, sum(n) FROM resource_counts WHERE state = 'running' {where} "
                          f"GROUP BY {columns}", args)
         pulled = by.index("pulled") if "pulled" in by else -1
         try:
             return {tuple(pulled_of(v) if i == pulled else v for i, v in enumerate(row[:-1])): int(row[-1])
                     for row in rows}
         except (ValueError, TypeError) as e:
-            raise self.file.damaged(f"a resource's pulled policy does not parse: {e}") from None
+            raise self.file.damaged(f"a count of running resources does not parse: {e}") from None
 
     def running_names(self, subscription: str, where: dict[str, Any], limit: int | None) -> list[str]:
         if not set(where) <= set(COUNTED_BY):

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import enforcer.state.store as store_module
 from enforcer.core import lifecycle
 from enforcer.core.inventory import Inventory, pull
+from enforcer.core.rows import COUNTED_BY
 from enforcer.errors import UserError
 from enforcer.state.profiles import load_profile
 from enforcer.state.store import SCHEMA_1, SCHEMA_VERSION, Store, to_doc
@@ -123,9 +124,14 @@ def test_changes_through_the_store_equal_changes_in_memory(tmp_path_factory, ste
         assert store.change("step", op) == said
         again, _ = store.read()
         assert again == memory
+        lazy = store.snapshot()
         for r in memory.resources.values():  # the address rows follow the documents
             for a in r.addresses:
-                assert store.snapshot().owner_of(a) == r.name
+                assert lazy.owner_of(a) == r.name
+        # the counts the triggers keep follow the rows: the same as counting the rows held in memory
+        assert lazy.running(COUNTED_BY) == memory.running(COUNTED_BY)
+        assert len(lazy.resources) == len(memory.resources)
+        store.verify(load_profile)
     store.close()
 
 
@@ -142,7 +148,7 @@ def test_a_version_1_state_is_migrated_in_place(tmp_path):
     cx.execute("PRAGMA journal_mode = WAL")
     cx.close()
     store = Store(path)
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     inv, _ = store.read()
     assert inv == lab
     assert store.snapshot().owner_of("2001:db8:2::10") == "shop-web"
@@ -162,6 +168,18 @@ def test_state_check_reads_everything_a_command_would_not(lab):
     cx.close()
     err = lab("state", "check", expect=2)
     assert "is damaged (the resources name 28 addresses, the address rows hold 27)" in err and err.count("\n") == 1
+
+
+def test_state_check_finds_counts_that_do_not_match_the_resources(lab):
+    """The counts a summary reads are kept by triggers; one changed behind their back is told as damage."""
+    lab("state", "check")
+    cx = sqlite3.connect(lab.state)
+    cx.execute("UPDATE resource_counts SET n = n + 1 WHERE state = 'running' AND subscription = 'payg-shop'")
+    cx.commit()
+    cx.close()
+    err = lab("state", "check", expect=2)
+    assert "is damaged (the counts of resources (table resource_counts) do not match the resources)" in err
+    assert err.count("\n") == 1
 
 
 def test_counts_and_names_see_the_changes_made_on_top_of_the_state(tmp_path):
