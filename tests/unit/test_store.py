@@ -132,6 +132,9 @@ def test_concurrent_processes_lose_nothing(tmp_path):
     assert len(inv.resources) == writers * each
     assert generation == 1 + writers * each
     assert len(Store(path).audit(limit=1000)) == 1 + writers * each
+    # the counts kept by triggers saw every writer's rows too
+    assert Store(path).snapshot().running(("subscription",)) == {("shared",): writers * each}
+    assert Store(path).verify(load_profile)["resources"] == writers * each
 
 
 def test_new_state_is_private(tmp_path):
