@@ -240,7 +240,8 @@ def reload_under_load(lab: NamespaceLab, seconds: float, rate: float, period: fl
         flip(lab, allow)
         reload_ms.append(lab.wait_synced(timeout=10, poll=0.002) * 1000)
         toggled.start(20, 20_000)
-        expected_toggled += toggled.wait() if allow else 0
+        burst = toggled.wait()  # every burst, blocked ones too: the next flip waits until this one is sent
+        expected_toggled += burst if allow else 0
         time.sleep(max(0.0, period - (time.monotonic() - tick)))
     sent = {vm: json.loads(proc.communicate(timeout=seconds + 60)[0].splitlines()[-1]) for vm, proc in senders}
     time.sleep(0.5)  # the last SYNs on their way

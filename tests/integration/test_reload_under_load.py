@@ -39,6 +39,7 @@ def test_a_change_every_100_ms_under_a_steady_syn_stream_costs_no_verdict(state,
     rows = {vm: (sent, entered, expected, arrived) for vm, sent, entered, expected, arrived in result["rows"]}
     assert all(sent > 5_000 for vm, (sent, *_) in rows.items() if vm != "devtest-vm"), rows
     assert rows["ea-vm"][3] == rows["ea-vm"][1] > 0 and rows["shop-web"][3] == 0, rows  # allowed in, blocked not
+    assert rows["devtest-vm"][0] == rows["devtest-vm"][1] > 0, rows  # every burst sent whole before the next flip
     assert len(result["reload_ms"]) >= 20, "the changes did not keep coming"
     assert result["drops"] == 0, result
     assert result["misjudged"] == 0, rows
