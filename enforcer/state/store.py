@@ -92,6 +92,7 @@ def _fill_columns(cx: sqlite3.Connection) -> None:
 # pending restarts) reads one row a group, not the resources. `grp` is the group's columns as one key: a primary
 # key of nullable columns would not match NULL to NULL.
 GROUPED_BY = ("state", *COUNTED_BY)
+GROUP_COLUMNS = ", ".join(GROUPED_BY)
 
 
 def _group_key(row: str) -> str:
@@ -111,7 +112,7 @@ def _counted(row: str, step: int) -> str:
 SCHEMA_3 = f"""
     CREATE TABLE resource_counts (grp TEXT PRIMARY KEY, {', '.join(f'{c} TEXT' for c in GROUPED_BY)},
                                   n INTEGER NOT NULL) WITHOUT ROWID;
-    INSERT INTO resource_counts SELECT {_group_key('resources')}, {', '.join(GROUPED_BY)}, count(*)
+    INSERT INTO resource_counts SELECT {_group_key('resources')}, {GROUP_COLUMNS}, count(*)
         FROM resources GROUP BY 1;
     CREATE TRIGGER resources_counted_in AFTER INSERT ON resources BEGIN
         {_counted('new', 1)}
@@ -119,7 +120,7 @@ SCHEMA_3 = f"""
     CREATE TRIGGER resources_counted_out AFTER DELETE ON resources BEGIN
         {_counted('old', -1)}
     END;
-    CREATE TRIGGER resources_counted_moved AFTER UPDATE OF {', '.join(GROUPED_BY)} ON resources BEGIN
+    CREATE TRIGGER resources_counted_moved AFTER UPDATE OF {GROUP_COLUMNS} ON resources BEGIN
         {_counted('old', -1)}
         {_counted('new', 1)}
     END;
@@ -442,9 +443,9 @@ class Store:
         if held != named:
             raise self.file.damaged(f"the resources name {named} addresses, the address rows hold {held}")
         with self._reading():
-            counted = self._db.execute(f"SELECT {', '.join(GROUPED_BY)}, n FROM resource_counts").fetchall()
-            grouped = self._db.execute(f"SELECT {', '.join(GROUPED_BY)}, count(*) FROM resources "
-                                       f"GROUP BY {', '.join(GROUPED_BY)}").fetchall()
+            counted = self._db.execute(f"SELECT {GROUP_COLUMNS}, n FROM resource_counts").fetchall()
+            grouped = self._db.execute(f"SELECT {GROUP_COLUMNS}, count(*) FROM resources "
+                                       f"GROUP BY {GROUP_COLUMNS}").fetchall()
         if sorted(counted, key=repr) != sorted(grouped, key=repr):
             raise self.file.damaged("the counts of resources (table resource_counts) do not match the resources")
         return {"subscriptions": len(inv.subscriptions), "vnets": len(inv.vnets), "resources": len(inv.resources),
