@@ -16,7 +16,7 @@ host; addresses only from 198.18.0.0/15):
 measures:
 
   1. worker     SYN verdicts/s of the project's packet callback, the C Judge (enforcer/dataplane/_fastpath.c),
-                over the daemon's table (enforcer.dataplane.tables.Keeper) filled from 100,000 registered VMs of
+                over the daemon's table (enforcer.dataplane.keeper.Keeper) filled from 100,000 registered VMs of
                 the synthetic fleet of benchmarks/fleet.py (--vms: up to 1,000,000) and handed over as the daemon
                 hands it to a worker (a sealed memfd, mapped read-only), bound with enforcer.dataplane.queue.
                 bind_queue as the daemon binds it (the daemon's default queue length 4096, socket buffer 4 MiB,

@@ -15,8 +15,8 @@ import random
 import time
 
 from enforcer.core.inventory import Inventory, Pulled, Resource, State, Subscription
-from enforcer.core.table import Entry, pack
-from enforcer.dataplane.tables import Keeper
+from enforcer.core.verdicts import Verdict, pack
+from enforcer.dataplane.keeper import Keeper
 from enforcer.state.profiles import load_profile
 
 # 198.18.0.0/15 = 198.18.0.0 - 198.19.255.255; the last /20 (198.19.240.0/20) is kept for scale-set prefixes.
@@ -135,22 +135,22 @@ def compiled_fleet(n: int, seed: int) -> tuple[Inventory, Keeper, float]:
     return inv, keeper, time.perf_counter() - t0
 
 
-def pick_sources(inv: Inventory, keeper: Keeper, seed: int, count: int = 1) -> list[tuple[str, str, Entry]]:
+def pick_sources(inv: Inventory, keeper: Keeper, seed: int, count: int = 1) -> list[tuple[str, str, Verdict]]:
     """Sources for the data-plane generator: `count` running VMs, each with one IPv4 address in 198.18.0.0/16
-    (not the lab gateway's 198.18.0.1), allowed on 25 by the table. Each is (address, resource name, entry)."""
+    (not the lab gateway's 198.18.0.1), allowed on 25 by the table. Each is (address, resource name, verdict)."""
     rng = random.Random(seed)
     view = keeper.view()
     names = [name for name in inv.resources if name.startswith("vm-")]
-    found: dict[str, tuple[str, str, Entry]] = {}
+    found: dict[str, tuple[str, str, Verdict]] = {}
     for _ in range(10_000 * count):
         r = inv.resources[rng.choice(names)]
         if len(r.addresses) != 1 or ":" in r.addresses[0] or not r.addresses[0].startswith("198.18."):
             continue
         if r.addresses[0] in ("198.18.0.1",):
             continue
-        entry = keeper.entry(view, pack(r.addresses[0]))
-        if entry.allow:
-            found.setdefault(r.addresses[0], (r.addresses[0], r.name, entry))
+        verdict = keeper.verdict(view, pack(r.addresses[0]))
+        if verdict.allow:
+            found.setdefault(r.addresses[0], (r.addresses[0], r.name, verdict))
             if len(found) == count:
                 return list(found.values())
     raise RuntimeError(f"fewer than {count} allowed IPv4 VMs found in the synthetic fleet")

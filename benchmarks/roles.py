@@ -50,10 +50,10 @@ import threading
 import time
 from typing import Any
 
-from enforcer.core.table import Binding, pack
+from enforcer.core.verdicts import Binding, pack
 from enforcer.dataplane._fastpath import Judge
 from enforcer.dataplane.queue import bind_queue, kernel_queue_stats, run_until_signalled
-from enforcer.dataplane.tables import mapped
+from enforcer.dataplane.keeper import mapped
 from enforcer.dataplane.worker import die_with_parent
 
 from .fleet import compiled_fleet
@@ -108,7 +108,7 @@ def worker_judge(vms: int, seed: int, source: str, binding: Binding | None) -> t
     described = view.entry(key)
     bound = None if described is None or (described[1] is None and described[2] is None) else described
     built = {"seconds": round(seconds, 2), "entries": len(view), "image_bytes": keeper.table.nbytes,
-             "source_verdict": list(keeper.entry(view, key)),
+             "source_verdict": list(keeper.verdict(view, key)),
              "binding": None if bound is None else [bound[1], bound[2].hex() if bound[2] else None]}
     return Judge(view), built
 

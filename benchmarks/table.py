@@ -1,5 +1,5 @@
 """Benchmark of the verdict table (the C Table/View of enforcer/dataplane/_fastpath.c, filled by
-enforcer.dataplane.tables.Keeper) at 1,000 / 100,000 / 1,000,000 registered VMs.
+enforcer.dataplane.keeper.Keeper) at 1,000 / 100,000 / 1,000,000 registered VMs.
 
 A report, not a test: it exits 0 once it has run (1 if the table disagrees with the policy). From the repository
 root:
@@ -38,9 +38,9 @@ from collections.abc import Callable
 from typing import Any
 
 from enforcer.core.policy import decide
-from enforcer.core.table import judged, pack
+from enforcer.core.verdicts import judged, pack
 from enforcer.dataplane._fastpath import View
-from enforcer.dataplane.tables import Keeper
+from enforcer.dataplane.keeper import Keeper
 from enforcer.state.profiles import load_profile
 
 from .fleet import build_inventory, host_keys
@@ -107,14 +107,14 @@ class Sized:
             r = inv.resources[name]
             (allow, subscription, code), _ = judged(inv, profile, r)
             for a in r.addresses:
-                got = keeper.entry(self.view, pack(a.partition("/")[0]))
+                got = keeper.verdict(self.view, pack(a.partition("/")[0]))
                 if (got.allow, got.subscription, got.code) != (allow, subscription, code):
                     raise SystemExit(f"{name} {a}: the table says {got}, assess() {(allow, subscription, code)}")
         if self.n <= 10_000:
             for key in rng.sample(self.k4, 10) + rng.sample(self.k6, 10):
                 addr = str(ipaddress.ip_address(key))
                 v = decide(inv, profile, addr, "203.0.113.25", 25)
-                if keeper.entry(self.view, key).allow != v.allow:
+                if keeper.verdict(self.view, key).allow != v.allow:
                     raise SystemExit(f"{addr}: the table and decide() disagree ({v})")
 
 

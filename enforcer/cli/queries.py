@@ -12,7 +12,7 @@ from ..core.inventory import Inventory, Pulled, Resource, check_row
 from ..core.lifecycle import LISTED, listed, pending_names
 from ..core.policy import Code, decide
 from ..core.profile import Profile
-from ..core.table import judged_alike
+from ..core.verdicts import judged_alike
 from ..dataplane.control import ask
 from ..errors import UserError
 from ..state.settings import DEFAULT_SOCKET

@@ -35,7 +35,7 @@ from .queue import kernel_queue_stats
 from .kernelcache import CacheError, KernelCache
 from .rules import RuleBackend, RuleSpec, choose_backend
 from .rules.base import CacheSpec
-from .tables import PATCH_LIMIT, Keeper, Patch
+from .keeper import PATCH_LIMIT, Keeper, Patch
 from .worker import worker_main
 
 if TYPE_CHECKING:  # for annotations only: nothing more to import at run time

@@ -25,16 +25,17 @@ from multiprocessing.reduction import recv_handle
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..core.policy import find_source, verdict_for
-from ..core.table import Entry
+from ..core.verdicts import Verdict
 from ..errors import UserError
 from ..state.profiles import load_profile
 from ..state.settings import QueueFull, Settings
 from ..state.store import Store
 from ._fastpath import Judge, Table, View
-from .callback import Counters, DropLog
+from .counters import Counters
+from .droplog import DropLog
+from .keeper import mapped
 from .kernelcache import CacheError, KernelCache
 from .queue import bind_queue, run_until_signalled
-from .tables import mapped
 
 if TYPE_CHECKING:  # for annotations only: nothing more to import at run time
     from multiprocessing.connection import Connection
@@ -155,12 +156,12 @@ class WorkerControl:
                  explain: Explainer, filler: CacheFiller | None = None):
         self.queue_num, self.judge, self.drops, self.conn, self.explain = queue_num, judge, drops, conn, explain
         self.filler = filler
-        self.meanings: dict[int, list[Entry]] = {0: []}  # table generation -> what its verdict indexes mean
+        self.meanings: dict[int, list[Verdict]] = {0: []}  # table generation -> what its verdicts mean
         self.counters = Counters(judge, [])
         self.droplog = DropLog(lambda generation: self.meanings.get(generation, []), explain)
         self.stop = threading.Event()
 
-    def take(self, generation: int, verdicts: list[Entry]) -> int:
+    def take(self, generation: int, verdicts: list[Verdict]) -> int:
         """The image whose descriptor follows on the pipe: mapped, checked, judged with from the next packet."""
         fd = recv_handle(self.conn)
         try:

@@ -12,9 +12,9 @@ from support.states import TODAY, lab_state
 from enforcer.core import lifecycle
 from enforcer.core.inventory import State
 from enforcer.core.policy import decide
-from enforcer.core.table import binding_of, pack
+from enforcer.core.verdicts import binding_of, pack
 from enforcer.dataplane._fastpath import View
-from enforcer.dataplane.tables import Keeper, mapped
+from enforcer.dataplane.keeper import Keeper, mapped
 from enforcer.errors import UserError
 from enforcer.state.profiles import load_profile
 from enforcer.state.store import Store

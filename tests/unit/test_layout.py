@@ -64,7 +64,7 @@ def test_the_entry_point_is_the_cli_main():
 
 def test_the_import_check_sees_relative_imports():
     """The checks above would pass vacuously if relative imports were not resolved."""
-    assert "enforcer.core.policy" in imports_of(MODULES["enforcer.core.table"])
+    assert "enforcer.core.policy" in imports_of(MODULES["enforcer.core.verdicts"])
     assert "enforcer.errors" in imports_of(MODULES["enforcer.core.inventory"])
     assert "enforcer.cli.context" in imports_of(MODULES["enforcer.cli.main"])
 

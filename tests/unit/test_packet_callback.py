@@ -12,11 +12,12 @@ from scapy.all import IP, TCP, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6
 
 from enforcer.core import lifecycle
 from enforcer.core.inventory import Inventory, Subscription
-from enforcer.dataplane.packet import flow
+from enforcer.dataplane.droplog import flow
 from enforcer.state.profiles import load_profile
 from enforcer.dataplane._fastpath import Judge
-from enforcer.dataplane.callback import Counters, DropLog
-from enforcer.dataplane.tables import Keeper
+from enforcer.dataplane.counters import Counters
+from enforcer.dataplane.droplog import DropLog
+from enforcer.dataplane.keeper import Keeper
 
 PROFILE = load_profile("azure")
 

@@ -14,8 +14,8 @@ from enforcer.core.converge import converge
 from enforcer.core.inventory import Inventory, validate
 from enforcer.core.policy import Code, decide, internal_destinations
 from enforcer.core.profile import ChangeApplies, Exemption, parse_profile
-from enforcer.core.table import pack
-from enforcer.dataplane.tables import Keeper
+from enforcer.core.verdicts import pack
+from enforcer.dataplane.keeper import Keeper
 from enforcer.errors import UserError
 from enforcer.state.store import Store, to_doc
 
@@ -321,7 +321,7 @@ def test_compiled_table_tells_pulls_of_different_attributes_apart():
     keeper = Keeper(RESTARTING)
     keeper.fill(inv)
     view = keeper.view()
-    assert keeper.entry(view, pack("198.18.1.10")).allow and not keeper.entry(view, pack("198.18.1.11")).allow
+    assert keeper.verdict(view, pack("198.18.1.10")).allow and not keeper.verdict(view, pack("198.18.1.11")).allow
 
 
 # ---------------------------------------------------------------- inventory files and the state

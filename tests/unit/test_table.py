@@ -9,8 +9,8 @@ from enforcer.core import lifecycle
 from enforcer.core.inventory import Inventory, Pulled, Resource, State, Subscription, validate
 from enforcer.core.policy import decide
 from enforcer.state.profiles import load_profile
-from enforcer.core.table import UNKNOWN, pack
-from enforcer.dataplane.tables import Keeper
+from enforcer.core.verdicts import UNKNOWN, pack
+from enforcer.dataplane.keeper import Keeper
 
 PROFILE = load_profile("azure")
 INTERNET = "198.19.25.25"
@@ -70,7 +70,7 @@ def table(inv):
     keeper = Keeper(PROFILE)
     keeper.fill(inv)
     view = keeper.view()
-    return lambda source: keeper.entry(view, pack(source))
+    return lambda source: keeper.verdict(view, pack(source))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,7 +1,7 @@
 """What the verdict table holds, pure: for each address of a resource, a verdict (allow, the subscription whose
 policy decided, the reason code) and where its packets must come from (a binding); the verdicts numbered once each.
 
-The table itself is the data plane's (`enforcer.dataplane._fastpath.Table`, filled by `dataplane.tables.Keeper`):
+The table itself is the data plane's (`enforcer.dataplane._fastpath.Table`, filled by `dataplane.keeper.Keeper`):
 packed source address (4 or 16 bytes, as the IP header carries it) -> verdict index, binding.
 """
 
@@ -43,7 +43,7 @@ def binding_of(inv: Inventory, r: Resource) -> Binding | None:
     return Binding(interface, mac) if interface or mac else None
 
 
-class Entry(NamedTuple):
+class Verdict(NamedTuple):
     """A verdict of the table: every source judged alike shares one."""
     allow: bool
     subscription: str | None  # whose policy decided (an appliance's for a resource egressing through it)
@@ -54,8 +54,8 @@ class Entry(NamedTuple):
         return verdict_word(self.allow)
 
 
-UNKNOWN = Entry(False, None, Code.UNKNOWN_SOURCE)
-SPOOFED = Entry(False, None, Code.SPOOFED_SOURCE)  # an allowed source seen where it is not bound
+UNKNOWN = Verdict(False, None, Code.UNKNOWN_SOURCE)
+SPOOFED = Verdict(False, None, Code.SPOOFED_SOURCE)  # an allowed source seen where it is not bound
 
 
 class Verdicts:
@@ -64,7 +64,7 @@ class Verdicts:
     means (and the allow flag, per index) travels beside the table."""
 
     def __init__(self) -> None:
-        self.entries: list[Entry] = []
+        self.entries: list[Verdict] = []
         self._index: dict[tuple[bool, str | None, Code], int] = {}
 
     def number(self, allow: bool, subscription: str | None, code: Code) -> int:
@@ -72,7 +72,7 @@ class Verdicts:
         index = self._index.get(key)
         if index is None:
             index = self._index[key] = len(self.entries)
-            self.entries.append(Entry(allow, subscription, code))
+            self.entries.append(Verdict(allow, subscription, code))
         return index
 
     def allow_flags(self) -> bytes:

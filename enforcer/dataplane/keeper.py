@@ -1,8 +1,8 @@
 """The verdict table the daemon keeps: compiled from the state when the daemon starts (and on request), patched from
 the audit log after every change, handed to the workers as a read-only image in shared memory.
 
-The table (`_fastpath.Table`, C) maps each registered address to a verdict index, and a bound address to where
-its packets must come from; `Verdicts` says what each index means. Compiling reads every address once; a patch
+The table (`_fastpath.Table`, C) maps each registered address to a verdict (a number), and a bound address to
+where its packets must come from; `Verdicts` says what each verdict means. Compiling reads every address once; a patch
 reads the rows a change names (and the resources that depend on them: an appliance's, a VNet's) and rewrites
 their addresses, so that its cost grows with the change, not the inventory.
 """
@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 
 from ..core.inventory import Inventory, Resource, State, check_row
 from ..core.profile import Profile
-from ..core.table import UNKNOWN, Entry, Verdicts, judged, judged_alike, packed_address
+from ..core.verdicts import UNKNOWN, Verdict, Verdicts, judged, judged_alike, packed_address
 from ..errors import UserError
 from ..state.store import Changed, Store, pulled_of
 from ._fastpath import Table, View
 
 # Past this many audit rows since the last patch, reading them costs more than reading the state afresh.
 PATCH_LIMIT = 50_000
-# One write to the table: packed address, prefix length (None: a host), verdict index (None: remove), interface, MAC
+# One write to the table: packed address, prefix length (None: a host), verdict (None: remove), interface, MAC
 Write = tuple[bytes, "int | None", "int | None", "str | None", "bytes | None"]
 
 
@@ -40,7 +40,7 @@ class Patch:
 
 
 class Keeper:
-    """The daemon's table and what its indexes mean, at one generation of the state."""
+    """The daemon's table and what its verdicts mean, at one generation of the state."""
 
     def __init__(self, profile: Profile):
         self.profile = profile
@@ -59,18 +59,18 @@ class Keeper:
         for sub in inv.subscriptions.values():
             check_row(self.profile, "subscriptions", sub)
         interfaces = {v.name: v.interface for v in inv.vnets.values() if v.interface}
-        classes: dict[str, int] = {}  # what assess() depends on (the address row's `judged`) -> verdict index
+        verdict_of_key: dict[str, int] = {}  # what assess() depends on (the address row's `judged`) -> verdict
         put, inet_pton, AF_INET, AF_INET6 = table.put, socket.inet_pton, socket.AF_INET, socket.AF_INET6
         name = "?"
         try:
             for address, name, plen, judged_key, bound in store.address_rows():
-                cls = classes.get(judged_key)
-                if cls is None:
-                    cls = classes[judged_key] = self._judge_key(inv, verdicts, name, judged_key)
+                verdict = verdict_of_key.get(judged_key)
+                if verdict is None:
+                    verdict = verdict_of_key[judged_key] = self._judge_key(inv, verdicts, name, judged_key)
                 if bound is None and plen is None:  # most addresses: a host, bound to nothing
-                    put(inet_pton(AF_INET6 if ":" in address else AF_INET, address), cls)
+                    put(inet_pton(AF_INET6 if ":" in address else AF_INET, address), verdict)
                 else:
-                    self._write_bound(table, interfaces, address, cls, bound)
+                    self._write_bound(table, interfaces, address, verdict, bound)
         except (OSError, ValueError, KeyError, TypeError) as e:  # what validation refuses, written past it
             raise UserError(f"the state cannot be compiled into a table: resource {name!r}: {e}; fix it "
                             f"(enforcer vm show {name})") from None
@@ -79,7 +79,7 @@ class Keeper:
         return Patch(full=True, rules=True)
 
     def _judge_key(self, inv: Inventory, verdicts: Verdicts, name: str, judged_key: str) -> int:
-        """The verdict index of what an address row's `judged` says: its resource's row as far as assess() reads
+        """The verdict of what an address row's `judged` says: its resource's row as far as assess() reads
         it, checked against the profile first."""
         subscription, kind, state, egress, pulled = json.loads(judged_key)
         r = Resource(name, subscription, kind, (), egress=egress, state=State(state), pulled=pulled_of(pulled))
@@ -87,15 +87,15 @@ class Keeper:
         return verdicts.number(*judged_alike(inv, self.profile, subscription, kind, egress, r.pulled, r.state))
 
     @staticmethod
-    def _write_bound(table: Table, interfaces: dict[str, str], address: str, cls: int, bound: str | None) -> None:
+    def _write_bound(table: Table, interfaces: dict[str, str], address: str, verdict: int, bound: str | None) -> None:
         """A prefix, or an address bound to an interface (its own, or its VNet's) and/or a MAC."""
         vnet, interface, mac = json.loads(bound) if bound is not None else (None, None, None)
         interface = interface or (interfaces.get(vnet) if vnet is not None else None)
         packed, plen = packed_address(address)
         if plen is None:
-            table.put(packed, cls, interface, _mac(mac))
+            table.put(packed, verdict, interface, _mac(mac))
         else:
-            table.put_prefix(packed, plen, cls, interface, _mac(mac))
+            table.put_prefix(packed, plen, verdict, interface, _mac(mac))
 
     def fill(self, inv: Inventory) -> None:
         """Every resource of an inventory held in memory (a test's, a benchmark's fleet), as compile() would."""
@@ -109,10 +109,10 @@ class Keeper:
         """The table as a worker sees it (an image in this process's memory)."""
         return View(self.table.image(self.generation))
 
-    def entry(self, view: View, source: bytes) -> Entry:
-        """What `view` says of a source: its verdict entry (UNKNOWN for an unregistered source)."""
-        cls = view.lookup(source)
-        return self.verdicts.entries[cls] if cls >= 0 else UNKNOWN
+    def verdict(self, view: View, source: bytes) -> Verdict:
+        """What `view` says of a source: its verdict (UNKNOWN for an unregistered source)."""
+        verdict = view.lookup(source)
+        return self.verdicts.entries[verdict] if verdict >= 0 else UNKNOWN
 
     # ------------------------------------------------------------ a change
 
@@ -146,22 +146,22 @@ class Keeper:
                                           for a in (before.addresses if before is not None else ()) if a not in keep]
             if after is not None:
                 (allow, decided_by, code), binding = judged(inv, self.profile, after)
-                cls = self.verdicts.number(allow, decided_by, code)
+                verdict = self.verdicts.number(allow, decided_by, code)
                 interface, hw = (binding.interface, binding.mac) if binding is not None else (None, None)
-                writes += [(*packed_address(a), cls, interface, hw) for a in after.addresses]
+                writes += [(*packed_address(a), verdict, interface, hw) for a in after.addresses]
         except (OSError, ValueError) as e:  # what validation refuses, written past it
             raise UserError(f"the state cannot be compiled into a table: resource {name!r}: {e}; fix it "
                             f"(enforcer vm show {name})") from None
         return writes
 
-    def _write(self, packed: bytes, plen: int | None, cls: int | None, interface: str | None,
+    def _write(self, packed: bytes, plen: int | None, verdict: int | None, interface: str | None,
                hw: bytes | None) -> None:
-        if cls is None:
+        if verdict is None:
             self.table.remove(packed) if plen is None else self.table.remove_prefix(packed, plen)
         elif plen is None:
-            self.table.put(packed, cls, interface, hw)
+            self.table.put(packed, verdict, interface, hw)
         else:
-            self.table.put_prefix(packed, plen, cls, interface, hw)
+            self.table.put_prefix(packed, plen, verdict, interface, hw)
 
     # ------------------------------------------------------------ handing it over
 
