@@ -50,7 +50,7 @@ import threading
 import time
 from typing import Any
 
-from enforcer.core.verdicts import Binding, pack
+from enforcer.core.verdicts import Binding, hw_mac, pack
 from enforcer.dataplane._fastpath import Judge
 from enforcer.dataplane.queue import bind_queue, kernel_queue_stats, run_until_signalled
 from enforcer.dataplane.keeper import mapped
@@ -117,8 +117,7 @@ def binding_option(args: argparse.Namespace) -> Binding | None:
     """--bind-interface and --bind-mac as a Binding: the MAC as NFQUEUE reports it (6 bytes and two zeros)."""
     if not args.bind_interface and not args.bind_mac:
         return None
-    mac = bytes.fromhex(args.bind_mac.replace(":", "")) + b"\0\0" if args.bind_mac else None
-    return Binding(args.bind_interface or None, mac)
+    return Binding(args.bind_interface or None, hw_mac(args.bind_mac))
 
 
 def own_counts(judge: Judge | None) -> dict:

@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 
-from ..core.inventory import Inventory, Pulled, Resource, check_row
+from ..core.inventory import Inventory, Pulled, State, check_row
 from ..core.lifecycle import LISTED, listed, pending_names
 from ..core.policy import Code, decide
 from ..core.profile import Profile
-from ..core.verdicts import judged_alike
+from ..core.verdicts import Judged, judged_alike
 from ..dataplane.control import ask
 from ..errors import UserError
 from ..state.settings import DEFAULT_SOCKET
@@ -118,10 +118,11 @@ def _judged(inv: Inventory, profile: Profile, sub: str, kind: str, egress: str |
             pulled: Pulled | None) -> tuple[bool, str | None, Code]:
     """The verdict of a group of running resources alike; a group the profile cannot judge (edited since) is told
     by the first resource of it, whose row is checked as it is read."""
+    key = Judged(sub, kind, State.RUNNING, egress, pulled)
     try:
-        check_row(profile, "resources", Resource("?", sub, kind, (), egress=egress, pulled=pulled))
+        check_row(profile, "resources", key.resource("?"))
     except UserError:
         for name in inv.running_names(sub, {"kind": kind, "egress": egress, "pulled": pulled}, 1):
             inv.resources[name]
         raise
-    return judged_alike(inv, profile, sub, kind, egress, pulled)
+    return judged_alike(inv, profile, key)

@@ -7,7 +7,9 @@ packed source address (4 or 16 bytes, as the IP header carries it) -> verdict in
 
 from __future__ import annotations
 
+import json
 import socket
+from dataclasses import MISSING, asdict, fields
 from typing import NamedTuple
 
 from .inventory import Inventory, Pulled, Resource, State
@@ -39,8 +41,18 @@ def binding_of(inv: Inventory, r: Resource) -> Binding | None:
     interface = r.interface
     if interface is None and r.vnet is not None and r.vnet in inv.vnets:
         interface = inv.vnets[r.vnet].interface
-    mac = bytes.fromhex(r.mac.replace(":", "")) + b"\0\0" if r.mac else None
+    mac = hw_mac(r.mac)
     return Binding(interface, mac) if interface or mac else None
+
+
+def hw_mac(mac: str | None) -> bytes | None:
+    """'02:00:00:00:00:0a' as NFQUEUE's get_hw() reports a MAC: the 6 bytes and two zeros."""
+    return bytes.fromhex(mac.replace(":", "")) + b"\0\0" if mac else None
+
+
+def mac_text(hw: bytes | None) -> str | None:
+    """A MAC as get_hw() reports it, as a person reads it."""
+    return ":".join(f"{b:02x}" for b in hw[:6]) if hw else None
 
 
 class Verdict(NamedTuple):
@@ -82,6 +94,50 @@ class Verdicts:
         return len(self.entries)
 
 
+class Judged(NamedTuple):
+    """What a resource's verdict depends on, of its own row: all that assess() reads of it. Equal keys, equal
+    verdicts. The store writes it beside each address (`encode`); the daemon's table reads it back (`decode`) and
+    judges each distinct key once."""
+    subscription: str
+    kind: str
+    state: State
+    egress: str | None
+    pulled: Pulled | None
+
+    @classmethod
+    def of(cls, r: Resource) -> Judged:
+        return cls(r.subscription, r.kind, r.state, r.egress, r.pulled)
+
+    def resource(self, name: str) -> Resource:
+        """A resource of this key, as far as assess() and the profile's checks read it."""
+        return Resource(name, self.subscription, self.kind, (), egress=self.egress, state=self.state,
+                        pulled=self.pulled)
+
+    def encode(self) -> str:
+        return json.dumps([self.subscription, self.kind, str(self.state), self.egress, pulled_text(self.pulled)],
+                          separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str) -> Judged:
+        """Raises ValueError (or KeyError, TypeError) for a key this version did not write."""
+        subscription, kind, state, egress, pulled = json.loads(text)
+        return cls(subscription, kind, State(state), egress, pulled_of(pulled))
+
+
+def pulled_text(pulled: Pulled | None) -> str | None:
+    """A pulled policy as text, canonical (sorted keys; a field at its default left out, as older versions wrote
+    it), so that equal policies group."""
+    if pulled is None:
+        return None
+    defaults = {f.name: f.default for f in fields(Pulled) if f.default is not MISSING}
+    kept = {k: v for k, v in asdict(pulled).items() if not (k in defaults and v == defaults[k])}
+    return json.dumps(kept, separators=(",", ":"), sort_keys=True)
+
+
+def pulled_of(text: str | None) -> Pulled | None:
+    return None if text is None else Pulled(**json.loads(text))
+
+
 def judged(inv: Inventory, profile: Profile, r: Resource) -> tuple[tuple[bool, str | None, Code], Binding | None]:
     """What the table holds for each of r's addresses: (allow, deciding subscription, code), and where r's
     packets must come from."""
@@ -89,12 +145,10 @@ def judged(inv: Inventory, profile: Profile, r: Resource) -> tuple[tuple[bool, s
     return (allow, decider.subscription, code), binding_of(inv, r)
 
 
-def judged_alike(inv: Inventory, profile: Profile, subscription: str, kind: str, egress: str | None,
-                 pulled: Pulled | None, state: State = State.RUNNING) -> tuple[bool, str | None, Code]:
-    """The verdict of every resource with these fields (all that assess() reads of a resource): a group of them
+def judged_alike(inv: Inventory, profile: Profile, key: Judged) -> tuple[bool, str | None, Code]:
+    """The verdict of every resource whose row says `key` (all that assess() reads of a resource): a group of them
     judged at once, without reading any of them."""
-    r = Resource("?", subscription, kind, (), egress=egress, state=state, pulled=pulled)
-    allow, code, decider = assess(inv, profile, r)
+    allow, code, decider = assess(inv, profile, key.resource("?"))
     return allow, decider.subscription, code
 
 

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 from ..core.policy import Code
-from ..core.verdicts import Verdict
+from ..core.verdicts import Verdict, mac_text
 from ._fastpath import View
 from .counters import verdict_of
 
@@ -129,12 +129,8 @@ class DropLog:
         index, hw = came_from
         _, bound_interface, bound_mac = view.entry(key) or (0, None, None)
         where = self.interfaces.get(index) or str(index)
-        return {"code": Code.SPOOFED_SOURCE, "subscription": None, "interface": where, "mac": _mac(hw),
-                "bound_interface": bound_interface, "bound_mac": _mac(bound_mac),
+        return {"code": Code.SPOOFED_SOURCE, "subscription": None, "interface": where, "mac": mac_text(hw),
+                "bound_interface": bound_interface, "bound_mac": mac_text(bound_mac),
                 "reason": f"the packet carries the address of {resource or 'a registered resource'} but came from "
-                          f"interface {where}, MAC {_mac(hw)}, where that resource is not bound; the platform lets a "
-                          "VM send only from its own addresses"}
-
-
-def _mac(hw: bytes | None) -> str | None:
-    return ":".join(f"{b:02x}" for b in hw[:6]) if hw else None
+                          f"interface {where}, MAC {mac_text(hw)}, where that resource is not bound; the platform lets "
+                          "a VM send only from its own addresses"}

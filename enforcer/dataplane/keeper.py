@@ -17,11 +17,11 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..core.inventory import Inventory, Resource, State, check_row
+from ..core.inventory import Inventory, Resource, check_row
 from ..core.profile import Profile
-from ..core.verdicts import UNKNOWN, Verdict, Verdicts, judged, judged_alike, packed_address
+from ..core.verdicts import UNKNOWN, Judged, Verdict, Verdicts, hw_mac, judged, judged_alike, packed_address
 from ..errors import UserError
-from ..state.store import Changed, Store, pulled_of
+from ..state.store import Changed, Store
 from ._fastpath import Table, View
 
 # Past this many audit rows since the last patch, reading them costs more than reading the state afresh.
@@ -63,10 +63,10 @@ class Keeper:
         put, inet_pton, AF_INET, AF_INET6 = table.put, socket.inet_pton, socket.AF_INET, socket.AF_INET6
         name = "?"
         try:
-            for address, name, plen, judged_key, bound in store.address_rows():
-                verdict = verdict_of_key.get(judged_key)
+            for address, name, plen, judged_text, bound in store.address_rows():
+                verdict = verdict_of_key.get(judged_text)
                 if verdict is None:
-                    verdict = verdict_of_key[judged_key] = self._judge_key(inv, verdicts, name, judged_key)
+                    verdict = verdict_of_key[judged_text] = self._judge_key(inv, verdicts, name, judged_text)
                 if bound is None and plen is None:  # most addresses: a host, bound to nothing
                     put(inet_pton(AF_INET6 if ":" in address else AF_INET, address), verdict)
                 else:
@@ -78,13 +78,12 @@ class Keeper:
         self.table, self.verdicts = table, verdicts
         return Patch(full=True, rules=True)
 
-    def _judge_key(self, inv: Inventory, verdicts: Verdicts, name: str, judged_key: str) -> int:
-        """The verdict of what an address row's `judged` says: its resource's row as far as assess() reads
-        it, checked against the profile first."""
-        subscription, kind, state, egress, pulled = json.loads(judged_key)
-        r = Resource(name, subscription, kind, (), egress=egress, state=State(state), pulled=pulled_of(pulled))
-        check_row(self.profile, "resources", r)
-        return verdicts.number(*judged_alike(inv, self.profile, subscription, kind, egress, r.pulled, r.state))
+    def _judge_key(self, inv: Inventory, verdicts: Verdicts, name: str, text: str) -> int:
+        """The verdict of what an address row's `judged` says: its resource's row as far as assess() reads it,
+        checked against the profile first."""
+        key = Judged.decode(text)
+        check_row(self.profile, "resources", key.resource(name))
+        return verdicts.number(*judged_alike(inv, self.profile, key))
 
     @staticmethod
     def _write_bound(table: Table, interfaces: dict[str, str], address: str, verdict: int, bound: str | None) -> None:
@@ -93,9 +92,9 @@ class Keeper:
         interface = interface or (interfaces.get(vnet) if vnet is not None else None)
         packed, plen = packed_address(address)
         if plen is None:
-            table.put(packed, verdict, interface, _mac(mac))
+            table.put(packed, verdict, interface, hw_mac(mac))
         else:
-            table.put_prefix(packed, plen, verdict, interface, _mac(mac))
+            table.put_prefix(packed, plen, verdict, interface, hw_mac(mac))
 
     def fill(self, inv: Inventory) -> None:
         """Every resource of an inventory held in memory (a test's, a benchmark's fleet), as compile() would."""
@@ -199,11 +198,6 @@ def _read(changes: Iterable[Changed]) -> tuple[Patch, dict[str, Resource | None]
             patch.rules = True
             patch.full |= change.name == "profile"
     return patch, held, interfaces
-
-
-def _mac(mac: str | None) -> bytes | None:
-    """A MAC as NFQUEUE reports it: the 6 bytes and two zeros."""
-    return bytes.fromhex(mac.replace(":", "")) + b"\0\0" if mac else None
 
 
 def mapped(fd: int) -> View:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 from ..core.inventory import Inventory, Pulled, Resource, Subnet, Subscription, VNet, check_row, validate
 from ..core.profile import Profile
 from ..core.rows import COUNTED_BY, INDEXED, TABLES as TABLE_NAMES, Changes, Counts
+from ..core.verdicts import Judged, pulled_of, pulled_text
 from ..errors import UserError
 from .trust import SQLITE_MAGIC, StateFile, new_file_mode, size_fault
 
@@ -53,7 +54,7 @@ SCHEMA_1 = """
 # Version 2: what an operation asks of the rows, as columns with indexes (the document stays the row's whole
 # truth; the columns repeat parts of it), and one row per address: its owner, and what the daemon's table needs of
 # it, so that compiling the table is one pass over this one table (`judged`: what the verdict depends on, as
-# judged_key() writes it; `bound`: where the packets may come from, when anything binds them).
+# core.verdicts.Judged encodes it; `bound`: where the packets may come from, when anything binds them).
 RESOURCE_COLUMNS = ("subscription", "kind", "state", "vnet", "subnet", "egress", "pulled")
 SCHEMA_2 = """
     ALTER TABLE resources ADD COLUMN subscription TEXT;
@@ -168,33 +169,18 @@ def _audited(kind: str, doc: str | None) -> Any:
     return json.loads(doc) if kind == "setting" else from_doc(kind + "s", doc)
 
 
-def pulled_doc(pulled: Pulled | None) -> str | None:
-    """A pulled policy as its resource's `pulled` column holds it: canonical, so that equal policies group."""
-    return None if pulled is None else json.dumps(_lean(asdict(pulled)), separators=(",", ":"), sort_keys=True)
-
-
-def pulled_of(doc: str | None) -> Pulled | None:
-    return None if doc is None else Pulled(**json.loads(doc))
-
-
 def _write_resource(cx: sqlite3.Connection, r: Resource, doc: str, before: Resource | None) -> None:
     """A resource's row, its columns and its address rows."""
-    pulled = pulled_doc(r.pulled)
-    columns = (r.subscription, r.kind, str(r.state), r.vnet, r.subnet, r.egress, pulled)
+    columns = (r.subscription, r.kind, str(r.state), r.vnet, r.subnet, r.egress, pulled_text(r.pulled))
     # an upsert, not INSERT OR REPLACE: the row a REPLACE deletes fires no delete trigger (resource_counts)
     cx.execute(f"INSERT INTO resources (name, doc, {', '.join(RESOURCE_COLUMNS)}) "
                f"VALUES (?, ?{', ?' * len(RESOURCE_COLUMNS)}) ON CONFLICT (name) DO UPDATE SET doc = excluded.doc, "
                + ", ".join(f"{c} = excluded.{c}" for c in RESOURCE_COLUMNS), (r.name, doc, *columns))
     _drop_addresses(cx, before, keep=set(r.addresses))
-    judged = judged_key(r.subscription, r.kind, str(r.state), r.egress, pulled)
+    judged = Judged.of(r).encode()
     bound = json.dumps([r.vnet, r.interface, r.mac]) if (r.vnet, r.interface, r.mac) != (None, None, None) else None
     cx.executemany("INSERT OR REPLACE INTO addresses (address, resource, prefix_len, judged, bound) "
                    "VALUES (?, ?, ?, ?, ?)", [(a, r.name, _prefix_len(a), judged, bound) for a in r.addresses])
-
-
-def judged_key(subscription: str, kind: str, state: str, egress: str | None, pulled: str | None) -> str:
-    """What a resource's verdict depends on (assess()), as its address rows hold it: equal keys, equal verdicts."""
-    return json.dumps([subscription, kind, state, egress, pulled], separators=(",", ":"))
 
 
 def _prefix_len(address: str) -> int | None:
@@ -663,7 +649,7 @@ class StoreSource:
     def running_names(self, subscription: str, where: dict[str, Any], limit: int | None) -> list[str]:
         if not set(where) <= set(COUNTED_BY):
             raise ValueError(f"running resources are not found by {list(where)}")
-        values = [pulled_doc(v) if column == "pulled" else v for column, v in where.items()]
+        values = [pulled_text(v) if column == "pulled" else v for column, v in where.items()]
         condition = "".join(f" AND {column} IS ?" for column in where)
         return [n for (n,) in self._all(f"SELECT name FROM resources WHERE subscription = ? AND state = 'running'"
                                         f"{condition} ORDER BY name LIMIT ?",

@@ -9,7 +9,7 @@ from enforcer.core import lifecycle
 from enforcer.core.inventory import Inventory, Pulled, Resource, State, Subscription, validate
 from enforcer.core.policy import decide
 from enforcer.state.profiles import load_profile
-from enforcer.core.verdicts import UNKNOWN, pack
+from enforcer.core.verdicts import UNKNOWN, Judged, hw_mac, mac_text, pack
 from enforcer.dataplane.keeper import Keeper
 
 PROFILE = load_profile("azure")
@@ -103,3 +103,19 @@ def test_longest_prefix_wins_and_exact_beats_prefix():
 def test_table_keys_are_the_header_bytes():
     assert pack("198.18.0.1") == bytes([198, 18, 0, 1])
     assert pack("2001:db8::1") == bytes.fromhex("20010db8000000000000000000000001")
+
+
+def test_the_judged_key_keeps_the_text_states_already_hold():
+    """Address rows written by earlier versions hold this text: a key must encode to it and decode from it, or a
+    compile would judge every address of an old state as a new group."""
+    key = Judged("sub", "vm", State.STOPPED, "fw", Pulled("pay-as-you-go", False, created="2017-11-01"))
+    text = ('["sub","vm","stopped","fw",'
+            '"{\\"created\\":\\"2017-11-01\\",\\"exempt\\":false,\\"type\\":\\"pay-as-you-go\\"}"]')
+    assert key.encode() == text and Judged.decode(text) == key
+    bare = Judged("sub", "vm", State.RUNNING, None, None)
+    assert bare.encode() == '["sub","vm","running",null,null]' and Judged.decode(bare.encode()) == bare
+
+
+def test_a_mac_as_nfqueue_reports_it_and_back():
+    assert hw_mac("02:00:00:00:00:0a") == b"\x02\0\0\0\0\x0a\0\0" and hw_mac(None) is None
+    assert mac_text(hw_mac("02:00:00:00:00:0a")) == "02:00:00:00:00:0a" and mac_text(None) is None
