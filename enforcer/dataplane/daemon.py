@@ -32,7 +32,8 @@ from ..state.store import Store
 from .control import ControlServer, ask
 from .notify import notify
 from .queue import kernel_queue_stats
-from .kernelcache import CacheError, KernelCache
+from .kernelcache import KernelCache
+from .rules.base import CacheError
 from .rules import RuleBackend, RuleSpec, choose_backend
 from .rules.base import CacheSpec
 from .keeper import PATCH_LIMIT, Keeper, Patch

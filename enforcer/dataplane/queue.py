@@ -12,6 +12,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
 
+from .netlink import NLM_F_REQUEST, attr, message, nfgenmsg
+
 NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG = 3, 2
 NFQA_CFG_MASK, NFQA_CFG_FLAGS, NFQA_CFG_F_FAIL_OPEN = 4, 5, 1
 COPY_RANGE = 128  # bytes of each packet copied to us: the headers (source address, ports for the drop log)
@@ -21,12 +23,10 @@ QUEUE_STATS = Path("/proc/net/netfilter/nfnetlink_queue")
 def set_fail_open(fd: int, queue_num: int, fail_open: bool) -> None:
     """Set the kernel's fail-open flag on a bound queue (what happens when the queue is full): an
     NFQNL_MSG_CONFIG message with NFQA_CFG_FLAGS/NFQA_CFG_MASK on the queue's netlink socket."""
-    attrs = struct.pack("=HH", 8, NFQA_CFG_MASK) + struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)
-    attrs += struct.pack("=HH", 8, NFQA_CFG_FLAGS) + struct.pack("!I", NFQA_CFG_F_FAIL_OPEN if fail_open else 0)
-    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue_num)) + attrs
-    header = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG, 1, 0, 0)
+    body = nfgenmsg(socket.AF_UNSPEC, queue_num) + attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)) + \
+        attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN if fail_open else 0))
     with socket.socket(fileno=os.dup(fd)) as s:
-        s.send(header + body)
+        s.send(message(NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG, NLM_F_REQUEST, 0, body))
 
 
 def bind_queue(queue_num: int, callback: Callable[[Any], None], queue_length: int, socket_buffer: int,

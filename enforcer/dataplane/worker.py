@@ -34,7 +34,8 @@ from ._fastpath import Judge, Table, View
 from .counters import Counters
 from .droplog import DropLog
 from .keeper import mapped
-from .kernelcache import CacheError, KernelCache
+from .kernelcache import KernelCache
+from .rules.base import CacheError
 from .queue import bind_queue, run_until_signalled
 
 if TYPE_CHECKING:  # for annotations only: nothing more to import at run time

@@ -12,9 +12,10 @@ import pytest
 from pyroute2.netlink import NLM_F_ACK, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.nfnetlink.ipset import ipset_msg
 
-from enforcer.dataplane.kernelcache import (BATCH, IPSET_ERR_EXIST, IPSET_ERR_HASH_FULL, CacheError, KernelCache,
-                                            entry_data, message, set_attrs)
+from enforcer.dataplane.kernelcache import KernelCache
 from enforcer.dataplane.rules import RuleError
+from enforcer.dataplane.rules.base import CacheError
+from enforcer.dataplane.rules.ipset import BATCH, IPSET_ERR_EXIST, IPSET_ERR_HASH_FULL, entry_data, message, set_attrs
 
 A4, B4 = socket.inet_aton("198.18.1.10"), socket.inet_aton("198.18.1.11")
 A6 = socket.inet_pton(socket.AF_INET6, "2001:db8:1::10")

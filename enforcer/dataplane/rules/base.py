@@ -8,6 +8,7 @@ Every command goes through `run`, so that a test can hand a backend a recorder i
 from __future__ import annotations
 
 import ipaddress
+import socket
 import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -52,6 +53,17 @@ class RuleError(UserError):
 Runner = Callable[[list[str], "str | None"], str]
 
 
+def runner_in(netns: str | None) -> Runner:
+    """Run the tools in the named network namespace (ip netns exec), else in this process's own."""
+    if netns is None:
+        return run_tool
+    name = netns
+
+    def run(argv: list[str], stdin: str | None) -> str:
+        return run_tool(["ip", "netns", "exec", name, *argv], stdin)
+    return run
+
+
 def run_tool(argv: list[str], stdin: str | None = None) -> str:
     """Run a rule tool; its output, or a RuleError saying what failed."""
     try:
@@ -64,9 +76,40 @@ def run_tool(argv: list[str], stdin: str | None = None) -> str:
     return done.stdout
 
 
+class CacheError(RuntimeError):
+    """The kernel refused a change to the cache (a set is missing, say). The packet's own verdict is unaffected:
+    the caller logs it and goes on; the source's SYNs simply keep reaching the queue."""
+
+
+class CacheWriter(ABC):
+    """What writes a backend's kernel cache sets (`sets`: (IP version, allowed?) -> the set's name), each entry
+    living `timeout` seconds; `counts` keeps what remember() did since the start: added, already there (left as
+    they were), refused as the set is full. Entries are (IP version, packed address[, allowed?])."""
+
+    def __init__(self, sets: dict[tuple[int, bool], str], timeout: int):
+        self.sets, self.timeout = sets, timeout
+        self.counts = {"added": 0, "present": 0, "full": 0}
+
+    @abstractmethod
+    def remember(self, entries: list[tuple[int, bytes, bool]]) -> int:
+        """Into the allowed or blocked set, out of the other one; how many were added."""
+
+    @abstractmethod
+    def forget(self, keys: list[tuple[int, bytes]]) -> None:
+        """Out of both sets of their family."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Every set emptied."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the writer holds (a socket)."""
+
+
 class RuleBackend(ABC):
     name: ClassVar[str]
-    # the kernel cache's sets: (IP version, allowed?) -> the set's name (enforcer.dataplane.kernelcache fills them)
+    # the kernel cache's sets: (IP version, allowed?) -> the set's name (cache_writer() fills them)
     cache_sets: ClassVar[dict[tuple[int, bool], str]]
 
     def __init__(self, run: Runner = run_tool):
@@ -87,3 +130,9 @@ class RuleBackend(ABC):
     @abstractmethod
     def remove(self) -> None:
         """Remove our rules, and nothing else."""
+
+    @abstractmethod
+    def cache_writer(self, timeout: int, netns: str | None = None, sock: socket.socket | None = None) -> CacheWriter:
+        """The writer of this backend's kernel cache sets, in the named network namespace (else this process's):
+        through `self.run`, or over netlink (`sock`: a NETLINK_NETFILTER socket already open, which the writer
+        then owns)."""

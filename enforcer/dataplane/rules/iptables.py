@@ -21,7 +21,9 @@ from __future__ import annotations
 import shutil
 import socket
 
-from .base import DEFRAG_TAG, TAG, CacheSpec, RuleBackend, RuleError, RuleSpec
+from ..netlink import netfilter_socket
+from .base import DEFRAG_TAG, TAG, CacheSpec, CacheWriter, RuleBackend, RuleError, RuleSpec
+from .ipset import IpsetWriter
 
 SET_TYPE = "hash:ip"
 SET_FAMILY = {4: "inet", 6: "inet6"}
@@ -182,6 +184,9 @@ class IptablesBackend(RuleBackend):
             self.run([self._tool(version, "restore"), "--noflush"], "\n".join(batch + ["COMMIT"]) + "\n")
         existing = self._set_names()  # the kernel cache's sets, once no rule of ours names them
         self._destroy_sets([name for name in self.cache_sets.values() if name in existing])
+
+    def cache_writer(self, timeout: int, netns: str | None = None, sock: socket.socket | None = None) -> CacheWriter:
+        return IpsetWriter(self.cache_sets, timeout, sock or netfilter_socket(netns))
 
 
 def _numeric_protocol(line: str) -> str:

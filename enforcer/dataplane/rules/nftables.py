@@ -9,8 +9,10 @@ Replacing the table whole replaces the sets too, empty."""
 from __future__ import annotations
 
 import shutil
+import socket
 
-from .base import DEFRAG_TAG, TAG, RuleBackend, RuleError, RuleSpec
+from .base import DEFRAG_TAG, TAG, CacheWriter, RuleBackend, RuleError, RuleSpec
+from .nftsets import NftSetWriter
 
 
 class NftablesBackend(RuleBackend):
@@ -80,3 +82,6 @@ class NftablesBackend(RuleBackend):
 
     def remove(self) -> None:
         self.run(["nft", "-f", "-"], f"add table inet {self.table}\ndelete table inet {self.table}\n")
+
+    def cache_writer(self, timeout: int, netns: str | None = None, sock: socket.socket | None = None) -> CacheWriter:
+        return NftSetWriter(self.cache_sets, timeout, self.table, self.run)
