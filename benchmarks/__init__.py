@@ -1,8 +1,16 @@
 """The project's benchmarks, run as modules from the repository root (reports, not tests):
 
-    python -m benchmarks.table [--quick]       the compiled verdict table at 1,000 / 100,000 / 1,000,000 VMs
+    python -m benchmarks.table [--quick]       the C verdict table at 1,000 / 100,000 / 1,000,000 VMs
     python -m benchmarks.dataplane [--quick]   SYN verdicts/s at the NFQUEUE and the connect() latency it adds
                                                (as root; builds and removes its own network namespaces)
+    python -m benchmarks.control               CLI latency at 1k/100k/1M VMs, commit-to-verdict under SYN load
+    python -m benchmarks.soak                  the data plane under a steady SYN stream, a policy change a second
+    python -m benchmarks.cycles                kill and restart cycles: nothing gets through while the daemon is down
+    python -m benchmarks.startup               how fast a plain command starts, as a whole process
+    python -m benchmarks.apply                 how `enforcer apply` grows with the inventory file
+
+dataplane, soak, cycles and control's reload part run as root and build (and remove) their own network
+namespaces; --help tells each one's options.
 
 fleet.py is the synthetic inventory both register. The data-plane benchmark is split by concern: dataplane.py
 (options, orchestration), lab.py (the namespaces, the children, one measurement window), child.py (the parent's

@@ -88,3 +88,7 @@ def set_attributes(subscription: str) -> str:
 
 def revoke_exemption(subscription: str) -> str:
     return _command("exemption", "revoke", subscription)
+
+
+def show_profile(profile: str) -> str:
+    return _command("profile", "show", profile)

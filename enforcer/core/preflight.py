@@ -7,6 +7,7 @@ target's own answer, an unreachable is a route or an ICMP error; neither is the 
 
 from __future__ import annotations
 
+from . import hints
 from .profile import Profile, exemption_paths, type_says
 
 OUTCOME_WORDS = {"connected": "connected in", "refused": "refused in", "timeout": "timed out after",
@@ -30,7 +31,7 @@ def who_is_blocked(profile: Profile) -> str:
     if len(clauses) == 1:  # "blocked if created on or after ...", "blocked while flagged for spam"
         return clauses.pop()
     return f"blocked for {len(blocked)} of its {len(profile.types)} {profile.account_word} types; see: " \
-        f"enforcer profile show {profile.id}"
+        f"{hints.show_profile(profile.id)}"
 
 
 def judge(profile: Profile, port: int, outcome: str) -> tuple[str, str]:

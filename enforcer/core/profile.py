@@ -187,10 +187,6 @@ class Profile:
         """The verb that agrees with ports_phrase: 'port 25 is', 'ports 25 and 465 are'."""
         return "are" if len(self.restricted_ports) > 1 else "is"
 
-    @property
-    def judges_own_network(self) -> bool:
-        return not any(n.own_network for n in self.never_judged)
-
     def rules(self) -> list[Rule]:
         """Every rule the profile states, each with its provenance."""
         never = ", ".join(map(str, sorted(self.never_restricted_ports)))

@@ -1,8 +1,8 @@
-"""Reading the files a person hands us: YAML documents (an inventory or a lab file) into plain data, and the text
-of any input file (YAML, the config's and the profiles' TOML), with one-line errors.
+"""Reading a YAML document a person hands us (an inventory or a lab file) into plain data, with one-line errors.
 
-Whatever the path names, reading it neither blocks (a FIFO, a device) nor grows without bound (a huge file, an
-alias "bomb", nesting deep enough to exhaust the stack): each of those is a one-line refusal.
+The file's text comes from files.py (which neither blocks nor grows without bound); here the YAML itself is
+checked before anything is built: no anchors or aliases (an alias "bomb"), no explicit tags, no nesting deep
+enough to exhaust the stack, no key given twice. Each of those is a one-line refusal.
 """
 
 from __future__ import annotations

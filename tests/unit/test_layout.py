@@ -57,6 +57,18 @@ def test_nothing_outside_the_cli_imports_it(module):
     assert not {n for n in imports_of(MODULES[module]) if n == "enforcer.cli" or n.startswith("enforcer.cli.")}
 
 
+# The floors below the CLI: a package never imports one above it (the lab drives the data plane and the state; the
+# data plane reads the state; the state knows neither).
+ABOVE = {"enforcer.state": ("enforcer.dataplane", "enforcer.lab"), "enforcer.dataplane": ("enforcer.lab",)}
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith(tuple(ABOVE))])
+def test_no_package_imports_one_on_a_floor_above_it(module):
+    above = next(floors for package, floors in ABOVE.items() if module == package or module.startswith(package + "."))
+    reached = {n for n in imports_of(MODULES[module]) if n in above or n.startswith(tuple(f + "." for f in above))}
+    assert not reached, f"{module} imports {sorted(reached)}"
+
+
 def test_the_entry_point_is_the_cli_main():
     text = (ROOT / "pyproject.toml").read_text()
     assert 'enforcer = "enforcer.cli.main:main"' in text
