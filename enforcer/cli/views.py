@@ -48,6 +48,10 @@ def show_daemon(live: dict[str, Any]) -> None:
         click.echo(f"{'queue ' + q:17} waiting {d.get('waiting', '?')}, dropped when full "
                    f"{d.get('queue_dropped', '?')}, failed to send {d.get('user_dropped', '?')}")
     click.echo(f"{'malformed':17} {live['malformed']}; rules put back {live['rule_repairs']} time(s)")
+    summarised = live.get("drop_log", {}).get("summarised", 0)
+    if summarised:  # a flood of new sources: most of its attempts are in the drop log's summary lines
+        click.echo(f"{'drop log':17} {live['drop_log']['lines']} lines; {summarised} attempts from new sources "
+                   "counted in summary lines, not explained one by one (many source addresses: spoofing?)")
     if live["verdicts"]:
         show_table("SYNs judged", ["subscription", "verdict", "reason code", "count"],
                    [[v["subscription"], v["verdict"], v["code"], str(v["count"])] for v in live["verdicts"]])

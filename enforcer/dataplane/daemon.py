@@ -388,10 +388,13 @@ class Daemon:
         totals: dict[tuple[str, str, str], int] = {}
         malformed = errors = 0
         cached: dict[str, int] | None = {"added": 0, "present": 0, "full": 0} if self.cache is not None else None
+        drop_log = {"lines": 0, "summarised": 0}
         for w in self.workers:
             s = w.ask("stats")
             malformed += s["malformed"]
             errors += s["errors"]
+            for key in drop_log:
+                drop_log[key] += s["drop_log"][key]
             for key, n in (s["kernel_cache"] or {}).items():
                 if cached is not None:
                     cached[key] = cached.get(key, 0) + n
@@ -405,7 +408,7 @@ class Daemon:
             "worker_generations": [w.generation for w in self.workers], "state_error": self.state_error,
             "verdicts": [{"subscription": s, "code": c, "verdict": v, "count": n}
                          for (s, c, v), n in sorted(totals.items())],
-            "malformed": malformed, "callback_errors": errors, "kernel_cache": cached,
+            "malformed": malformed, "callback_errors": errors, "kernel_cache": cached, "drop_log": drop_log,
             "kernel_queues": {str(q): kernel[q].brief() if q in kernel else {} for q in self.queue_list()},
         }
 

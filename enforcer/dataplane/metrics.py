@@ -28,6 +28,11 @@ class DaemonCollector:
         yield verdicts
         yield CounterMetricFamily("enforcer_malformed_packets", "Queued packets whose source could not be read",
                                   value=s["malformed"])
+        yield CounterMetricFamily("enforcer_drop_log_lines", "Blocked attempts the drop log explained, a line each",
+                                  value=s["drop_log"]["lines"])
+        yield CounterMetricFamily("enforcer_drop_log_summarised",
+                                  "Blocked attempts from new sources counted in a summary line, not explained one by "
+                                  "one (a flood of sources, e.g. spoofed)", value=s["drop_log"]["summarised"])
         dropped = CounterMetricFamily("enforcer_kernel_queue_dropped",
                                       "Packets the kernel dropped at a queue (full, or failed to send)",
                                       labels=["queue", "why"])

@@ -77,30 +77,19 @@ def worker_main(queue_num: int, conn: Connection, settings: Settings, backend: s
         run_until_signalled(nfq)
     finally:
         control.stop.set()
-        control.droplog.drain(drops)
+        control.droplog.drain(drops, budget=None)
+        control.droplog.summarise()
 
 
 class Explainer:
     """Names the resource behind a blocked source and says why, from the state: read when a drop-log line is
-    written, kept per source until the next table."""
+    written (the drop log keeps the answer until the next table)."""
 
     def __init__(self, state: str):
         self.state = state
         self.store: Store | None = None
-        self.said: dict[bytes, tuple[str | None, str]] = {}
-
-    def forget(self) -> None:
-        self.said.clear()
 
     def __call__(self, key: bytes) -> tuple[str | None, str]:
-        said = self.said.get(key)
-        if said is None:
-            said = self.said[key] = self._explain(key)
-            if len(self.said) > 20000:
-                self.said.clear()
-        return said
-
-    def _explain(self, key: bytes) -> tuple[str | None, str]:
         address = socket.inet_ntop(socket.AF_INET6 if len(key) == 16 else socket.AF_INET, key)
         try:
             if self.store is None:
@@ -155,7 +144,7 @@ class WorkerControl:
 
     def __init__(self, queue_num: int, judge: Judge, drops: collections.deque[Drop], conn: Connection,
                  explain: Explainer, filler: CacheFiller | None = None):
-        self.queue_num, self.judge, self.drops, self.conn, self.explain = queue_num, judge, drops, conn, explain
+        self.queue_num, self.judge, self.drops, self.conn = queue_num, judge, drops, conn
         self.filler = filler
         self.meanings: dict[int, list[Verdict]] = {0: []}  # table generation -> what its verdicts mean
         self.counters = Counters(judge, [])
@@ -176,7 +165,7 @@ class WorkerControl:
             self.counters.swap(view, verdicts)
         else:
             self.filler.swapping(lambda: self.counters.swap(view, verdicts))
-        self.explain.forget()
+        self.droplog.forget()
         for old in sorted(self.meanings)[:-4]:  # drops still queued may name a few tables back
             del self.meanings[old]
         return generation
@@ -184,7 +173,7 @@ class WorkerControl:
     def answer(self, command: str, arg: Any) -> Any:
         if command == "stats":
             cache = self.filler.cache.counts if self.filler is not None else None
-            return {**self.counters.snapshot(), "kernel_cache": cache}
+            return {**self.counters.snapshot(), "kernel_cache": cache, "drop_log": self.droplog.counts()}
         if command == "table":
             return self.take(*arg)
         return None
@@ -192,7 +181,7 @@ class WorkerControl:
     def serve(self) -> None:
         while not self.stop.is_set():
             try:
-                if self.conn.poll(0.2):
+                if self.conn.poll(0 if self.drops else 0.2):
                     seq, command, arg = self.conn.recv()
                     try:
                         reply = self.answer(command, arg)
