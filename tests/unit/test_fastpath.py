@@ -951,7 +951,7 @@ def hash_of(key: bytes) -> int:
 
 
 class Image:
-    """The image read with nothing but the layout in _fastpath.c's header comment."""
+    """The image read with nothing but the layout in _fastpath/image.h's header comment."""
 
     def __init__(self, image: bytes) -> None:
         assert image[:8] == fp.MAGIC == b"P25FAST\0"
