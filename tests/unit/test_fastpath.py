@@ -60,12 +60,12 @@ class Model:
         self.per_prefix: collections.Counter[bytes] = collections.Counter()
         self.dense: set[bytes] = set()
 
-    def put(self, key: bytes, cls: int, interface: str | None = None, mac: bytes | None = None) -> None:
+    def put(self, key: bytes, verdict: int, interface: str | None = None, mac: bytes | None = None) -> None:
         if key not in self.exact:
             self.per_prefix[key[:-1]] += 1
             if self.per_prefix[key[:-1]] >= fp.PROMOTE_AT:
                 self.dense.add(key[:-1])
-        self.exact[key] = (cls, interface, mac)
+        self.exact[key] = (verdict, interface, mac)
 
     def remove(self, key: bytes) -> bool:
         if self.exact.pop(key, None) is None:
@@ -78,9 +78,9 @@ class Model:
             del self.per_prefix[p]
         return True
 
-    def put_prefix(self, net: bytes, plen: int, cls: int, interface: str | None = None,
+    def put_prefix(self, net: bytes, plen: int, verdict: int, interface: str | None = None,
                    mac: bytes | None = None) -> None:
-        self.prefixes[(net, plen)] = (cls, interface, mac)
+        self.prefixes[(net, plen)] = (verdict, interface, mac)
 
     def remove_prefix(self, net: bytes, plen: int) -> bool:
         return self.prefixes.pop((net, plen), None) is not None
@@ -95,20 +95,20 @@ class Model:
         e = self.entry(key)
         return -1 if e is None else e[0]
 
-    def allows(self, cls: int) -> bool:
-        return 0 <= cls < len(self.allow) and self.allow[cls] != 0
+    def allows(self, verdict: int) -> bool:
+        return 0 <= verdict < len(self.allow) and self.allow[verdict] != 0
 
     def judged(self, key: bytes, indev: int, hw: bytes | None) -> tuple[str, int]:
-        """(verdict, class or UNKNOWN or SPOOFED) for a packet from key."""
+        """(accept or drop, the verdict or UNKNOWN or SPOOFED) for a packet from key."""
         e = self.entry(key)
         if e is None:
             return "drop", UNKNOWN
-        cls, interface, mac = e
-        if not self.allows(cls):
-            return "drop", cls
+        verdict, interface, mac = e
+        if not self.allows(verdict):
+            return "drop", verdict
         if (interface is not None and name_of(indev) != interface) or (mac is not None and hw != mac):
             return "drop", SPOOFED
-        return "accept", cls
+        return "accept", verdict
 
     def remembered(self, key: bytes, verdict: str, outcome: int) -> tuple[bytes, bool] | None:
         """What a Judge with `remember` appends: exact sources whose verdict does not depend on where the packet
@@ -126,11 +126,11 @@ class Model:
 
 def mirror(model: Model) -> Table:
     t = Table()
-    for key, (cls, interface, mac) in model.exact.items():
-        t.put(key, cls, interface, mac)
-    for (net, plen), (cls, interface, mac) in model.prefixes.items():
-        t.put_prefix(net, plen, cls, interface, mac)
-    t.set_classes(model.allow)
+    for key, (verdict, interface, mac) in model.exact.items():
+        t.put(key, verdict, interface, mac)
+    for (net, plen), (verdict, interface, mac) in model.prefixes.items():
+        t.put_prefix(net, plen, verdict, interface, mac)
+    t.set_allowed(model.allow)
     return t
 
 
@@ -188,14 +188,14 @@ NETS = [("10.0.0.0", 24), ("10.0.0.0", 16), ("10.0.0.128", 25), ("10.0.0.0", 8),
 dense_keys = st.builds(lambda base, last: base[:-1] + bytes([last]), st.sampled_from(BASES), st.integers(0, 255))
 sparse_keys = st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=16, max_size=16))
 keys = st.one_of(dense_keys, sparse_keys)
-classes = st.integers(0, 5)
+verdicts = st.integers(0, 5)
 bindings = st.one_of(st.just((None, None)),
                      st.tuples(st.sampled_from([None, "lo", "eth0", "veth-é"]), st.sampled_from([None, MAC1, MAC2])))
 
 
 class TableMachine(RuleBasedStateMachine):
-    """Random puts and removals (single and in runs that cross the promotion thresholds), prefixes and class
-    sets; after every step the image a View reads must answer as the model does."""
+    """Random puts and removals (single and in runs that cross the promotion thresholds), prefixes and allow
+    flags; after every step the image a View reads must answer as the model does."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -205,10 +205,10 @@ class TableMachine(RuleBasedStateMachine):
         self.generation = 0
         self.rng = random.Random(0)
 
-    @rule(key=keys, cls=classes, binding=bindings)
-    def put(self, key: bytes, cls: int, binding: tuple[str | None, bytes | None]) -> None:
-        self.table.put(key, cls, *binding)
-        self.model.put(key, cls, *binding)
+    @rule(key=keys, verdict=verdicts, binding=bindings)
+    def put(self, key: bytes, verdict: int, binding: tuple[str | None, bytes | None]) -> None:
+        self.table.put(key, verdict, *binding)
+        self.model.put(key, verdict, *binding)
         self.touched.add(key)
 
     @rule(key=keys)
@@ -221,14 +221,14 @@ class TableMachine(RuleBasedStateMachine):
             key = data.draw(st.sampled_from(sorted(self.model.exact)))
             assert self.table.remove(key) and self.model.remove(key)
 
-    @rule(base=st.sampled_from(BASES), lo=st.integers(0, 255), n=st.integers(1, 90), cls=classes,
+    @rule(base=st.sampled_from(BASES), lo=st.integers(0, 255), n=st.integers(1, 90), verdict=verdicts,
           bound=st.booleans())
-    def put_run(self, base: bytes, lo: int, n: int, cls: int, bound: bool) -> None:
+    def put_run(self, base: bytes, lo: int, n: int, verdict: int, bound: bool) -> None:
         for last in range(lo, min(256, lo + n)):
             key = base[:-1] + bytes([last])
             mac = bytes([2, 0, 0, 0, 0, last, 0, 0]) if bound else None
-            self.table.put(key, cls, None, mac)
-            self.model.put(key, cls, None, mac)
+            self.table.put(key, verdict, None, mac)
+            self.model.put(key, verdict, None, mac)
             self.touched.add(key)
 
     @rule(base=st.sampled_from(BASES), lo=st.integers(0, 255), n=st.integers(1, 90))
@@ -237,18 +237,18 @@ class TableMachine(RuleBasedStateMachine):
             key = base[:-1] + bytes([last])
             assert self.table.remove(key) == self.model.remove(key)
 
-    @rule(net=st.sampled_from(NETS), cls=classes, binding=bindings)
-    def put_prefix(self, net: tuple[str, int], cls: int, binding: tuple[str | None, bytes | None]) -> None:
-        self.table.put_prefix(pack(net[0]), net[1], cls, *binding)
-        self.model.put_prefix(pack(net[0]), net[1], cls, *binding)
+    @rule(net=st.sampled_from(NETS), verdict=verdicts, binding=bindings)
+    def put_prefix(self, net: tuple[str, int], verdict: int, binding: tuple[str | None, bytes | None]) -> None:
+        self.table.put_prefix(pack(net[0]), net[1], verdict, *binding)
+        self.model.put_prefix(pack(net[0]), net[1], verdict, *binding)
 
     @rule(net=st.sampled_from(NETS))
     def remove_prefix(self, net: tuple[str, int]) -> None:
         assert self.table.remove_prefix(pack(net[0]), net[1]) == self.model.remove_prefix(pack(net[0]), net[1])
 
     @rule(allow=st.binary(max_size=8))
-    def set_classes(self, allow: bytes) -> None:
-        self.table.set_classes(allow)
+    def set_allowed(self, allow: bytes) -> None:
+        self.table.set_allowed(allow)
         self.model.allow = allow
 
     def sample(self) -> list[bytes]:
@@ -272,9 +272,9 @@ class TableMachine(RuleBasedStateMachine):
         view = View(image)
         assert view.generation == self.generation
         assert len(view) == len(self.table) == len(self.model)
-        assert view.classes == len(self.model.allow)
-        for cls in range(-1, 10):
-            assert view.allows(cls) == self.model.allows(cls)
+        assert view.verdicts == len(self.model.allow)
+        for verdict in range(-1, 10):
+            assert view.allows(verdict) == self.model.allows(verdict)
         for key in self.sample():
             assert view.entry(key) == self.model.entry(key), key
             assert view.lookup(key) == self.model.lookup(key), key
@@ -410,7 +410,7 @@ def test_image_into_a_memfd_and_a_view_over_its_read_only_mmap():
     for i in range(1000):
         t.put(pack(f"198.18.{i >> 8}.{i & 255}"), i % 3, "lo" if i % 7 == 0 else None)
     t.put(pack("2001:db8::1"), 2, None, MAC1)
-    t.set_classes(b"\0\1\1")
+    t.set_allowed(b"\0\1\1")
     fd = os.memfd_create("verdicts", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, t.nbytes)
@@ -524,7 +524,7 @@ def small_image() -> bytes:
     t.put(pack("10.9.9.9"), 2, "lo")
     t.put_prefix(pack("10.1.0.0"), 16, 1, None, MAC2)
     t.put_prefix(pack("2001:db8:1::"), 48, 2)
-    t.set_classes(b"\0\1\1")
+    t.set_allowed(b"\0\1\1")
     return t.image(9)
 
 
@@ -628,14 +628,14 @@ def test_a_full_map_in_a_forged_image_does_not_loop_forever():
 @pytest.fixture
 def model() -> Model:
     m = Model()
-    m.allow = b"\0\1\1\0"                                   # classes 1 and 2 allow
+    m.allow = b"\0\1\1\0"                                   # verdicts 1 and 2 allow
     m.put(pack("198.18.0.1"), 1)
     m.put(pack("198.18.0.2"), 0)
     m.put(pack("198.18.0.3"), 2, "lo")
     m.put(pack("198.18.0.4"), 2, None, MAC1)
     m.put(pack("198.18.0.5"), 2, "lo", MAC1)
     m.put(pack("198.18.0.6"), 0, "lo", MAC1)                # blocked, bound: blocked whatever the interface
-    m.put(pack("198.18.0.7"), 9)                            # a class past the known ones: blocked
+    m.put(pack("198.18.0.7"), 9)                            # a verdict past the known ones: blocked
     m.put(pack("2001:db8::1"), 1)
     m.put(pack("2001:db8::2"), 3)
     m.put(pack("2001:db8::3"), 1, "no-such-if0")
@@ -691,7 +691,7 @@ def test_judge_gives_the_models_verdict(model, source, indev, hw, verdict, outco
     counts = [0] * len(model.allow)
     if 0 <= outcome < len(counts):
         counts[outcome] = 1
-    assert judge.counts() == counts and judge.unclassed == int(outcome >= len(model.allow))
+    assert judge.counts() == counts and judge.unlisted == int(outcome >= len(model.allow))
     if verdict == "drop":
         came_from = (indev, hw) if outcome == SPOOFED else None
         assert list(drops) == [(judge.view, outcome, pack(source), payload, came_from)]
@@ -824,7 +824,7 @@ def test_swap_returns_the_counts_and_starts_new_ones(model):
     pkt = Packet(payload_of(pack("198.18.0.1")))
     judge(pkt)
     assert pkt.verdicts == ["accept"] and judge.counts() == [0, 0, 0, 0, 0, 1]
-    assert judge.unknown == 1 and judge.unclassed == 1   # cumulative, not per view
+    assert judge.unknown == 1 and judge.unlisted == 1   # cumulative, not per view
     with pytest.raises(TypeError):
         judge.swap(b"")
 
@@ -863,14 +863,14 @@ def test_swap_from_another_thread_loses_no_count(model):
 def test_judge_against_the_model(data):
     m = Model()
     m.allow = data.draw(st.binary(max_size=6))
-    for key, cls, binding in data.draw(st.lists(st.tuples(keys, classes, bindings), max_size=30)):
-        m.put(key, cls, *binding)
-    for base, n, cls in data.draw(st.lists(st.tuples(st.sampled_from(BASES), st.integers(0, 120), classes),
+    for key, verdict, binding in data.draw(st.lists(st.tuples(keys, verdicts, bindings), max_size=30)):
+        m.put(key, verdict, *binding)
+    for base, n, verdict in data.draw(st.lists(st.tuples(st.sampled_from(BASES), st.integers(0, 120), verdicts),
                                            max_size=2)):
         for last in range(n):
-            m.put(base[:-1] + bytes([last]), cls, None, MAC1 if last % 3 == 0 else None)
-    for net, cls, binding in data.draw(st.lists(st.tuples(st.sampled_from(NETS), classes, bindings), max_size=4)):
-        m.put_prefix(pack(net[0]), net[1], cls, *binding)
+            m.put(base[:-1] + bytes([last]), verdict, None, MAC1 if last % 3 == 0 else None)
+    for net, verdict, binding in data.draw(st.lists(st.tuples(st.sampled_from(NETS), verdicts, bindings), max_size=4)):
+        m.put_prefix(pack(net[0]), net[1], verdict, *binding)
     drops: collections.deque[Any] = collections.deque()
     remember: collections.deque[Any] = collections.deque()
     judge = judge_of(m, drops=drops, remember=remember)
@@ -914,8 +914,8 @@ def test_the_interface_name_cache_serves_matches_and_mismatches_alike():
 
 def test_a_swap_in_the_middle_of_a_packet_frees_nothing_it_reads_and_counts_into_no_other_view(model):
     """A packet method written in Python can let another thread swap() mid-packet (here the packet swaps
-    itself, deterministically): the Judge keeps reading the view it started with, and that packet's class
-    index, which means something else in the new view, is not counted there (it is lost)."""
+    itself, deterministically): the Judge keeps reading the view it started with, and that packet's verdict,
+    which means something else in the new view, is not counted there (it is lost)."""
     other = Model()
     other.allow = b"\1" * 4
     judge = judge_of(model)
@@ -926,7 +926,7 @@ def test_a_swap_in_the_middle_of_a_packet_frees_nothing_it_reads_and_counts_into
             returned.append(judge.swap(View(mirror(other).image(2))))   # the old view's last reference goes
             return MAC1
 
-    pkt = Swapping(payload_of(pack("198.18.0.4")), 0, MAC1)         # class 2, bound to MAC1: asks get_hw()
+    pkt = Swapping(payload_of(pack("198.18.0.4")), 0, MAC1)         # verdict 2, bound to MAC1: asks get_hw()
     judge(pkt)
     assert pkt.verdicts == ["accept"] and judge.errors == 0
     assert returned == [[0, 0, 0, 0]] and judge.counts() == [0, 0, 0, 0]
@@ -935,7 +935,7 @@ def test_a_swap_in_the_middle_of_a_packet_frees_nothing_it_reads_and_counts_into
 # ---------------------------------------------------------------- the image format, read as documented
 
 M64 = 2**64 - 1
-SECTIONS = ("dir4", "dir6", "exact4", "exact6", "pages", "records", "prefixes", "classes")
+SECTIONS = ("dir4", "dir6", "exact4", "exact6", "pages", "records", "prefixes", "allow")
 
 
 def fold(a: int, b: int) -> int:
@@ -1015,9 +1015,10 @@ class Image:
                 return -1
         if value & 0x80000000:
             offset, count = self.at["records"]
-            cls, flags, mac, interface = struct.unpack_from("<II8s16s", self.image, offset + 32 * (value & 0x7fffffff))
+            verdict, flags, mac, interface = struct.unpack_from("<II8s16s", self.image,
+                                                                offset + 32 * (value & 0x7fffffff))
             assert flags in (1, 2, 3)
-            return cls
+            return verdict
         return value - 1
 
 
@@ -1030,10 +1031,10 @@ def test_the_image_is_laid_out_as_documented():
         t.put(k, i % 7, "lo" if i % 11 == 0 else None, MAC1 if i % 13 == 0 else None)
     t.put_prefix(pack("10.0.0.0"), 8, 3, None, MAC2)
     t.put_prefix(pack("2001:db8:ff::"), 48, 4)
-    t.set_classes(b"\1\0\1")
+    t.set_allowed(b"\1\0\1")
     image = Image(t.image(77))
     assert image.generation == 77 and image.entries == len(set(keys))
-    assert image.image[image.at["classes"][0]:][:3] == b"\1\0\1"
+    assert image.image[image.at["allow"][0]:][:3] == b"\1\0\1"
     for name in ("dir4", "dir6", "exact4", "exact6"):
         d = image.displacements(name)
         assert len(d) * 2 <= image.at[name][1]                      # load <= 0.5

@@ -12,8 +12,8 @@
  *
  * Values (u32, in pages, exact slots and prefix entries)
  *   0                 absent
- *   1 .. 2^31-1       class index + 1 (unbound)
- *   0x80000000 | r    bound: r indexes a binding record, which holds the class
+ *   1 .. 2^31-1       verdict + 1 (unbound)
+ *   0x80000000 | r    bound: r indexes a binding record, which holds the verdict
  *
  * Image (little-endian; the arrays are written as they lie in the Table's memory, so image() is memcpys)
  *   header, 192 bytes:
@@ -26,11 +26,11 @@
  *                   (8 bytes), DIR6 { u8 key[16]; u32 value } (20 bytes). Few entries: it stays in cache.
  *   EXACT4, EXACT6  the same kind of map, full address -> value, for addresses whose prefix is sparse.
  *   PAGES           count x 256 u32 values (1 KiB), indexed by the last byte: every address of a dense prefix.
- *   RECORDS         binding records, 32 bytes: { u32 class; u32 flags (1 interface, 2 MAC);
+ *   RECORDS         binding records, 32 bytes: { u32 verdict; u32 flags (1 interface, 2 MAC);
  *                   u8 mac[8] (as NFQUEUE's get_hw() gives it); char interface[16] (NUL-padded) }.
  *   PREFIXES        prefix-registered sources (scale sets), 24 bytes: { u8 family (4 or 6); u8 length;
  *                   u8 zero[2]; u32 value; u8 network[16] }, longest first; scanned only on an exact miss.
- *   CLASSES         one byte a class index: nonzero = that class allows. Past the end: blocked.
+ *   ALLOW           one byte a verdict: nonzero = that verdict allows. Past the end: blocked.
  *   A lookup: hash the prefix, probe the directory; a hit is one read of the page (two cache lines in all,
  *   the directory's usually cached). A miss probes the exact map (one line, sometimes two: a 20-byte slot
  *   can straddle), then, only if that misses too, the prefix entries.
@@ -59,17 +59,18 @@
 #define MIN_CAP 8u
 #define MAX_CAP (1ull << 40)       /* a View refuses bigger maps: keeps the shift arithmetic in range */
 #define BOUND 0x80000000u
-#define MAX_CLASS 0x7ffffffeu      /* cls + 1 must stay below BOUND */
+#define MAX_VERDICT 0x7ffffffeu    /* verdict + 1 must stay below BOUND */
 #define REC_INTERFACE 1u
 #define REC_MAC 2u
 
-enum { S_DIR4, S_DIR6, S_EXACT4, S_EXACT6, S_PAGES, S_RECORDS, S_PREFIXES, S_CLASSES, NSECTIONS };
+enum { S_DIR4, S_DIR6, S_EXACT4, S_EXACT6, S_PAGES, S_RECORDS, S_PREFIXES, S_ALLOW, NSECTIONS };
 static const uint64_t ELEM[NSECTIONS] = {8, 20, 8, 20, 1024, 32, 24, 1};
+/* the sections' names in error messages (S_ALLOW keeps the name they have always given it) */
 static const char *const SECTION_NAME[NSECTIONS] = {
     "dir4", "dir6", "exact4", "exact6", "pages", "records", "prefixes", "classes"};
 
 typedef struct {
-    uint32_t cls;
+    uint32_t verdict;
     uint32_t flags;
     uint8_t mac[8];
     char interface[16];
@@ -163,7 +164,7 @@ static int address_arg(const char *what, Py_ssize_t len) {
     return -1;
 }
 
-/* (cls, interface | None, mac | None) of a value that is present. */
+/* (verdict, interface | None, mac | None) of a value that is present. */
 static PyObject *describe(uint32_t value, const uint8_t *records, uint64_t nrecords) {
     if (!(value & BOUND))
         return Py_BuildValue("(IOO)", value - 1, Py_None, Py_None);
@@ -185,7 +186,7 @@ static PyObject *describe(uint32_t value, const uint8_t *records, uint64_t nreco
         Py_DECREF(interface);
         return NULL;
     }
-    return Py_BuildValue("(INN)", rec.cls, interface, mac);
+    return Py_BuildValue("(INN)", rec.verdict, interface, mac);
 }
 
 #endif /* FASTPATH_IMAGE_H */

@@ -37,9 +37,9 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     ViewObject *view;
-    uint64_t *counts;                /* per class index of the view */
+    uint64_t *counts;                /* per verdict of the view */
     uint64_t ncounts;
-    unsigned long long unknown, spoofed, malformed, errors, unclassed;
+    unsigned long long unknown, spoofed, malformed, errors, unlisted;
     char default_allow;
     PyObject *drops_append, *remember_append; /* bound append methods, or NULL */
     IfName ifnames[IFCACHE];
@@ -121,11 +121,11 @@ static int append(PyObject *method, PyObject *item) {
     return 0;
 }
 
-/* The drop record: (view, cls, key, payload, came_from); came_from = (indev, hw) for a spoofed source. */
-static int record_drop(JudgeObject *j, PyObject *pkt, ViewObject *view, int64_t cls, const uint8_t *key,
+/* The drop record: (view, verdict, key, payload, came_from); came_from = (indev, hw) for a spoofed source. */
+static int record_drop(JudgeObject *j, PyObject *pkt, ViewObject *view, int64_t verdict, const uint8_t *key,
                        int wide, PyObject *payload, PyObject **indev, PyObject **hw) {
     PyObject *came_from = Py_None, *k, *c;
-    if (cls == SPOOFED) {
+    if (verdict == SPOOFED) {
         if (*indev == NULL && (*indev = PyObject_GetAttr(pkt, s_indev)) == NULL)
             return -1;
         if (*hw == NULL && (*hw = PyObject_CallMethodNoArgs(pkt, s_get_hw)) == NULL)
@@ -136,7 +136,7 @@ static int record_drop(JudgeObject *j, PyObject *pkt, ViewObject *view, int64_t 
         Py_INCREF(came_from);
     }
     k = PyBytes_FromStringAndSize((const char *)key, KEYLEN(wide));
-    c = PyLong_FromLongLong(cls);
+    c = PyLong_FromLongLong(verdict);
     PyObject *item = (k && c) ? PyTuple_Pack(5, (PyObject *)view, c, k, payload, came_from) : NULL;
     Py_XDECREF(k);
     Py_XDECREF(c);
@@ -178,9 +178,9 @@ static void judge_packet(JudgeObject *j, PyObject *pkt) {
     view = (ViewObject *)Py_NewRef(j->view);
     const uint8_t *record;
     int exact, allow = 0, bound = 0;
-    int64_t cls = view_class(view, view_find(view, key, wide, &exact), &record);
-    if (cls >= 0) {
-        allow = (uint64_t)cls < view->nclasses && view->allow[cls];
+    int64_t verdict = view_verdict(view, view_find(view, key, wide, &exact), &record);
+    if (verdict >= 0) {
+        allow = (uint64_t)verdict < view->nverdicts && view->allow[verdict];
         bound = record != NULL && (ld32(record + 4) & (REC_INTERFACE | REC_MAC));
         if (allow && bound) {
             int s = is_spoofed(j, pkt, record, &indev, &hw);
@@ -188,27 +188,29 @@ static void judge_packet(JudgeObject *j, PyObject *pkt) {
                 goto error;
             if (s) {
                 allow = 0;
-                cls = SPOOFED;
+                verdict = SPOOFED;
             }
         }
     }
-    /* counted before the verdict, as the Python callback does; per class only into the judging view's counts */
-    if (cls == UNKNOWN)
+    /* Counted before the verdict: a packet let through is in the counts by the time anyone can see it arrive,
+     * and one whose accept() or drop() raises is counted all the same (and as an error). Per verdict only into
+     * the judging view's counts: after a swap mid-packet the number means something else in the new view. */
+    if (verdict == UNKNOWN)
         j->unknown++;
-    else if (cls == SPOOFED)
+    else if (verdict == SPOOFED)
         j->spoofed++;
-    else if (j->view == view && (uint64_t)cls < j->ncounts)
-        j->counts[cls]++;
-    else if ((uint64_t)cls >= view->nclasses)
-        j->unclassed++;
+    else if (j->view == view && (uint64_t)verdict < j->ncounts)
+        j->counts[verdict]++;
+    else if ((uint64_t)verdict >= view->nverdicts)
+        j->unlisted++;
 
     if (give_verdict(pkt, allow) < 0)
         goto error;
     given = 1;
-    if (!allow && j->drops_append && record_drop(j, pkt, view, cls, key, wide, payload, &indev, &hw) < 0)
+    if (!allow && j->drops_append && record_drop(j, pkt, view, verdict, key, wide, payload, &indev, &hw) < 0)
         goto error;
     /* the kernel cache may hold only what does not depend on where the packet came from */
-    if (j->remember_append && exact && cls >= 0 && !(allow && bound) &&
+    if (j->remember_append && exact && verdict >= 0 && !(allow && bound) &&
         append(j->remember_append, Py_BuildValue("(y#O)", key, (Py_ssize_t)KEYLEN(wide),
                                                  allow ? Py_True : Py_False)) < 0)
         goto error;
@@ -237,7 +239,7 @@ static PyObject *judge_vectorcall(PyObject *self, PyObject *const *args, size_t 
 }
 
 static uint64_t *new_counts(const ViewObject *view) {
-    uint64_t *c = PyMem_Calloc(view->nclasses ? view->nclasses : 1, sizeof(uint64_t));
+    uint64_t *c = PyMem_Calloc(view->nverdicts ? view->nverdicts : 1, sizeof(uint64_t));
     if (c == NULL)
         PyErr_NoMemory();
     return c;
@@ -272,7 +274,7 @@ static PyObject *judge_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     j->vectorcall = judge_vectorcall;
     j->view = (ViewObject *)Py_NewRef(view);
     j->default_allow = (char)default_allow;
-    j->ncounts = j->view->nclasses;
+    j->ncounts = j->view->nverdicts;
     if ((j->counts = new_counts(j->view)) == NULL || bound_append(drops, &j->drops_append) < 0 ||
         bound_append(remember, &j->remember_append) < 0) {
         Py_DECREF(j);
@@ -307,7 +309,7 @@ static PyObject *judge_swap(JudgeObject *j, PyObject *view) {
     ViewObject *old_view = j->view;
     j->view = (ViewObject *)Py_NewRef(view);
     j->counts = counts;
-    j->ncounts = j->view->nclasses;
+    j->ncounts = j->view->nverdicts;
     PyObject *list = counts_list(old, n); /* NULL: MemoryError, and those hits are lost */
     PyMem_Free(old);
     Py_DECREF(old_view);
@@ -320,9 +322,9 @@ static PyObject *judge_counts(JudgeObject *j, PyObject *Py_UNUSED(ignored)) {
 
 static PyMethodDef judge_methods[] = {
     {"swap", (PyCFunction)judge_swap, METH_O,
-     "swap(view) -> list[int]: judge with `view` from the next packet on; returns the per-class counts so far "
+     "swap(view) -> list[int]: judge with `view` from the next packet on; returns the per-verdict counts so far "
      "and starts new ones."},
-    {"counts", (PyCFunction)judge_counts, METH_NOARGS, "counts() -> list[int]: hits per class index so far."},
+    {"counts", (PyCFunction)judge_counts, METH_NOARGS, "counts() -> list[int]: hits per verdict so far."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -335,8 +337,8 @@ static PyMemberDef judge_members[] = {
      "packets of allowed sources that came from where they are not bound"},
     {"malformed", T_ULONGLONG, offsetof(JudgeObject, malformed), READONLY, "packets with no source to read"},
     {"errors", T_ULONGLONG, offsetof(JudgeObject, errors), READONLY, "packets whose judging raised"},
-    {"unclassed", T_ULONGLONG, offsetof(JudgeObject, unclassed), READONLY,
-     "packets of a class index past the view's classes (blocked)"},
+    {"unlisted", T_ULONGLONG, offsetof(JudgeObject, unlisted), READONLY,
+     "packets whose verdict the view does not list (blocked)"},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -179,7 +179,7 @@ typedef struct {
     Prefix *prefixes;                /* longest first */
     uint64_t nprefixes, prefixes_cap;
     uint8_t *allow;
-    uint64_t nclasses;
+    uint64_t nverdicts;
     uint64_t nexact;                 /* addresses (exact entries) */
 } TableObject;
 
@@ -269,18 +269,18 @@ static void record_free(TableObject *t, uint32_t r) {
     t->free_records.v[t->free_records.n++] = r;
 }
 
-/* The value for (cls, binding) replacing `old`: a bound old keeps its record for a bound new one, and frees it
+/* The value for (verdict, binding) replacing `old`: a bound old keeps its record for a bound new one, and frees it
  * for an unbound one. A bound new one with an unbound old needs record_reserve() first. */
-static uint32_t make_value(TableObject *t, uint32_t old, uint32_t cls, const Binding *b) {
+static uint32_t make_value(TableObject *t, uint32_t old, uint32_t verdict, const Binding *b) {
     if (!b->set) {
         if (old & BOUND)
             record_free(t, old & ~BOUND);
-        return cls + 1;
+        return verdict + 1;
     }
     uint32_t r = (old & BOUND) ? old & ~BOUND : record_take(t);
     Record *rec = &t->records[r];
     memset(rec, 0, sizeof(Record));
-    rec->cls = cls;
+    rec->verdict = verdict;
     rec->flags = b->flags;
     memcpy(rec->mac, b->mac, 8);
     memcpy(rec->interface, b->interface, 16);
@@ -328,7 +328,7 @@ static void demote(TableObject *t, const uint8_t *pk, int wide, uint32_t n) {
     map_trim(&t->dir[wide]);
 }
 
-static int table_put_key(TableObject *t, const uint8_t *key, int wide, uint32_t cls, const Binding *b) {
+static int table_put_key(TableObject *t, const uint8_t *key, int wide, uint32_t verdict, const Binding *b) {
     const unsigned klen = KEYLEN(wide);
     Map *exact = &t->exact[wide], *count = &t->count[wide];
     uint8_t pk[16];
@@ -341,7 +341,7 @@ static int table_put_key(TableObject *t, const uint8_t *key, int wide, uint32_t 
     uint8_t *cell = page ? (uint8_t *)(t->pages + (uint64_t)(page - 1) * 256 + key[klen - 1])
                          : map_slot(exact, key) + klen;
     uint32_t old = ld32(cell);
-    uint32_t value = make_value(t, old, cls, b);
+    uint32_t value = make_value(t, old, verdict, b);
     if (old) {
         st32(cell, value);
         return 0;
@@ -392,16 +392,16 @@ static int table_remove_key(TableObject *t, const uint8_t *key, int wide) {
 
 /* ---- argument parsing */
 
-static int class_arg(PyObject *o, uint32_t *cls) {
+static int verdict_arg(PyObject *o, uint32_t *verdict) {
     int overflow;
     long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
     if (v == -1 && PyErr_Occurred())
         return -1;
-    if (overflow || v < 0 || v > MAX_CLASS) {
-        PyErr_Format(PyExc_ValueError, "cls must be 0 <= cls < 2**31 - 1, not %R", o);
+    if (overflow || v < 0 || v > MAX_VERDICT) {
+        PyErr_Format(PyExc_ValueError, "verdict must be 0 <= verdict < 2**31 - 1, not %R", o);
         return -1;
     }
-    *cls = (uint32_t)v;
+    *verdict = (uint32_t)v;
     return 0;
 }
 
@@ -445,18 +445,18 @@ static int binding_arg(PyObject *interface, PyObject *mac, Binding *b) {
 /* ---- methods */
 
 static PyObject *table_put(TableObject *t, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"key", "cls", "interface", "mac", NULL};
+    static char *kwlist[] = {"key", "verdict", "interface", "mac", NULL};
     const char *key;
     Py_ssize_t len;
-    PyObject *clso, *interface = Py_None, *mac = Py_None;
-    uint32_t cls;
+    PyObject *verdicto, *interface = Py_None, *mac = Py_None;
+    uint32_t verdict;
     Binding b;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y#O|OO:put", kwlist, &key, &len, &clso, &interface, &mac))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y#O|OO:put", kwlist, &key, &len, &verdicto, &interface, &mac))
         return NULL;
     int wide = address_arg("key", len);
-    if (wide < 0 || class_arg(clso, &cls) < 0 || binding_arg(interface, mac, &b) < 0)
+    if (wide < 0 || verdict_arg(verdicto, &verdict) < 0 || binding_arg(interface, mac, &b) < 0)
         return NULL;
-    if (table_put_key(t, (const uint8_t *)key, wide, cls, &b) < 0)
+    if (table_put_key(t, (const uint8_t *)key, wide, verdict, &b) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -522,25 +522,25 @@ static Prefix *find_prefix(TableObject *t, int family, int plen, const char *net
 }
 
 static PyObject *table_put_prefix(TableObject *t, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"network", "plen", "cls", "interface", "mac", NULL};
+    static char *kwlist[] = {"network", "plen", "verdict", "interface", "mac", NULL};
     const char *net;
     Py_ssize_t len;
     int plen;
-    PyObject *clso, *interface = Py_None, *mac = Py_None;
-    uint32_t cls;
+    PyObject *verdicto, *interface = Py_None, *mac = Py_None;
+    uint32_t verdict;
     Binding b;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y#iO|OO:put_prefix", kwlist, &net, &len, &plen, &clso,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y#iO|OO:put_prefix", kwlist, &net, &len, &plen, &verdicto,
                                      &interface, &mac))
         return NULL;
     int wide = network_arg(net, len, plen);
-    if (wide < 0 || class_arg(clso, &cls) < 0 || binding_arg(interface, mac, &b) < 0)
+    if (wide < 0 || verdict_arg(verdicto, &verdict) < 0 || binding_arg(interface, mac, &b) < 0)
         return NULL;
     int family = wide ? 6 : 4;
     Prefix *p = find_prefix(t, family, plen, net);
     if (b.set && record_reserve(t) < 0)
         return NULL;
     if (p != NULL) {
-        p->value = make_value(t, p->value, cls, &b);
+        p->value = make_value(t, p->value, verdict, &b);
         Py_RETURN_NONE;
     }
     if (grow((void **)&t->prefixes, &t->prefixes_cap, t->nprefixes + 1, sizeof(Prefix)) < 0)
@@ -554,7 +554,7 @@ static PyObject *table_put_prefix(TableObject *t, PyObject *args, PyObject *kwds
     p->family = (uint8_t)family;
     p->plen = (uint8_t)plen;
     memcpy(p->net, net, (size_t)len);
-    p->value = make_value(t, 0, cls, &b);
+    p->value = make_value(t, 0, verdict, &b);
     t->nprefixes++;
     Py_RETURN_NONE;
 }
@@ -580,7 +580,7 @@ static PyObject *table_remove_prefix(TableObject *t, PyObject *args, PyObject *k
     Py_RETURN_TRUE;
 }
 
-static PyObject *table_set_classes(TableObject *t, PyObject *arg) {
+static PyObject *table_set_allowed(TableObject *t, PyObject *arg) {
     Py_buffer allow;
     if (PyObject_GetBuffer(arg, &allow, PyBUF_SIMPLE) < 0)
         return NULL;
@@ -592,7 +592,7 @@ static PyObject *table_set_classes(TableObject *t, PyObject *arg) {
     memcpy(copy, allow.buf, (size_t)allow.len);
     PyMem_Free(t->allow);
     t->allow = copy;
-    t->nclasses = (uint64_t)allow.len;
+    t->nverdicts = (uint64_t)allow.len;
     PyBuffer_Release(&allow);
     Py_RETURN_NONE;
 }
@@ -612,7 +612,7 @@ static void table_layout(const TableObject *t, Layout *l) {
     l->count[S_PAGES] = t->npages;          l->src[S_PAGES] = t->pages;
     l->count[S_RECORDS] = t->nrecords;      l->src[S_RECORDS] = t->records;
     l->count[S_PREFIXES] = t->nprefixes;    l->src[S_PREFIXES] = t->prefixes;
-    l->count[S_CLASSES] = t->nclasses;      l->src[S_CLASSES] = t->allow;
+    l->count[S_ALLOW] = t->nverdicts;       l->src[S_ALLOW] = t->allow;
     uint64_t pos = HEADER_SIZE;
     for (int i = 0; i < NSECTIONS; i++) {
         l->off[i] = align_up(pos);
@@ -707,23 +707,23 @@ static PyObject *table_stats(TableObject *t, PyObject *Py_UNUSED(ignored)) {
         "exact4_slots", (unsigned long long)t->exact[0].cap, "exact6_slots", (unsigned long long)t->exact[1].cap,
         "pages", (unsigned long long)t->npages, "free_pages", (unsigned long long)t->free_pages.n,
         "records", (unsigned long long)t->nrecords, "free_records", (unsigned long long)t->free_records.n,
-        "prefixes", (unsigned long long)t->nprefixes, "classes", (unsigned long long)t->nclasses);
+        "prefixes", (unsigned long long)t->nprefixes, "verdicts", (unsigned long long)t->nverdicts);
 }
 
 static Py_ssize_t table_len(TableObject *t) { return (Py_ssize_t)(t->nexact + t->nprefixes); }
 
 static PyMethodDef table_methods[] = {
     {"put", (PyCFunction)(void (*)(void))table_put, METH_VARARGS | METH_KEYWORDS,
-     "put(key, cls, interface=None, mac=None): register a packed address (replaces its entry)."},
+     "put(key, verdict, interface=None, mac=None): register a packed address (replaces its entry)."},
     {"remove", (PyCFunction)table_remove, METH_O, "remove(key) -> bool: whether it was registered."},
     {"put_prefix", (PyCFunction)(void (*)(void))table_put_prefix, METH_VARARGS | METH_KEYWORDS,
-     "put_prefix(network, plen, cls, interface=None, mac=None): register a prefix (matched longest first, only "
+     "put_prefix(network, plen, verdict, interface=None, mac=None): register a prefix (matched longest first, only "
      "when the exact lookup misses)."},
     {"remove_prefix", (PyCFunction)(void (*)(void))table_remove_prefix, METH_VARARGS | METH_KEYWORDS,
      "remove_prefix(network, plen) -> bool"},
-    {"set_classes", (PyCFunction)table_set_classes, METH_O,
-     "set_classes(allow): one byte a class index, nonzero = that class allows."},
-    {"get", (PyCFunction)table_get, METH_O, "get(key) -> (cls, interface, mac) | None, exact entries only."},
+    {"set_allowed", (PyCFunction)table_set_allowed, METH_O,
+     "set_allowed(allow): one byte a verdict, nonzero = that verdict allows."},
+    {"get", (PyCFunction)table_get, METH_O, "get(key) -> (verdict, interface, mac) | None, exact entries only."},
     {"image", (PyCFunction)table_image, METH_O, "image(generation) -> bytes: the read-only image a View reads."},
     {"image_into", (PyCFunction)(void (*)(void))table_image_into, METH_VARARGS | METH_KEYWORDS,
      "image_into(buffer, generation) -> int: write the image into a writable buffer of at least nbytes bytes "

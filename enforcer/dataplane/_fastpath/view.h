@@ -28,7 +28,7 @@ typedef struct {
     uint64_t dir_cap[2], exact_cap[2];
     unsigned dir_shift[2], exact_shift[2];
     const uint8_t *pages, *records, *prefixes, *allow;
-    uint64_t npages, nrecords, nprefixes, nclasses;
+    uint64_t npages, nrecords, nprefixes, nverdicts;
 } ViewObject;
 
 static void view_dealloc(ViewObject *v) {
@@ -95,8 +95,8 @@ static int view_validate(ViewObject *v) {
     v->nrecords = count[S_RECORDS];
     v->prefixes = at[S_PREFIXES];
     v->nprefixes = count[S_PREFIXES];
-    v->allow = at[S_CLASSES];
-    v->nclasses = count[S_CLASSES];
+    v->allow = at[S_ALLOW];
+    v->nverdicts = count[S_ALLOW];
     return 0;
 }
 
@@ -152,8 +152,8 @@ static uint32_t view_find(const ViewObject *v, const uint8_t *key, int wide, int
     return wide ? find_in(v, key, 1, exact) : find_in(v, key, 0, exact);
 }
 
-/* A value's class and binding record (NULL: unbound); -1 for 0 or a record number past the end. */
-static inline int64_t view_class(const ViewObject *v, uint32_t value, const uint8_t **record) {
+/* A value's verdict and binding record (NULL: unbound); -1 for 0 or a record number past the end. */
+static inline int64_t view_verdict(const ViewObject *v, uint32_t value, const uint8_t **record) {
     *record = NULL;
     if (value == 0)
         return -1;
@@ -181,7 +181,7 @@ static PyObject *view_lookup(ViewObject *v, PyObject *key) {
     int exact, wide = key_of(key, &addr);
     if (wide < 0)
         return NULL;
-    return PyLong_FromLongLong(view_class(v, view_find(v, addr, wide, &exact), &record));
+    return PyLong_FromLongLong(view_verdict(v, view_find(v, addr, wide, &exact), &record));
 }
 
 static PyObject *view_entry(ViewObject *v, PyObject *key) {
@@ -195,15 +195,15 @@ static PyObject *view_entry(ViewObject *v, PyObject *key) {
     return describe(value, v->records, v->nrecords);
 }
 
-static PyObject *view_allows(ViewObject *v, PyObject *clso) {
-    long long cls = PyLong_AsLongLong(clso);
-    if (cls == -1 && PyErr_Occurred()) {
+static PyObject *view_allows(ViewObject *v, PyObject *verdicto) {
+    long long verdict = PyLong_AsLongLong(verdicto);
+    if (verdict == -1 && PyErr_Occurred()) {
         if (!PyErr_ExceptionMatches(PyExc_OverflowError))
             return NULL;
         PyErr_Clear();
         Py_RETURN_FALSE;
     }
-    return PyBool_FromLong(cls >= 0 && (uint64_t)cls < v->nclasses && v->allow[cls]);
+    return PyBool_FromLong(verdict >= 0 && (uint64_t)verdict < v->nverdicts && v->allow[verdict]);
 }
 
 static Py_ssize_t view_len(ViewObject *v) { return (Py_ssize_t)(v->entries + v->nprefixes); }
@@ -214,17 +214,17 @@ static PyObject *view_get_buffer(ViewObject *v, void *Py_UNUSED(closure)) {
 
 static PyMethodDef view_methods[] = {
     {"lookup", (PyCFunction)view_lookup, METH_O,
-     "lookup(key) -> int: the class index registered for the packed address (exact, else longest prefix), "
+     "lookup(key) -> int: the verdict registered for the packed address (exact, else longest prefix), "
      "-1 if none."},
     {"entry", (PyCFunction)view_entry, METH_O,
-     "entry(key) -> (cls, interface, mac) | None, exact entries and prefixes."},
-    {"allows", (PyCFunction)view_allows, METH_O, "allows(cls) -> bool"},
+     "entry(key) -> (verdict, interface, mac) | None, exact entries and prefixes."},
+    {"allows", (PyCFunction)view_allows, METH_O, "allows(verdict) -> bool"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef view_members[] = {
     {"generation", T_ULONGLONG, offsetof(ViewObject, generation), READONLY, "the image's generation"},
-    {"classes", T_ULONGLONG, offsetof(ViewObject, nclasses), READONLY, "how many class indexes it knows"},
+    {"verdicts", T_ULONGLONG, offsetof(ViewObject, nverdicts), READONLY, "how many verdicts it knows"},
     {NULL, 0, 0, 0, NULL},
 };
 
