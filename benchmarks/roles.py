@@ -95,10 +95,10 @@ def worker_judge(vms: int, seed: int, source: str, binding: Binding | None) -> t
     if binding is not None:
         # the fleet registers no interfaces or MACs: bind the one source the generator sends from, as the
         # daemon's table would for a VM registered with its interface and MAC
-        cls, _, _ = keeper.table.get(key) or (None, None, None)
-        if cls is None:
+        verdict, _, _ = keeper.table.get(key) or (None, None, None)
+        if verdict is None:
             raise RuntimeError(f"--source {source} is not registered in the fleet")
-        keeper.table.put(key, cls, binding.interface, binding.mac)
+        keeper.table.put(key, verdict, binding.interface, binding.mac)
     del inv
     fd = keeper.publish()
     try:
@@ -125,10 +125,10 @@ def own_counts(judge: Judge | None) -> dict:
     SYNs must all be accepted, or the window measures drops); all None for the accept-all consumer."""
     if judge is None:
         return {"own": None, "allowed": None, "spoofed": None}
-    counts = judge.counts()  # hits per class index, copied at once under the GIL: the packet thread keeps counting
+    counts = judge.counts()  # hits per verdict, copied at once under the GIL: the packet thread keeps counting
     view = judge.view
     return {"own": sum(counts) + judge.unknown + judge.spoofed + judge.malformed + judge.errors,
-            "allowed": sum(n for cls, n in enumerate(counts) if view.allows(cls)), "spoofed": judge.spoofed}
+            "allowed": sum(n for verdict, n in enumerate(counts) if view.allows(verdict)), "spoofed": judge.spoofed}
 
 
 def stop_main_thread() -> None:

@@ -2,7 +2,7 @@
 policy decided, the reason code) and where its packets must come from (a binding); the verdicts numbered once each.
 
 The table itself is the data plane's (`enforcer.dataplane._fastpath.Table`, filled by `dataplane.keeper.Keeper`):
-packed source address (4 or 16 bytes, as the IP header carries it) -> verdict index, binding.
+packed source address (4 or 16 bytes, as the IP header carries it) -> verdict, binding.
 """
 
 from __future__ import annotations

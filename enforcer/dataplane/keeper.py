@@ -74,7 +74,7 @@ class Keeper:
         except (OSError, ValueError, KeyError, TypeError) as e:  # what validation refuses, written past it
             raise UserError(f"the state cannot be compiled into a table: resource {name!r}: {e}; fix it "
                             f"(enforcer vm show {name})") from None
-        table.set_classes(verdicts.allow_flags())
+        table.set_allowed(verdicts.allow_flags())
         self.table, self.verdicts = table, verdicts
         return Patch(full=True, rules=True)
 
@@ -102,7 +102,7 @@ class Keeper:
         for r in inv.resources.values():
             for write in self._writes(inv, None, r):
                 self._write(*write)
-        self.table.set_classes(self.verdicts.allow_flags())
+        self.table.set_allowed(self.verdicts.allow_flags())
 
     def view(self) -> View:
         """The table as a worker sees it (an image in this process's memory)."""
@@ -132,7 +132,7 @@ class Keeper:
         for write in writes:
             self._write(*write)
             patch.keys.add(write[0])
-        self.table.set_classes(self.verdicts.allow_flags())
+        self.table.set_allowed(self.verdicts.allow_flags())
         return patch
 
     def _writes(self, inv: Inventory, before: Resource | None, after: Resource | None) -> list[Write]:

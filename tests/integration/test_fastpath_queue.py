@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 
 ZERO_MAC = bytes(8)
 OTHER_MAC = bytes.fromhex("02aabbccdd01") + b"\0\0"
-# source, class (1 allows), interface, mac -> what a connection from it does
+# source, verdict (1 allows), interface, mac -> what a connection from it does
 SOURCES = [
     ("198.18.0.1", 1, None, None, "connected"),
     ("198.18.0.2", 0, None, None, "timeout"),
@@ -86,11 +86,11 @@ def in_namespace() -> dict[str, object]:
 
     set_up_namespace()
     table = Table()
-    for address, cls, interface, mac, _ in SOURCES:
-        if cls is not None:
-            table.put(socket.inet_pton(family(address), address), cls, interface, mac)
+    for address, verdict, interface, mac, _ in SOURCES:
+        if verdict is not None:
+            table.put(socket.inet_pton(family(address), address), verdict, interface, mac)
     table.put_prefix(socket.inet_pton(socket.AF_INET, PREFIX[0]), PREFIX[1], PREFIX[2])
-    table.set_classes(b"\0\1")
+    table.set_allowed(b"\0\1")
     drops: collections.deque = collections.deque()
     remember: collections.deque = collections.deque()
     judge = Judge(View(table.image(1)), drops=drops, remember=remember)
@@ -118,8 +118,8 @@ def in_namespace() -> dict[str, object]:
             listener.close()
     return {"outcomes": outcomes, "counts": judge.counts(), "unknown": judge.unknown, "spoofed": judge.spoofed,
             "errors": judge.errors, "malformed": judge.malformed, "lo": socket.if_nametoindex("lo"),
-            "drops": sorted({(cls, text(key), json.dumps(None if seen is None else [seen[0], seen[1].hex()]))
-                             for _, cls, key, _, seen in drops}),
+            "drops": sorted({(verdict, text(key), json.dumps(None if seen is None else [seen[0], seen[1].hex()]))
+                             for _, verdict, key, _, seen in drops}),
             "remember": sorted({(text(key), allowed) for key, allowed in remember})}
 
 
@@ -140,7 +140,7 @@ def test_connections_succeed_or_time_out_as_the_table_says(judged):
 
 
 def test_the_judge_counted_and_recorded_what_it_dropped(judged):
-    # a dropped SYN is retried by the kernel; what matters is which sources, with which class, and from where
+    # a dropped SYN is retried by the kernel; what matters is which sources, with which verdict, and from where
     assert judged["drops"] == sorted([
         [-2, "198.18.0.4", json.dumps([judged["lo"], ZERO_MAC.hex()])],
         [-2, "198.18.0.6", json.dumps([judged["lo"], ZERO_MAC.hex()])],

@@ -19,6 +19,7 @@ import shutil
 import site
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -57,9 +58,14 @@ class Installed:
         return self.ok("python", "-c", code).strip()
 
 
-def build_wheel(into: Path, work: Path) -> Path:
+def copy_of_the_checkout(work: Path) -> Path:
     source = work / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_BUILT))
+    return source
+
+
+def build_wheel(into: Path, work: Path) -> Path:
+    source = copy_of_the_checkout(work)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                     "--quiet", "-w", str(into), str(source)], check=True, cwd=work, timeout=300)
     wheels = list(into.glob("port25_enforcer-*.whl"))
@@ -81,6 +87,26 @@ def installed(tmp_path_factory) -> Installed:
     purelib = Path(fresh.python("import sysconfig; print(sysconfig.get_path('purelib'))"))
     (purelib / "zz_port25_test_dependencies.pth").write_text("".join(f"{p}\n" for p in site.getsitepackages()))
     return fresh
+
+
+def test_the_sdist_carries_the_c_modules_sources(tmp_path):
+    """_fastpath.c and the headers it includes (one compilation unit): an sdist without them cannot build."""
+    source = copy_of_the_checkout(tmp_path)
+    subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                    "build_meta.build_sdist(sys.argv[1])", str(tmp_path / "dist")],
+                   check=True, cwd=source, capture_output=True, timeout=300)
+    (sdist,) = (tmp_path / "dist").glob("port25_enforcer-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        carried = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    headers = [str(p.relative_to(ROOT)) for p in ROOT.glob("enforcer/dataplane/_fastpath/*.h")]
+    assert len(headers) >= 4, headers
+    assert not {"enforcer/dataplane/_fastpath.c", *headers} - carried
+
+
+def test_the_wheel_carries_the_c_module_built_not_its_sources(installed):
+    dataplane = Path(installed.python("import enforcer.dataplane as d; print(d.__path__[0])"))
+    assert list(dataplane.glob("_fastpath.*.so")) and (dataplane / "_fastpath.pyi").is_file()
+    assert not (dataplane / "_fastpath.c").exists() and not (dataplane / "_fastpath").exists()
 
 
 def test_enforcer_is_imported_from_the_fresh_venv_not_the_checkout(installed):

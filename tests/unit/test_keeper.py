@@ -49,15 +49,15 @@ def agrees(store, keeper: Keeper) -> None:
     verdicts = keeper.verdicts.entries
     sources = [a.split("/")[0] for r in inv.resources.values() for a in r.addresses] + PROBES
     for source in sources:
-        verdict = decide(inv, PROFILE, source, INTERNET, 25)
-        cls = view.lookup(pack(source))
-        if verdict.resource is None:
-            assert cls == -1, source
+        decided = decide(inv, PROFILE, source, INTERNET, 25)
+        verdict = view.lookup(pack(source))
+        if decided.resource is None:
+            assert verdict == -1, source
             continue
-        assert cls >= 0 and view.allows(cls) == verdict.allow, source
-        assert (verdicts[cls].allow, verdicts[cls].code, verdicts[cls].subscription) == \
-            (verdict.allow, verdict.code, verdict.subscription), source
-        binding = binding_of(inv, inv.resources[verdict.resource])
+        assert verdict >= 0 and view.allows(verdict) == decided.allow, source
+        assert (verdicts[verdict].allow, verdicts[verdict].code, verdicts[verdict].subscription) == \
+            (decided.allow, decided.code, decided.subscription), source
+        binding = binding_of(inv, inv.resources[decided.resource])
         _, interface, mac = view.entry(pack(source))
         assert (interface, mac) == ((binding.interface, binding.mac) if binding else (None, None)), source
 

@@ -1,6 +1,6 @@
 """The packet path over a table compiled from an inventory: the C callback (Judge) reads the source from raw bytes
 and always gives a verdict; the worker counts per verdict and writes the drop log. (The same code runs against a
-real queue in tests/integration/test_dataplane.py; the C parts alone in test_fastpath.py.)"""
+real queue in tests/integration/test_dataplane.py; the C parts alone in test_fastpath_*.py.)"""
 
 import collections
 import io
