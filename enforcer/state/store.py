@@ -19,8 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
-from ..core.inventory import Inventory, Pulled, Resource, Subnet, Subscription, VNet, check_row, validate
+from ..core.inventory import Inventory, Pulled, Resource, Subnet, Subscription, VNet
 from ..core.profile import Profile
+from ..core.validate import check_row, validate
 from ..core.rows import COUNTED_BY, INDEXED, TABLES as TABLE_NAMES, Changes, Counts
 from ..core.verdicts import Judged, pulled_of, pulled_text
 from ..errors import UserError

@@ -11,10 +11,11 @@ import pytest
 
 from enforcer.core import lifecycle
 from enforcer.core.converge import converge
-from enforcer.core.inventory import Inventory, validate
+from enforcer.core.inventory import Inventory
 from enforcer.core.policy import Code, decide, internal_destinations
 from enforcer.core.profile import ChangeApplies, Exemption
 from enforcer.core.profile_format import parse_profile
+from enforcer.core.validate import validate
 from enforcer.core.verdicts import pack
 from enforcer.dataplane.keeper import Keeper
 from enforcer.errors import UserError
