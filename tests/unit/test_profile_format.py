@@ -19,7 +19,8 @@ from enforcer.core.validate import validate
 from enforcer.core.verdicts import pack
 from enforcer.dataplane.keeper import Keeper
 from enforcer.errors import UserError
-from enforcer.state.store import Store, to_doc
+from enforcer.state.rows import to_doc
+from enforcer.state.store import Store
 
 INTERNET = "198.19.25.25"
 TODAY = datetime.date(2026, 11, 27)
