@@ -8,10 +8,11 @@ from typing import Any
 
 import click
 
-from ..core.inventory import Inventory, Pulled, State, check_row
+from ..core.inventory import Inventory, Pulled, State
 from ..core.lifecycle import LISTED, listed, pending_names
 from ..core.policy import Code, decide
 from ..core.profile import Profile
+from ..core.validate import check_row
 from ..core.verdicts import Judged, judged_alike
 from ..dataplane.control import ask
 from ..errors import UserError

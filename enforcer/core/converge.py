@@ -13,9 +13,10 @@ from typing import Any, Iterator
 
 from ..errors import UserError
 from . import hints, lifecycle
-from .inventory import (ATTRIBUTES, NAME_RE, Inventory, State, check_changes, normalize_address, normalize_prefix,
-                        validate_resource)
+from .inventory import ATTRIBUTES, Inventory, State
+from .normalize import NAME_RE, normalize_address, normalize_prefix
 from .profile import OPERATOR_GRANTED, SELF_GRANTED, Exemption, Profile
+from .validate import check_changes, validate_resource
 
 TOP_KEYS = {"profile", "internal_prefixes", "subscriptions", "vnets", "resources", "lab"}
 SUB_KEYS = {"name", "type", "exempt", *ATTRIBUTES}

@@ -14,10 +14,11 @@ from typing import Any
 
 from ..errors import UserError
 from . import hints
-from .inventory import (ATTRIBUTES, Inventory, Resource, State, Subnet, Subscription, VNet, check_changes, check_name,
-                        normalize_address, normalize_day, normalize_mac, normalize_prefix, pull)
+from .inventory import ATTRIBUTES, Inventory, Resource, State, Subnet, Subscription, VNet, pull
+from .normalize import check_name, normalize_address, normalize_day, normalize_mac, normalize_prefix
 from .policy import Code, assess, assess_pulled, exemption_how, verdict_word
 from .profile import OPERATOR_GRANTED, SELF_GRANTED, ChangeApplies, Exemption, Profile
+from .validate import check_changes
 
 Result = tuple[Inventory, list[str]]
 INTERFACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,14}")  # what Linux accepts as a name (IFNAMSIZ 16)

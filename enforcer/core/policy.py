@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from . import hints
-from .inventory import Inventory, Pulled, Resource, State, is_prefix, pull
+from .inventory import Inventory, Pulled, Resource, State, pull
+from .normalize import is_prefix
 from .profile import OPERATOR_GRANTED, ChangeApplies, Exemption, Profile, exemption_conditions
 
 

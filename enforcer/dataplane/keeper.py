@@ -17,8 +17,9 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..core.inventory import Inventory, Resource, check_row
+from ..core.inventory import Inventory, Resource
 from ..core.profile import Profile
+from ..core.validate import check_row
 from ..core.verdicts import UNKNOWN, Judged, Verdict, Verdicts, hw_mac, judged, judged_alike, packed_address
 from ..errors import UserError
 from ..state.store import Changed, Store

@@ -6,7 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..core.profile import Profile, parse_profile
+from ..core.profile import Profile
+from ..core.profile_format import parse_profile
 from ..errors import UserError
 from .files import read_text
 

@@ -13,17 +13,17 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
 from contextlib import contextmanager, suppress
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
-from ..core.inventory import Inventory, Pulled, Resource, Subnet, Subscription, VNet, check_row, validate
+from ..core.inventory import Inventory, Resource, Subscription, VNet
 from ..core.profile import Profile
-from ..core.rows import COUNTED_BY, INDEXED, TABLES as TABLE_NAMES, Changes, Counts
-from ..core.verdicts import Judged, pulled_of, pulled_text
+from ..core.validate import check_row, validate
 from ..errors import UserError
+from .rows import Entity, drop_addresses, from_doc, to_doc, write_resource
+from .schema import GROUP_COLUMNS, MIGRATIONS, SCHEMA_VERSION
+from .source import StoreSource, over
 from .trust import SQLITE_MAGIC, StateFile, new_file_mode, size_fault
 
 APPLICATION_ID = 0x50323545  # "P25E": marks the file as ours
@@ -34,124 +34,7 @@ APPLICATION_ID = 0x50323545  # "P25E": marks the file as ours
 CHECKED_WHOLE_UP_TO = 16 << 20
 T = TypeVar("T")
 
-# Schema migrations: the steps of MIGRATIONS[i] take the schema from version i to i + 1: SQL scripts, and
-# functions of the open transaction where rows must be rewritten.
-SCHEMA_1 = """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE subscriptions (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
-    CREATE TABLE vnets (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
-    CREATE TABLE resources (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
-    CREATE TABLE audit (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at TEXT NOT NULL, uid INTEGER NOT NULL, command TEXT NOT NULL,
-        kind TEXT NOT NULL, name TEXT NOT NULL, before TEXT, after TEXT);
-    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
-        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
-        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-    INSERT INTO meta VALUES ('generation', '0'), ('profile', '"azure"'), ('internal_prefixes', '[]');
-    """
-# Version 2: what an operation asks of the rows, as columns with indexes (the document stays the row's whole
-# truth; the columns repeat parts of it), and one row per address: its owner, and what the daemon's table needs of
-# it, so that compiling the table is one pass over this one table (`judged`: what the verdict depends on, as
-# core.verdicts.Judged encodes it; `bound`: where the packets may come from, when anything binds them).
-RESOURCE_COLUMNS = ("subscription", "kind", "state", "vnet", "subnet", "egress", "pulled")
-SCHEMA_2 = """
-    ALTER TABLE resources ADD COLUMN subscription TEXT;
-    ALTER TABLE resources ADD COLUMN kind TEXT;
-    ALTER TABLE resources ADD COLUMN state TEXT;
-    ALTER TABLE resources ADD COLUMN vnet TEXT;
-    ALTER TABLE resources ADD COLUMN subnet TEXT;
-    ALTER TABLE resources ADD COLUMN egress TEXT;
-    ALTER TABLE resources ADD COLUMN pulled TEXT;
-    ALTER TABLE vnets ADD COLUMN subscription TEXT;
-    CREATE TABLE addresses (address TEXT PRIMARY KEY, resource TEXT NOT NULL, prefix_len INTEGER,
-                            judged TEXT NOT NULL, bound TEXT) WITHOUT ROWID;
-    CREATE INDEX addresses_prefixes ON addresses (prefix_len) WHERE prefix_len IS NOT NULL;
-    CREATE INDEX resources_running ON resources (subscription, state, pulled, vnet, subnet, name);
-    CREATE INDEX resources_judged ON resources (state, subscription, kind, egress, pulled);
-    CREATE INDEX resources_by_vnet ON resources (vnet) WHERE vnet IS NOT NULL;
-    CREATE INDEX resources_by_egress ON resources (egress) WHERE egress IS NOT NULL;
-    CREATE INDEX vnets_by_subscription ON vnets (subscription);
-    """
-
-
-def _fill_columns(cx: sqlite3.Connection) -> None:
-    """Version 2's columns and address rows for the rows a version 1 state holds."""
-    for (doc,) in cx.execute("SELECT doc FROM vnets").fetchall():
-        vnet = from_doc("vnets", doc)
-        assert isinstance(vnet, VNet)
-        cx.execute("UPDATE vnets SET subscription = ? WHERE name = ?", (vnet.subscription, vnet.name))
-    for (doc,) in cx.execute("SELECT doc FROM resources").fetchall():
-        r = from_doc("resources", doc)
-        assert isinstance(r, Resource)
-        _write_resource(cx, r, doc, None)
-
-
-# Version 3: how many resources each group of alike ones holds (a group: equal state and COUNTED_BY columns),
-# kept by triggers in the transaction that writes the resource, so that a count (`enforcer status`, diagnose's
-# pending restarts) reads one row a group, not the resources. `grp` is the group's columns as one key: a primary
-# key of nullable columns would not match NULL to NULL.
-GROUPED_BY = ("state", *COUNTED_BY)
-GROUP_COLUMNS = ", ".join(GROUPED_BY)
-
-
-def _group_key(row: str) -> str:
-    return f"json_array({', '.join(f'{row}.{column}' for column in GROUPED_BY)})"
-
-
-def _counted(row: str, step: int) -> str:
-    """The statements that count `row` (new or old) in or out of its group; a group counted down to 0 goes."""
-    if step > 0:
-        values = ", ".join(f"{row}.{column}" for column in GROUPED_BY)
-        return (f"INSERT INTO resource_counts SELECT {_group_key(row)}, {values}, 1 WHERE true "
-                f"ON CONFLICT (grp) DO UPDATE SET n = n + 1;")
-    return (f"UPDATE resource_counts SET n = n - 1 WHERE grp = {_group_key(row)};\n"
-            f"DELETE FROM resource_counts WHERE grp = {_group_key(row)} AND n <= 0;")
-
-
-SCHEMA_3 = f"""
-    CREATE TABLE resource_counts (grp TEXT PRIMARY KEY, {', '.join(f'{c} TEXT' for c in GROUPED_BY)},
-                                  n INTEGER NOT NULL) WITHOUT ROWID;
-    INSERT INTO resource_counts SELECT {_group_key('resources')}, {GROUP_COLUMNS}, count(*)
-        FROM resources GROUP BY 1;
-    CREATE TRIGGER resources_counted_in AFTER INSERT ON resources BEGIN
-        {_counted('new', 1)}
-    END;
-    CREATE TRIGGER resources_counted_out AFTER DELETE ON resources BEGIN
-        {_counted('old', -1)}
-    END;
-    CREATE TRIGGER resources_counted_moved AFTER UPDATE OF {GROUP_COLUMNS} ON resources BEGIN
-        {_counted('old', -1)}
-        {_counted('new', 1)}
-    END;
-    """
-
-MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
-    [SCHEMA_1], [SCHEMA_2, _fill_columns], [SCHEMA_3]]
-SCHEMA_VERSION = len(MIGRATIONS)
-
 TABLES = {"subscriptions": Subscription, "vnets": VNet, "resources": Resource}
-
-
-Entity = Subscription | VNet | Resource
-
-
-# Fields added after the first schema (an account's attributes, and what a resource pulled of them): a stored
-# document leaves them out while they hold their default, so that a state that does not use them is stored as
-# before, and an older port25-enforcer still reads it. Reading fills them in from the dataclasses' defaults.
-LATER_FIELDS: dict[str, object] = {"created": None, "verified": False, "first_invoice_paid": False, "flagged": False}
-
-
-def _lean(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
-
-
-def to_doc(entity: Entity) -> str:
-    d = _lean(asdict(entity))
-    if isinstance(d.get("pulled"), dict):
-        d["pulled"] = _lean(d["pulled"])
-    return json.dumps(d, separators=(",", ":"), sort_keys=True)
 
 
 class Changed(NamedTuple):
@@ -167,43 +50,6 @@ def _audited(kind: str, doc: str | None) -> Any:
     if doc is None:
         return None
     return json.loads(doc) if kind == "setting" else from_doc(kind + "s", doc)
-
-
-def _write_resource(cx: sqlite3.Connection, r: Resource, doc: str, before: Resource | None) -> None:
-    """A resource's row, its columns and its address rows."""
-    columns = (r.subscription, r.kind, str(r.state), r.vnet, r.subnet, r.egress, pulled_text(r.pulled))
-    # an upsert, not INSERT OR REPLACE: the row a REPLACE deletes fires no delete trigger (resource_counts)
-    cx.execute(f"INSERT INTO resources (name, doc, {', '.join(RESOURCE_COLUMNS)}) "
-               f"VALUES (?, ?{', ?' * len(RESOURCE_COLUMNS)}) ON CONFLICT (name) DO UPDATE SET doc = excluded.doc, "
-               + ", ".join(f"{c} = excluded.{c}" for c in RESOURCE_COLUMNS), (r.name, doc, *columns))
-    _drop_addresses(cx, before, keep=set(r.addresses))
-    judged = Judged.of(r).encode()
-    bound = json.dumps([r.vnet, r.interface, r.mac]) if (r.vnet, r.interface, r.mac) != (None, None, None) else None
-    cx.executemany("INSERT OR REPLACE INTO addresses (address, resource, prefix_len, judged, bound) "
-                   "VALUES (?, ?, ?, ?, ?)", [(a, r.name, _prefix_len(a), judged, bound) for a in r.addresses])
-
-
-def _prefix_len(address: str) -> int | None:
-    return int(address.partition("/")[2]) if "/" in address else None
-
-
-def _drop_addresses(cx: sqlite3.Connection, before: Resource | None, keep: set[str]) -> None:
-    # only where the row still names this resource: another one may have taken the address in the same change
-    if before is not None:
-        cx.executemany("DELETE FROM addresses WHERE address = ? AND resource = ?",
-                       [(a, before.name) for a in before.addresses if a not in keep])
-
-
-def from_doc(table: str, text: str) -> Entity:
-    d = json.loads(text)
-    if table == "vnets":
-        return VNet(d["name"], d["subscription"], tuple(d["prefixes"]), tuple(Subnet(**s) for s in d["subnets"]),
-                    d.get("interface"))
-    if table == "resources":
-        pulled = Pulled(**d.pop("pulled")) if d.get("pulled") else None
-        d.pop("pulled", None)
-        return Resource(**{**d, "addresses": tuple(d["addresses"]), "pulled": pulled})
-    return Subscription(**d)
 
 
 class Store:
@@ -460,7 +306,7 @@ class Store:
 
     def address_rows(self) -> Iterator[tuple[str, str, int | None, str, str | None]]:
         """Every address with what the table needs of its resource, in one pass (a full compile): (address,
-        resource, prefix length or None, judged, bound), as _write_resource() writes them. Read it in a snapshot."""
+        resource, prefix length or None, judged, bound), as write_resource() writes them. Read it in a snapshot."""
         with self._reading():
             yield from self._db.execute("SELECT address, resource, prefix_len, judged, bound FROM addresses")
 
@@ -505,7 +351,7 @@ class Store:
             old = self._lazy(profiles)
             new, result = operation(old)
             if new.source is not old.source:
-                new = _over(old, new)
+                new = over(old, new)
             with self._reading():
                 if self._write_changes(old, new, command):
                     cx.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
@@ -533,10 +379,10 @@ class Store:
                 if after is None:
                     cx.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
                     if isinstance(before, Resource):
-                        _drop_addresses(cx, before, keep=set())
+                        drop_addresses(cx, before, keep=set())
                 elif isinstance(after, Resource):
                     assert adoc is not None and (before is None or isinstance(before, Resource))
-                    _write_resource(cx, after, adoc, before)
+                    write_resource(cx, after, adoc, before)
                 elif isinstance(after, VNet):
                     cx.execute("INSERT OR REPLACE INTO vnets (name, doc, subscription) VALUES (?, ?, ?)",
                                (name, adoc, after.subscription))
@@ -553,119 +399,6 @@ class Store:
         cx.executemany("INSERT INTO audit (at, uid, command, kind, name, before, after) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
-
-
-class StoreSource:
-    """The rows of an open transaction, as an Inventory's source: each read as it is asked for (and kept for the
-    transaction's length), each question answered by an index. A row that does not parse is damage; `check`
-    (table, row) refuses a row the state's profile cannot judge."""
-
-    def __init__(self, cx: sqlite3.Connection, file: StateFile,
-                 check: Callable[[str, Entity], None] | None = None):
-        self.cx, self.file, self.check = cx, file, check
-        self.cache: dict[str, dict[str, Entity | None]] = {t: {} for t in TABLE_NAMES}
-
-    def _parse(self, table: str, name: str, doc: str, keep: bool = True) -> Entity:
-        cached = self.cache[table].get(name)
-        if cached is not None:
-            return cached
-        try:
-            row = from_doc(table, doc)
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise self.file.damaged(f"{table} row {name!r} does not parse: {type(e).__name__}: {e}") from None
-        if self.check is not None:
-            self.check(table, row)
-        if keep:
-            self.cache[table][name] = row
-        return row
-
-    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        try:
-            return self.cx.execute(sql, args).fetchall()
-        except sqlite3.Error as e:
-            raise self.file.trouble(e) from None
-
-    def _stream(self, sql: str) -> Iterator[Any]:
-        """A whole table's rows as they come (a listing), not gathered first."""
-        try:
-            yield from self.cx.execute(sql)
-        except sqlite3.Error as e:
-            raise self.file.trouble(e) from None
-
-    def row(self, table: str, name: str) -> Entity | None:
-        rows = self.cache[table]
-        if name in rows:
-            return rows[name]
-        found = self._all(f"SELECT doc FROM {table} WHERE name = ?", (name,))
-        if not found:
-            rows[name] = None
-            return None
-        return self._parse(table, name, found[0][0])
-
-    def names(self, table: str) -> Iterable[str]:
-        return (name for (name,) in self._stream(f"SELECT name FROM {table} ORDER BY name"))
-
-    def rows(self, table: str) -> Iterable[Entity]:
-        for name, doc in self._stream(f"SELECT name, doc FROM {table} ORDER BY name"):
-            yield self._parse(table, name, doc, keep=False)  # a listing of the whole table must not hold it twice
-
-    def count(self, table: str) -> int:
-        sql = "SELECT coalesce(sum(n), 0) FROM resource_counts" if table == "resources" else \
-            f"SELECT count(*) FROM {table}"
-        try:
-            return int(self._all(sql)[0][0])
-        except (ValueError, TypeError) as e:
-            raise self.file.damaged(f"a count of {table} does not parse: {e}") from None
-
-    def where(self, table: str, column: str, value: str) -> Iterable[Entity]:
-        if (table, column) not in INDEXED:
-            raise ValueError(f"{table}.{column} has no index")
-        return [self._parse(table, name, doc)
-                for name, doc in self._all(f"SELECT name, doc FROM {table} WHERE {column} = ? ORDER BY name",
-                                           (value,))]
-
-    def owner(self, address: str) -> str | None:
-        found = self._all("SELECT resource FROM addresses WHERE address = ?", (address,))
-        return str(found[0][0]) if found else None
-
-    def prefixed(self) -> Iterable[Entity]:
-        names = [n for (n,) in self._all("SELECT DISTINCT resource FROM addresses WHERE prefix_len IS NOT NULL")]
-        return [row for row in (self.row("resources", n) for n in names) if row is not None]
-
-    def running(self, by: tuple[str, ...], subscription: str | None = None) -> Counts:
-        if not set(by) <= set(COUNTED_BY):
-            raise ValueError(f"running resources are not counted by {by}")
-        columns = ", ".join(by)
-        where, args = ("AND subscription = ?", (subscription,)) if subscription is not None else ("", ())
-        rows = self._all(f"SELECT {columns}, sum(n) FROM resource_counts WHERE state = 'running' {where} "
-                         f"GROUP BY {columns}", args)
-        pulled = by.index("pulled") if "pulled" in by else -1
-        try:
-            return {tuple(pulled_of(v) if i == pulled else v for i, v in enumerate(row[:-1])): int(row[-1])
-                    for row in rows}
-        except (ValueError, TypeError) as e:
-            raise self.file.damaged(f"a count of running resources does not parse: {e}") from None
-
-    def running_names(self, subscription: str, where: dict[str, Any], limit: int | None) -> list[str]:
-        if not set(where) <= set(COUNTED_BY):
-            raise ValueError(f"running resources are not found by {list(where)}")
-        values = [pulled_text(v) if column == "pulled" else v for column, v in where.items()]
-        condition = "".join(f" AND {column} IS ?" for column in where)
-        return [n for (n,) in self._all(f"SELECT name FROM resources WHERE subscription = ? AND state = 'running'"
-                                        f"{condition} ORDER BY name LIMIT ?",
-                                        (subscription, *values, -1 if limit is None else limit))]
-
-
-def _over(old: Inventory, new: Inventory) -> Inventory:
-    """An inventory built apart from `old` (a whole one, handed in), as changes over old's rows: row by row, so
-    O(the state); an operation that derives its inventory from the one it is given costs what it changed."""
-    changes = Changes()
-    for table in TABLE_NAMES:
-        before, after = getattr(old, table), getattr(new, table)
-        for name in sorted(set(before) | set(after)):
-            if before.get(name) != after.get(name):
-                changes.set(table, name, after.get(name), old.source)
-    return Inventory(new.profile, internal_prefixes=new.internal_prefixes, source=old.source, changes=changes)
 
 
 def _statements(script: str) -> list[str]:

@@ -4,7 +4,7 @@ import pytest
 
 from enforcer.errors import UserError
 from support.paths import ROOT
-from enforcer.core.profile import parse_profile
+from enforcer.core.profile_format import parse_profile
 from enforcer.state.profiles import load_profile, load_profile_file
 
 POLICIES = ROOT / "policies"

@@ -11,13 +11,16 @@ import pytest
 
 from enforcer.core import lifecycle
 from enforcer.core.converge import converge
-from enforcer.core.inventory import Inventory, validate
+from enforcer.core.inventory import Inventory
 from enforcer.core.policy import Code, decide, internal_destinations
-from enforcer.core.profile import ChangeApplies, Exemption, parse_profile
+from enforcer.core.profile import ChangeApplies, Exemption
+from enforcer.core.profile_format import parse_profile
+from enforcer.core.validate import validate
 from enforcer.core.verdicts import pack
 from enforcer.dataplane.keeper import Keeper
 from enforcer.errors import UserError
-from enforcer.state.store import Store, to_doc
+from enforcer.state.rows import to_doc
+from enforcer.state.store import Store
 
 INTERNET = "198.19.25.25"
 TODAY = datetime.date(2026, 11, 27)

@@ -10,7 +10,8 @@ import pytest
 from enforcer.core import lifecycle
 from enforcer.errors import UserError
 from enforcer.state.profiles import load_profile
-from enforcer.state.store import APPLICATION_ID, SCHEMA_VERSION, Store
+from enforcer.state.schema import SCHEMA_VERSION
+from enforcer.state.store import APPLICATION_ID, Store
 
 PROFILE = load_profile("azure")
 

@@ -8,13 +8,15 @@ import sqlite3
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import enforcer.state.store as store_module
+import enforcer.state.source as source_module
 from enforcer.core import lifecycle
 from enforcer.core.inventory import Inventory, pull
 from enforcer.core.rows import COUNTED_BY
 from enforcer.errors import UserError
 from enforcer.state.profiles import load_profile
-from enforcer.state.store import SCHEMA_1, SCHEMA_VERSION, Store, to_doc
+from enforcer.state.rows import to_doc
+from enforcer.state.schema import SCHEMA_1, SCHEMA_VERSION
+from enforcer.state.store import Store
 from support.states import TODAY, lab_state
 
 PROFILE = load_profile("azure")
@@ -25,12 +27,12 @@ class Parses:
 
     def __init__(self, monkeypatch):
         self.n = 0
-        original = store_module.from_doc
+        original = source_module.from_doc
 
         def counting(table, text):
             self.n += 1
             return original(table, text)
-        monkeypatch.setattr(store_module, "from_doc", counting)
+        monkeypatch.setattr(source_module, "from_doc", counting)
 
 
 OPERATIONS = [

@@ -6,8 +6,9 @@ import ipaddress
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from enforcer.core import lifecycle
-from enforcer.core.inventory import Inventory, Pulled, Resource, State, Subscription, validate
+from enforcer.core.inventory import Inventory, Pulled, Resource, State, Subscription
 from enforcer.core.policy import decide
+from enforcer.core.validate import validate
 from enforcer.state.profiles import load_profile
 from enforcer.core.verdicts import UNKNOWN, Judged, hw_mac, mac_text, pack
 from enforcer.dataplane.keeper import Keeper
