@@ -181,7 +181,7 @@ class Daemon:
         return RuleSpec(s.queue, s.queues, tuple(sorted(profile.restricted_ports)),
                         internal_destinations(inv, profile),
                         s.when_down == WhenDown.ALLOW, profile.dropped_protocol_numbers,
-                        CacheSpec(s.kernel_cache_timeout) if s.kernel_cache else None)
+                        cache=CacheSpec(s.kernel_cache_timeout) if s.kernel_cache else None)
 
     def start_workers(self) -> None:
         """One process per queue, forked before the table exists (so that no worker holds a copy of it); each

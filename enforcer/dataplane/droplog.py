@@ -27,41 +27,49 @@ IPV6_EXTENSIONS = {0, 43, 60, 135, 139, 140, 253, 254}  # hop-by-hop, routing, d
 
 
 def flow(payload: bytes) -> tuple[str, str, int, int] | None:
-    """(source, destination, source port, destination port) of a TCP packet, for logs; None if unreadable."""
+    """(source, destination, source port, destination port) of a TCP packet, behind IPv6 extension headers and
+    an Authentication Header, for logs; None if unreadable (not TCP, a later fragment, ESP)."""
     try:
         version = payload[0] >> 4
         if version == 4:
             ihl = (payload[0] & 15) * 4
-            if ihl < 20 or payload[9] != 6 or int.from_bytes(payload[6:8], "big") & 0x1FFF:
-                return None  # not TCP, or a later fragment without a TCP header
+            if ihl < 20 or int.from_bytes(payload[6:8], "big") & 0x1FFF:
+                return None  # a later fragment, without a TCP header
             src = socket.inet_ntop(socket.AF_INET, payload[12:16])
             dst = socket.inet_ntop(socket.AF_INET, payload[16:20])
-            offset = ihl
+            offset = _tcp_header(payload, version, payload[9], ihl)
         elif version == 6:
             src = socket.inet_ntop(socket.AF_INET6, payload[8:24])
             dst = socket.inet_ntop(socket.AF_INET6, payload[24:40])
-            nxt, offset = payload[6], 40
-            for _ in range(8):  # bounded walk of extension headers
-                if nxt == 6:
-                    break
-                if nxt == 44:  # fragment header: fixed 8 bytes; only the first fragment has ports
-                    if int.from_bytes(payload[offset + 2:offset + 4], "big") & 0xFFF8:
-                        return None
-                    nxt, offset = payload[offset], offset + 8
-                elif nxt in IPV6_EXTENSIONS:
-                    nxt, offset = payload[offset], offset + (payload[offset + 1] + 1) * 8
-                else:
-                    return None
-            if nxt != 6:
-                return None
+            offset = _tcp_header(payload, version, payload[6], 40)
         else:
             return None
-        if len(payload) < offset + 4:
+        if offset is None or len(payload) < offset + 4:
             return None
         return src, dst, int.from_bytes(payload[offset:offset + 2], "big"), \
             int.from_bytes(payload[offset + 2:offset + 4], "big")
     except (IndexError, ValueError, OSError):
         return None
+
+
+def _tcp_header(payload: bytes, version: int, nxt: int, offset: int) -> int | None:
+    """Where the TCP header starts, past the headers before it (a bounded walk); None if there is none."""
+    for _ in range(8):
+        if nxt == 6:
+            return offset
+        if nxt == 51:  # AH: its length counts 4-byte words, less 2
+            nxt, offset = payload[offset], offset + (payload[offset + 1] + 2) * 4
+        elif version == 4:
+            return None
+        elif nxt == 44:  # fragment header: fixed 8 bytes; only the first fragment has ports
+            if int.from_bytes(payload[offset + 2:offset + 4], "big") & 0xFFF8:
+                return None
+            nxt, offset = payload[offset], offset + 8
+        elif nxt in IPV6_EXTENSIONS:
+            nxt, offset = payload[offset], offset + (payload[offset + 1] + 1) * 8
+        else:
+            return None
+    return None
 
 
 class InterfaceNames:

@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from scapy.all import IP, TCP, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPOption_NOP, Raw, \
+from scapy.all import AH, IP, TCP, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPOption_NOP, Raw, \
     fragment
 
 from enforcer.core import lifecycle
@@ -56,6 +56,7 @@ def judge(keeper, default_allow=False):
 
 
 SYN = TCP(sport=40000, dport=25, flags="S")
+AH_SYN = AH(nh=6, payloadlen=4, spi=1, seq=1, icv=b"\0" * 12) / SYN  # an Authentication Header, then the SYN
 CASES = [
     (IP(src="198.18.0.1", dst="198.19.25.25") / SYN, "accept"),
     (IP(src="198.18.0.2", dst="198.19.25.25") / SYN, "drop"),
@@ -132,6 +133,11 @@ def test_flow_reads_ports_past_options_and_extension_headers():
         ("198.18.0.1", "198.19.0.1", 40000, 25)
     assert flow(bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrHopByHop() / IPv6ExtHdrFragment() /
                       SYN)) == ("2001:db8::1", "2001:db8::2", 40000, 25)
+    assert flow(bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrDestOpt() /
+                      AH_SYN)) == ("2001:db8::1", "2001:db8::2", 40000, 25)
+    assert flow(bytes(IP(src="198.18.0.1", dst="198.19.0.1") / AH_SYN)) == \
+        ("198.18.0.1", "198.19.0.1", 40000, 25)
+    assert flow(bytes(IP(src="198.18.0.1", dst="198.19.0.1", proto=50) / Raw(b"\0" * 40))) is None   # ESP
     later = fragment(IP(src="198.18.0.1", dst="198.19.0.1") / SYN / Raw(b"x" * 64), fragsize=16)[1]
     assert flow(bytes(later)) is None
     assert flow(b"\x45\x00") is None and flow(b"") is None

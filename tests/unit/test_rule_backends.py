@@ -37,7 +37,7 @@ def test_iptables_rules_queue_every_syn_past_internal_destinations():
     old = "-A FORWARD -p tcp -m multiport --dports 25,2525 -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j P25-ENFORCER"
     v6 = IptablesBackend().render(RuleSpec(25, 2, (25,), SPEC.internal, bypass=True), 6, old_jumps=[old])
     assert "-D FORWARD -p tcp -m multiport --dports 25,2525" in v6      # an old jump is replaced, not kept
-    assert v6.count("-I FORWARD") == 1
+    assert v6.count("-I FORWARD") == 4       # the SYNs, AH and ESP (judged), and unreassembled fragments
     assert "-d 2001:db8:1::/64 -j RETURN" in v6 and "--queue-balance 25:26 --queue-bypass" in v6
 
 
@@ -60,6 +60,25 @@ def test_tunnel_protocols_are_dropped_before_anything_else():
     assert nft.index("meta l4proto { 4, 41, 47 } drop") < nft.index("return")
 
 
+def test_ipsec_is_judged_by_source_and_unreassembled_first_fragments_are_dropped():
+    """AH puts its header before TCP's (nft's protocol match stops at it) and ESP hides the port: every packet of
+    either goes to the Judge, past the internal destinations, like a SYN. An IPv6 first fragment the kernel did
+    not reassemble (RFC 7112: its TCP header not whole) is dropped before anything else, in both backends."""
+    backend = IptablesBackend()
+    for version in (4, 6):
+        batch = backend.render(SPEC, version, old_jumps=[])
+        for p in (50, 51):
+            assert f"-I FORWARD -p {p} -m comment --comment port25-enforcer -j P25-ENFORCER" in batch
+            assert f"-A P25-ENFORCER -p {p}" not in batch           # not dropped: judged, by the queue below
+        fragments = "-A P25-ENFORCER -m frag --fragfirst --fragmore -j DROP"
+        assert (fragments in batch) == (version == 6)
+        if version == 6:
+            assert batch.index(fragments) < batch.index("-j RETURN") < batch.index("-j NFQUEUE")
+    nft = NftablesBackend().render(SPEC)
+    assert nft.index("frag frag-off 0 frag more-fragments 1 drop") < nft.index("return") < \
+        nft.index("meta l4proto { 50, 51 } queue num 25")
+
+
 def test_iptables_install_sends_exactly_one_batch_per_family():
     old = "-A FORWARD -p tcp -m multiport --dports 25 -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m comment " \
           "--comment port25-enforcer -j P25-ENFORCER"
@@ -79,6 +98,8 @@ def test_iptables_install_sends_exactly_one_batch_per_family():
         "--comment port25-enforcer -j P25-ENFORCER\n"
         "-I FORWARD -p tcp -m multiport --dports 25 --tcp-flags SYN SYN -m comment "
         "--comment port25-enforcer -j P25-ENFORCER\n"
+        "-I FORWARD -p 50 -m comment --comment port25-enforcer -j P25-ENFORCER\n"
+        "-I FORWARD -p 51 -m comment --comment port25-enforcer -j P25-ENFORCER\n"
         "-A P25-ENFORCER -d 198.18.1.0/24 -j RETURN\n"
         "-A P25-ENFORCER -j NFQUEUE --queue-num 25\n"
         "-A P25-DEFRAG -m socket -m comment --comment port25-enforcer-defragment\n"
@@ -89,6 +110,10 @@ def test_iptables_install_sends_exactly_one_batch_per_family():
         ":P25-DEFRAG - [0:0]\n"
         "-I FORWARD -p tcp -m multiport --dports 25 --tcp-flags SYN SYN -m comment "
         "--comment port25-enforcer -j P25-ENFORCER\n"
+        "-I FORWARD -p 50 -m comment --comment port25-enforcer -j P25-ENFORCER\n"
+        "-I FORWARD -p 51 -m comment --comment port25-enforcer -j P25-ENFORCER\n"
+        "-I FORWARD -m frag --fragfirst --fragmore -m comment --comment port25-enforcer -j P25-ENFORCER\n"
+        "-A P25-ENFORCER -m frag --fragfirst --fragmore -j DROP\n"
         "-A P25-ENFORCER -d 2001:db8:1::/64 -j RETURN\n"
         "-A P25-ENFORCER -j NFQUEUE --queue-num 25\n"
         "-A P25-DEFRAG -m socket -m comment --comment port25-enforcer-defragment\n"
@@ -125,7 +150,11 @@ def test_nftables_install_sends_the_rendered_table_as_one_transaction():
 
 CACHED = RuleSpec(25, 1, (25,), SPEC.internal, bypass=False, dropped_protocols=(4,), cache=CacheSpec(300, 65536))
 JUMP = "-I FORWARD -p tcp -m multiport --dports 25 --tcp-flags SYN SYN -m comment --comment port25-enforcer " \
-       "-j P25-ENFORCER\n-I FORWARD -p 4 -m comment --comment port25-enforcer -j P25-ENFORCER\n"
+       "-j P25-ENFORCER\n-I FORWARD -p 4 -m comment --comment port25-enforcer -j P25-ENFORCER\n" \
+       "-I FORWARD -p 50 -m comment --comment port25-enforcer -j P25-ENFORCER\n" \
+       "-I FORWARD -p 51 -m comment --comment port25-enforcer -j P25-ENFORCER\n"
+FRAGMENTS = "-I FORWARD -m frag --fragfirst --fragmore -m comment --comment port25-enforcer -j P25-ENFORCER\n" \
+            "-A P25-ENFORCER -m frag --fragfirst --fragmore -j DROP\n"
 
 
 def test_iptables_cache_rules_sit_after_the_internal_destinations_before_the_queue():
@@ -140,7 +169,7 @@ def test_iptables_cache_rules_sit_after_the_internal_destinations_before_the_que
         "-A P25-DEFRAG -m socket -m comment --comment port25-enforcer-defragment\n"
         "COMMIT\n")
     assert backend.render(CACHED, 6, old_jumps=[]) == (
-        "*mangle\n:P25-ENFORCER - [0:0]\n:P25-DEFRAG - [0:0]\n" + JUMP +
+        "*mangle\n:P25-ENFORCER - [0:0]\n:P25-DEFRAG - [0:0]\n" + JUMP + FRAGMENTS +
         "-A P25-ENFORCER -p 4 -j DROP\n"
         "-A P25-ENFORCER -d 2001:db8:1::/64 -j RETURN\n"
         "-A P25-ENFORCER -m set --match-set p25-allow6 src -j ACCEPT\n"
@@ -264,6 +293,7 @@ def test_nftables_table_with_and_without_the_cache():
     chain = ("  chain forward {\n"
              "    type filter hook forward priority mangle; policy accept;\n"
              "    ct state invalid counter comment \"port25-enforcer-defragment\"\n"
+             "    frag frag-off 0 frag more-fragments 1 drop\n"
              "    meta l4proto { 4, 41 } drop\n"
              "    ip daddr { 198.18.1.0/24 } return\n"
              "    ip6 daddr { 2001:db8:1::/64 } return\n")
@@ -278,10 +308,16 @@ def test_nftables_table_with_and_without_the_cache():
         "    tcp dport { 25, 465 } tcp flags & syn == syn ip6 saddr @allow6 accept\n"
         "    tcp dport { 25, 465 } tcp flags & syn == syn ip6 saddr @block6 drop\n"
         "    tcp dport { 25, 465 } tcp flags & syn == syn queue num 25\n"
+        "    meta l4proto { 50, 51 } ip saddr @allow4 accept\n"
+        "    meta l4proto { 50, 51 } ip saddr @block4 drop\n"
+        "    meta l4proto { 50, 51 } ip6 saddr @allow6 accept\n"
+        "    meta l4proto { 50, 51 } ip6 saddr @block6 drop\n"
+        "    meta l4proto { 50, 51 } queue num 25\n"
         "  }\n}\n")
     plain = RuleSpec(25, 1, (25, 465), SPEC.internal, bypass=False, dropped_protocols=(4, 41))
     assert NftablesBackend().render(plain) == (
-        head + chain + "    tcp dport { 25, 465 } tcp flags & syn == syn queue num 25\n  }\n}\n")
+        head + chain + "    tcp dport { 25, 465 } tcp flags & syn == syn queue num 25\n"
+        "    meta l4proto { 50, 51 } queue num 25\n  }\n}\n")
 
 
 def test_nftables_installed_wants_the_sets_with_the_cache():

@@ -21,6 +21,12 @@ TAG = "port25-enforcer"
 # nftables: conntrack, which brings it): it runs before any rule, so a SYN split into fragments (the first too
 # short to hold the TCP flags) is whole again when the rules look at it.
 DEFRAG_TAG = f"{TAG}-defragment"
+# IPsec: ESP (50) hides the port it carries, and AH (51) puts its header before the TCP header, where nft's
+# protocol match stops (iptables-nft too: `-p tcp` does not see a SYN behind AH). No profile documents a rule for
+# either, so none can be judged by port: their packets are judged by source, like a SYN to a restricted port. A
+# blocked account's resources send neither to the internet; an allowed one's pass (stricter than a platform that
+# does not look, never looser).
+JUDGED_PROTOCOLS = (50, 51)
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class RuleSpec:
     internal: tuple[str, ...]   # destinations never judged (VNet prefixes, declared ranges)
     bypass: bool                # --when-down allow: accept when no process is bound to the queue
     dropped_protocols: tuple[int, ...] = ()  # IP protocols (tunnels) dropped whatever they carry
+    judged_protocols: tuple[int, ...] = JUDGED_PROTOCOLS  # IP protocols judged by source, every packet
     cache: CacheSpec | None = None  # the kernel cache's sets and the rules that read them, else none
 
     def family(self, version: int) -> tuple[str, ...]:

@@ -25,6 +25,10 @@ from ..netlink import netfilter_socket
 from .base import DEFRAG_TAG, TAG, CacheSpec, CacheWriter, RuleBackend, RuleError, RuleSpec
 from .ipset import IpsetWriter
 
+# An IPv6 first fragment with more to come, seen in the forward path: the kernel reassembles fragments before any
+# rule (P25-DEFRAG), except a first fragment that breaks RFC 7112 (the TCP header not whole in it), which it
+# passes on as it came. Its ports may be readable while its flags are not, so no SYN match sees it: dropped.
+UNREASSEMBLED = "-m frag --fragfirst --fragmore"
 SET_TYPE = "hash:ip"
 SET_FAMILY = {4: "inet", 6: "inet6"}
 
@@ -45,16 +49,22 @@ class IptablesBackend(RuleBackend):
         if missing:
             raise RuleError(f"the iptables backend needs {', '.join(missing)}; install it: apt-get install iptables")
 
-    def jumps(self, spec: RuleSpec) -> list[str]:
-        """The tagged jumps into our chain: SYNs to the restricted ports, and each dropped protocol."""
+    def jumps(self, spec: RuleSpec, version: int) -> list[str]:
+        """The tagged jumps into our chain: SYNs to the restricted ports, each dropped and each judged protocol,
+        and (IPv6) first fragments that reach the forward path whole: the kernel did not reassemble them."""
         ports = ",".join(map(str, spec.ports))
         syn = f"FORWARD -p tcp -m multiport --dports {ports} --tcp-flags SYN SYN -m comment --comment {TAG} " \
               f"-j {self.chain}"
-        return [syn] + [f"FORWARD -p {p} -m comment --comment {TAG} -j {self.chain}" for p in spec.dropped_protocols]
+        protocols = [*spec.dropped_protocols, *spec.judged_protocols]
+        jumps = [syn] + [f"FORWARD -p {p} -m comment --comment {TAG} -j {self.chain}" for p in protocols]
+        if version == 6:
+            jumps.append(f"FORWARD {UNREASSEMBLED} -m comment --comment {TAG} -j {self.chain}")
+        return jumps
 
     def chain_rules(self, spec: RuleSpec, version: int) -> list[str]:
         """Our chain's rules, written the way iptables-save prints them (so that they can be compared)."""
-        rules = [f"-A {self.chain} -p {p} -j DROP" for p in spec.dropped_protocols]
+        rules = [f"-A {self.chain} {UNREASSEMBLED} -j DROP"] if version == 6 else []
+        rules += [f"-A {self.chain} -p {p} -j DROP" for p in spec.dropped_protocols]
         rules += [f"-A {self.chain} -d {prefix} -j RETURN" for prefix in spec.family(version)]
         if spec.cache is not None:
             rules += [f"-A {self.chain} -m set --match-set {self.cache_sets[version, True]} src -j ACCEPT",
@@ -68,7 +78,7 @@ class IptablesBackend(RuleBackend):
         may have changed), in one transaction."""
         lines = ["*mangle", f":{self.chain} - [0:0]", f":{self.defrag_chain} - [0:0]"]
         lines += ["-D" + jump[2:] for jump in old_jumps]
-        lines += [f"-I {jump}" for jump in self.jumps(spec)]
+        lines += [f"-I {jump}" for jump in self.jumps(spec, version)]
         lines += self.chain_rules(spec, version)
         lines += [self.defrag_rule, "COMMIT"]
         return "\n".join(lines) + "\n"
@@ -154,18 +164,21 @@ class IptablesBackend(RuleBackend):
             self._destroy_sets(ours)
 
     def installed(self, spec: RuleSpec) -> bool:
-        """Both families hold exactly our jumps (one for the SYNs, with the right ports, one per dropped protocol)
-        and exactly our chain's rules; with the cache, our four sets exist as the spec says."""
+        """Both families hold exactly our jumps (one for the SYNs, with the right ports, one per dropped and judged
+        protocol, IPv6's for unreassembled fragments) and exactly our chain's rules; with the cache, our four sets
+        exist as the spec says."""
         ports = f"--dports {','.join(map(str, spec.ports))} "
-        wanted_protocols = sorted(spec.dropped_protocols)
+        wanted_protocols = sorted([*spec.dropped_protocols, *spec.judged_protocols])
         for version in (4, 6):
             saved = [_numeric_protocol(line) for line in self._saved(version)]
             jumps = self._jumps(saved)
             syn = [j for j in jumps if " -p 6 " in j]
-            protocols = sorted(int(j.split()[3]) for j in jumps if " -p 6 " not in j)
+            fragments = [j for j in jumps if UNREASSEMBLED in j]
+            protocols = sorted(int(j.split()[3]) for j in jumps if " -p 6 " not in j and j not in fragments)
             chain = [line for line in saved if line.startswith(f"-A {self.chain} ")]
             defrag = [line for line in saved if line.startswith(f"-A {self.defrag_chain} ")]
             if len(syn) != 1 or ports not in syn[0] or protocols != wanted_protocols \
+                    or len(fragments) != (version == 6) \
                     or chain != [_numeric_protocol(r) for r in self.chain_rules(spec, version)] \
                     or defrag != [self.defrag_rule]:
                 return False

@@ -51,19 +51,25 @@ class NftablesBackend(RuleBackend):
                 body.append(f"  set {name} {{ type ipv{version}_addr; flags timeout; timeout {spec.cache.timeout}s; "
                             f"size {spec.cache.maxelem}; }}")
         body += ["  chain forward {", "    type filter hook forward priority mangle; policy accept;",
-                f"    ct state invalid counter comment \"{DEFRAG_TAG}\""]
+                f"    ct state invalid counter comment \"{DEFRAG_TAG}\"",
+                # an IPv6 first fragment the kernel passed on unreassembled (RFC 7112: its TCP header not whole)
+                "    frag frag-off 0 frag more-fragments 1 drop"]
         if spec.dropped_protocols:
             body.append(f"    meta l4proto {{ {', '.join(map(str, spec.dropped_protocols))} }} drop")
         if internal4:
             body.append(f"    ip daddr {{ {internal4} }} return")
         if internal6:
             body.append(f"    ip6 daddr {{ {internal6} }} return")
-        syn = f"tcp dport {{ {ports} }} tcp flags & syn == syn"
-        if spec.cache is not None:
-            for (version, allowed), name in self.cache_sets.items():
-                verdict = "accept" if allowed else "drop"
-                body.append(f"    {syn} {'ip' if version == 4 else 'ip6'} saddr @{name} {verdict}")
-        body += [f"    {syn} queue num {num}{flags}", "  }", "}"]
+        judged = [f"tcp dport {{ {ports} }} tcp flags & syn == syn"]  # what the Judge sees
+        if spec.judged_protocols:
+            judged.append(f"meta l4proto {{ {', '.join(map(str, spec.judged_protocols))} }}")
+        for match in judged:
+            if spec.cache is not None:
+                for (version, allowed), name in self.cache_sets.items():
+                    verdict = "accept" if allowed else "drop"
+                    body.append(f"    {match} {'ip' if version == 4 else 'ip6'} saddr @{name} {verdict}")
+            body.append(f"    {match} queue num {num}{flags}")
+        body += ["  }", "}"]
         # add + delete + define: replaces the table whole, atomically, whether or not it existed
         return f"add table inet {self.table}\ndelete table inet {self.table}\n" + "\n".join(body) + "\n"
 
