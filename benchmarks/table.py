@@ -16,6 +16,9 @@ For each size N it builds the synthetic fleet of benchmarks/fleet.py, then measu
   lookup     median ns of View.lookup(key), the packet path's one lookup (the Judge does the same in C on the
              address it reads from the payload), timed in batches of 1,000 with perf_counter_ns
   dict       median ns of get() on a plain dict of the same keys: what the Python table before it cost
+  prefixes   median ns of an unknown source's lookup (an exact miss, then the scale sets' prefixes) in the
+             1,000-VM table's addresses with 10,000 prefixes of 12 lengths registered, against the same table
+             with none, in alternating blocks: a flood of spoofed sources pays it on every SYN
 
 Lookups use existing addresses, half IPv4 and half IPv6 at every size, shuffled so that consecutive lookups hit
 unrelated parts of the table, and every key is a fresh bytes object, as a source address cut out of a packet
@@ -39,7 +42,7 @@ from typing import Any
 
 from enforcer.core.policy import decide
 from enforcer.core.verdicts import judged, pack
-from enforcer.dataplane._fastpath import View
+from enforcer.dataplane._fastpath import Table, View
 from enforcer.dataplane.keeper import Keeper
 from enforcer.state.profiles import load_profile
 
@@ -53,6 +56,8 @@ BATCH = 1_000
 BLOCK = 25  # batches per block of one kind, see measure_lookups
 TARGET_LOOKUP_RATIO = 1.5     # lookup@1M / lookup@1k
 TARGET_BYTES_PER_ADDRESS = 64
+PREFIXES = 10_000
+TARGET_PREFIX_RATIO = 1.5     # an unknown source's lookup with PREFIXES prefixes / with none
 
 
 def time_lookups(lookup: Callable[[bytes], Any], batch: list[bytes]) -> float:
@@ -153,6 +158,47 @@ def measure_slow_paths(size: Sized, rng: random.Random, count: int) -> dict[str,
     return out
 
 
+def scale_set_prefixes(rng: random.Random, count: int) -> list[tuple[bytes, int]]:
+    """`count` prefixes as scale sets register them: IPv4 /24 to /29 in 10.0.0.0/8, IPv6 /56 to /64 in
+    2001:db8:4000::/34, half each, as networks (host bits zero)."""
+    out = []
+    for i in range(count):
+        if i % 2:
+            plen, bits = 24 + i % 6, rng.getrandbits(32) & 0x00FFFFFF | 0x0A000000
+            out.append(((bits >> (32 - plen) << (32 - plen)).to_bytes(4, "big"), plen))
+        else:
+            plen, bits = 56 + i % 5 * 2, rng.getrandbits(128) & ((1 << 94) - 1) | (0x20010DB84 << 94)
+            out.append(((bits >> (128 - plen) << (128 - plen)).to_bytes(16, "big"), plen))
+    return out
+
+
+def measure_prefix_cost(ref: Sized, rng: random.Random, lookups: int) -> dict[str, float]:
+    """Median ns of an unknown source's lookup with no prefix and with PREFIXES of them, the same addresses
+    besides, in alternating blocks."""
+    nets = scale_set_prefixes(rng, PREFIXES)
+    views = []
+    for with_prefixes in (False, True):
+        t = Table()
+        for key in ref.k4 + ref.k6:
+            t.put(key, 0)
+        for net, plen in nets if with_prefixes else ():
+            t.put_prefix(net, plen, 0)
+        t.set_allowed(b"\0")
+        views.append(View(t.image(1)))
+    none, many = views
+    unknown = draw(rng, [pack(f"203.0.113.{i}") for i in range(256)],
+                   [pack(f"2001:db8:eeee::{i:x}") for i in range(1, 4096)], lookups)
+    inside = [net[:-1] + bytes([net[-1] | 1]) for net, _ in nets[:2000]]
+    if any(many.lookup(k) != -1 for k in unknown[:2000]) or any(many.lookup(k) != 0 for k in inside):
+        raise SystemExit("the prefix table judges a source wrongly")
+    samples: dict[str, list[float]] = {"none": [], "many": []}
+    work = batches(unknown)
+    for start in range(0, len(work), BLOCK):
+        for name, view in (("none", none), ("many", many)):
+            samples[name] += [time_lookups(view.lookup, b) for b in work[start:start + BLOCK]]
+    return {"unknown_none": statistics.median(samples["none"]), "unknown_many": statistics.median(samples["many"])}
+
+
 def run_size(size: Sized, ref: Sized, args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
     size.check(rng)
     lookups = args.lookups // (4 if args.quick else 1)
@@ -206,6 +252,11 @@ def print_targets(rows: list[dict[str, Any]]) -> None:
         x = big["lookup"] / big["base"]
         print(f"  lookup@1M <= {TARGET_LOOKUP_RATIO}x lookup@1k: {'PASS' if x <= TARGET_LOOKUP_RATIO else 'FAIL'} "
               f"({x:.2f}x: {big['lookup']:.1f} vs {big['base']:.1f} ns)")
+    if "unknown_many" in rows[0]:
+        x = rows[0]["unknown_many"] / rows[0]["unknown_none"]
+        print(f"  unknown source with {PREFIXES:,} prefixes <= {TARGET_PREFIX_RATIO}x with none: "
+              f"{'PASS' if x <= TARGET_PREFIX_RATIO else 'FAIL'} ({x:.2f}x: {rows[0]['unknown_many']:.1f} vs "
+              f"{rows[0]['unknown_none']:.1f} ns)")
     worst = max(rows, key=lambda r: r["per_address"])
     verdict = "PASS" if worst["per_address"] <= TARGET_BYTES_PER_ADDRESS else "FAIL"
     print(f"  <= {TARGET_BYTES_PER_ADDRESS} bytes per address across all workers (one shared image): {verdict} "
@@ -236,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         size = ref if n == REF_N else Sized(n, args.seed, fills)
         rows.append(run_size(size, ref, args, rng))
+        if size is ref:
+            rows[-1].update(measure_prefix_cost(ref, rng, args.lookups // (4 if args.quick else 1)))
+            print(f"    median ns of an unknown source's lookup: {rows[-1]['unknown_many']:.1f} with {PREFIXES:,} "
+                  f"prefixes of 12 lengths, {rows[-1]['unknown_none']:.1f} with none (same blocks)")
         print_size(rows[-1])
         if size is not ref:
             del size

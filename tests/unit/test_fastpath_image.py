@@ -8,7 +8,7 @@ import struct
 
 from enforcer.dataplane import _fastpath as fp
 from enforcer.dataplane._fastpath import Table, View
-from support.fastpath import MAC1, MAC2, contains, pack
+from support.fastpath import MAC1, MAC2, pack
 
 
 # ---------------------------------------------------------------- the image format, read as documented
@@ -25,8 +25,20 @@ def fold(a: int, b: int) -> int:
 def hash_of(key: bytes) -> int:
     if len(key) == 4:
         return fold(int.from_bytes(key, "little") ^ 0x243f6a8885a308d3, 0x9e3779b97f4a7c15)
+    if len(key) == 20:  # a prefix key: family, length, two zeros, the network as an IPv6 key
+        return fold(hash_of(key[4:]) ^ int.from_bytes(key[:4], "little"), 0x94d049bb133111eb)
     inner = fold(int.from_bytes(key[:8], "little") ^ 0x243f6a8885a308d3, 0x9e3779b97f4a7c15)
     return fold(inner ^ int.from_bytes(key[8:], "little"), 0xbf58476d1ce4e5b9)
+
+
+def pack_network(address: bytes, plen: int) -> bytes:
+    bits = len(address) * 8
+    return (int.from_bytes(address, "big") >> (bits - plen) << (bits - plen)).to_bytes(len(address), "big")
+
+
+def prefix_key(address: bytes, plen: int) -> bytes:
+    """The key the prefix map files address/plen under: its network, padded to 16 bytes."""
+    return bytes([4 if len(address) == 4 else 6, plen, 0, 0]) + pack_network(address, plen).ljust(16, b"\0")
 
 
 class Image:
@@ -48,7 +60,7 @@ class Image:
     def slots(self, name: str) -> list[tuple[bytes, int]]:
         if name not in self.parsed:
             offset, count = self.at[name]
-            fmt = struct.Struct("<4sI" if name.endswith("4") else "<16sI")
+            fmt = struct.Struct("<4sI" if name.endswith("4") else "<20sI" if name == "prefixes" else "<16sI")
             self.parsed[name] = list(fmt.iter_unpack(self.image[offset:offset + count * fmt.size]))
         return self.parsed[name]
 
@@ -83,12 +95,12 @@ class Image:
             value = int.from_bytes(self.image[offset + (page - 1) * 1024 + 4 * key[-1]:][:4], "little")
         else:
             value = self.probe("exact" + family, key)
-        if not value:
-            offset, count = self.at["prefixes"]
-            for i in range(count):
-                fam, plen, zero, value, net = struct.unpack_from("<BBHI16s", self.image, offset + 24 * i)
-                assert zero == 0 and fam in (4, 6)
-                if (fam == 4) == (len(key) == 4) and contains(net[:len(key)], plen, key):
+        if not value:  # the prefix map, one probe a length present in the family, longest first
+            family = 4 if len(key) == 4 else 6
+            lengths = {k[1] for k, v in self.slots("prefixes") if v and k[0] == family}
+            for plen in sorted(lengths, reverse=True):
+                value = self.probe("prefixes", prefix_key(key, plen))
+                if value:
                     break
             else:
                 return -1
@@ -110,17 +122,22 @@ def test_the_image_is_laid_out_as_documented():
         t.put(k, i % 7, "lo" if i % 11 == 0 else None, MAC1 if i % 13 == 0 else None)
     t.put_prefix(pack("10.0.0.0"), 8, 3, None, MAC2)
     t.put_prefix(pack("2001:db8:ff::"), 48, 4)
+    nets = [(pack(f"172.{16 + i % 16}.{i // 16}.{(i % 4) * 64}"), 26 if i % 3 else 24) for i in range(600)]
+    nets += [(pack(f"2001:db8:{i:x}::"), 48 + i % 17) for i in range(600)]
+    for i, (net, plen) in enumerate(nets):
+        t.put_prefix(pack_network(net, plen), plen, i % 5)
     t.set_allowed(b"\1\0\1")
     image = Image(t.image(77))
     assert image.generation == 77 and image.entries == len(set(keys))
     assert image.image[image.at["allow"][0]:][:3] == b"\1\0\1"
-    for name in ("dir4", "dir6", "exact4", "exact6"):
+    for name in ("dir4", "dir6", "exact4", "exact6", "prefixes"):
         d = image.displacements(name)
         assert len(d) * 2 <= image.at[name][1]                      # load <= 0.5
         if len(d) > 100:                                            # a cheap hash, but a good one: short runs
             assert sum(d) / len(d) < 1.5 and max(d) < 40, (name, sum(d) / len(d), max(d))
     view = View(image.image)
-    for k in rng.sample(keys, 2000) + [pack("10.1.2.3"), pack("2001:db8:ff::1"), pack("11.0.0.0")]:
+    inside = [net[:-1] + bytes([net[-1] | 9]) for net, _ in nets]
+    for k in rng.sample(keys, 2000) + inside + [pack("10.1.2.3"), pack("2001:db8:ff::1"), pack("11.0.0.0")]:
         assert image.lookup(k) == view.lookup(k), k
 
 

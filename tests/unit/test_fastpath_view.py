@@ -97,6 +97,7 @@ PROBES = [pack(a) for a in ("10.0.0.1", "10.0.0.2", "10.0.0.69", "10.0.0.200", "
 
 def exercise(view: View) -> None:
     """Everything a View offers: must return, whatever the image holds."""
+    assert len(view) >= 0
     for key in PROBES:
         view.entry(key)
         view.allows(view.lookup(key))
@@ -166,6 +167,32 @@ def test_a_forged_section_table_is_refused_or_harmless(data):
                                     st.integers(0, 2**64 - 1)))
         struct.pack_into("<QQ", image, 64 + 16 * i, offset, count)
     refused_or_harmless(bytes(image))
+
+
+def test_a_header_that_lies_about_its_addresses_is_refused():
+    """len(View) is the header's count of addresses (and the prefixes found): 2**64-1 there made len() fail with
+    a SystemError (issue 19, row 7). A count the image has no room for is refused when the View is made."""
+    for count in (2**64 - 1, 2**63, len(SMALL)):
+        image = bytearray(SMALL)
+        struct.pack_into("<Q", image, 32, count)
+        with pytest.raises(ValueError, match="more addresses than it has room for"):
+            View(bytes(image))
+    assert len(View(SMALL)) == 72 + 2                                  # 72 addresses, 2 prefixes
+
+
+def test_a_view_reads_its_prefix_lengths_once_whatever_the_buffer_holds_later():
+    """A View over a buffer that changes under it (not a sealed memfd: a second line of defence): the prefix
+    lengths a lookup builds its keys from were read when the View was made, so slots rewritten with any family
+    and length cannot make it read past a network (a lookup read up to 31 bytes past one before issue 19, row 5;
+    the sanitizer run of this test sees any such read)."""
+    buffer = bytearray(SMALL)
+    view = View(buffer)
+    offset, count = struct.unpack_from("<QQ", buffer, 64 + 16 * 6)   # PREFIXES
+    for fill in (0xFF, 0x06, 0x04, 0x80):
+        buffer[offset:offset + 24 * count] = bytes([fill]) * (24 * count)
+        exercise(view)
+    buffer[:] = SMALL
+    assert view.lookup(pack("10.1.2.3")) == 1 and view.lookup(pack("2001:db8:1::5")) == 2
 
 
 def test_a_full_map_in_a_forged_image_does_not_loop_forever():

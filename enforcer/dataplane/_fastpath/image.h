@@ -17,7 +17,7 @@
  *
  * Image (little-endian; the arrays are written as they lie in the Table's memory, so image() is memcpys)
  *   header, 192 bytes:
- *     0   magic "P25FAST\0"        8   u32 format version (1)      12  u32 header size (192)
+ *     0   magic "P25FAST\0"        8   u32 format version (2)      12  u32 header size (192)
  *     16  u64 generation           24  u64 total size              32  u64 exact entries (addresses)
  *     40  24 bytes zero (reserved)
  *     64  8 sections x { u64 offset, u64 count }, each offset a multiple of 64:
@@ -28,12 +28,17 @@
  *   PAGES           count x 256 u32 values (1 KiB), indexed by the last byte: every address of a dense prefix.
  *   RECORDS         binding records, 32 bytes: { u32 verdict; u32 flags (1 interface, 2 MAC);
  *                   u8 mac[8] (as NFQUEUE's get_hw() gives it); char interface[16] (NUL-padded) }.
- *   PREFIXES        prefix-registered sources (scale sets), 24 bytes: { u8 family (4 or 6); u8 length;
- *                   u8 zero[2]; u32 value; u8 network[16] }, longest first; scanned only on an exact miss.
+ *   PREFIXES        prefix-registered sources (scale sets): the same kind of map, keyed by { u8 family (4 or 6);
+ *                   u8 length; u8 zero[2]; u8 network[16] (host bits and an IPv4 network's last 12 bytes zero) }:
+ *                   slots of 24 bytes, the value last. Looked up only on an exact miss, once for each length
+ *                   present in the family, longest first: a cost that grows with the lengths in use (at most 33
+ *                   or 129), never with the number of prefixes. A View first asks a set of its own (the guard:
+ *                   every prefix cut to the family's shortest length), so that a source outside every prefix,
+ *                   as unknown and spoofed ones mostly are, costs one probe.
  *   ALLOW           one byte a verdict: nonzero = that verdict allows. Past the end: blocked.
  *   A lookup: hash the prefix, probe the directory; a hit is one read of the page (two cache lines in all,
  *   the directory's usually cached). A miss probes the exact map (one line, sometimes two: a 20-byte slot
- *   can straddle), then, only if that misses too, the prefix entries.
+ *   can straddle), then, only if that misses too, the prefix map (a probe a length present).
  *
  * Memory (image bytes an address): a page is 1 KiB for 64..256 dense addresses (4-16 bytes each; down to 32
  *   after removals); an exact slot is 8 (IPv4) or 20 (IPv6) bytes at load 1/4..1/2, i.e. 16-32 or 40-80 bytes
@@ -53,7 +58,7 @@
 #endif
 
 #define MAGIC "P25FAST"            /* with its NUL: 8 bytes */
-#define FORMAT_VERSION 1u
+#define FORMAT_VERSION 2u       /* 2: the prefixes in a hash map (1: a list scanned in order) */
 #define HEADER_SIZE 192u
 #define ALIGN 64u
 #define MIN_CAP 8u
@@ -76,16 +81,7 @@ typedef struct {
     char interface[16];
 } Record;
 
-typedef struct {
-    uint8_t family;
-    uint8_t plen;
-    uint8_t zero[2];
-    uint32_t value;
-    uint8_t net[16];
-} Prefix;
-
 _Static_assert(sizeof(Record) == 32, "a binding record is 32 bytes");
-_Static_assert(sizeof(Prefix) == 24, "a prefix entry is 24 bytes");
 
 /* ---------------------------------------------------------------- loads, hashes, probing */
 
@@ -95,8 +91,13 @@ static inline uint64_t ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); re
 static inline void st32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static inline void st64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 
-#define KEYLEN(wide) ((wide) ? 16u : 4u)
-#define SLOTLEN(wide) (KEYLEN(wide) + 4u)
+/* What a hash map is keyed by: an IPv4 address (or its /24), an IPv6 address (or its /120), or a prefix key
+ * (family, length, network: a Prefix but its value). For an address map the kind is also its family's index,
+ * [0] IPv4 and [1] IPv6, so code that knows it has an address calls it `wide`. */
+enum { KEY4 = 0, KEY6 = 1, KEYPREFIX = 2 };
+#define KEYLEN(kind) ((kind) == KEY4 ? 4u : (kind) == KEY6 ? 16u : 20u)
+#define SLOTLEN(kind) (KEYLEN(kind) + 4u)
+_Static_assert(SLOTLEN(KEYPREFIX) == 24, "a prefix slot is 24 bytes (ELEM)");
 
 /* 64x64 -> 128-bit multiply folded (the wyhash mixer): a few cycles, and every input bit reaches the top bits,
  * which are the ones the index takes. */
@@ -116,8 +117,13 @@ static inline uint64_t hash6(const uint8_t *key) {
                 0xbf58476d1ce4e5b9ull);
 }
 
-static inline __attribute__((always_inline)) uint64_t hash_key(const uint8_t *key, const int wide) {
-    return wide ? hash6(key) : hash4(key);
+/* A prefix key: its network as an IPv6 key, folded once more with its family and length. */
+static inline uint64_t hash_prefix(const uint8_t *key) {
+    return fold(hash6(key + 4) ^ ld32(key), 0x94d049bb133111ebull);
+}
+
+static inline __attribute__((always_inline)) uint64_t hash_key(const uint8_t *key, const int kind) {
+    return kind == KEY4 ? hash4(key) : kind == KEY6 ? hash6(key) : hash_prefix(key);
 }
 
 static inline unsigned log2u(uint64_t x) { return 63u - (unsigned)__builtin_clzll(x); }
@@ -125,29 +131,30 @@ static inline unsigned log2u(uint64_t x) { return 63u - (unsigned)__builtin_clzl
 /* The value stored for key in a map of cap slots (a power of two; index = hash >> shift), or 0. At most cap
  * probes: a Table keeps an empty slot in every probe run, but a garbage image might not. */
 static inline __attribute__((always_inline)) uint32_t
-probe(const uint8_t *slots, uint64_t cap, unsigned shift, const uint8_t *key, const int wide) {
+probe(const uint8_t *slots, uint64_t cap, unsigned shift, const uint8_t *key, const int kind) {
     const uint64_t mask = cap - 1;
-    uint64_t i = hash_key(key, wide) >> shift;
+    uint64_t i = hash_key(key, kind) >> shift;
     for (uint64_t n = 0; n < cap; n++, i = (i + 1) & mask) {
-        const uint8_t *s = slots + i * SLOTLEN(wide);
-        uint32_t v = ld32(s + KEYLEN(wide));
+        const uint8_t *s = slots + i * SLOTLEN(kind);
+        uint32_t v = ld32(s + KEYLEN(kind));
         if (v == 0)
             return 0;
-        if (memcmp(s, key, KEYLEN(wide)) == 0)
+        if (memcmp(s, key, KEYLEN(kind)) == 0)
             return v;
     }
     return 0;
 }
 
-/* Whether key lies in net/plen (net's host bits are masked here too: a View does not trust them). */
-static inline int prefix_contains(const uint8_t *net, unsigned plen, const uint8_t *key) {
+/* The prefix key of addr's first plen bits (plen <= 32 or 128, as the caller knows: never read from an image):
+ * what a Table files a prefix under, and what a View looks an address up by, one length at a time. */
+static inline void prefix_key(uint8_t out[20], const uint8_t *addr, const int wide, unsigned plen) {
     unsigned full = plen / 8, rest = plen % 8;
-    if (memcmp(net, key, full) != 0)
-        return 0;
-    if (rest == 0)
-        return 1;
-    uint8_t m = (uint8_t)(0xffu << (8 - rest));
-    return (net[full] & m) == (key[full] & m);
+    memset(out, 0, 20);
+    out[0] = wide ? 6 : 4;
+    out[1] = (uint8_t)plen;
+    memcpy(out + 4, addr, full);
+    if (rest)
+        out[4 + full] = (uint8_t)(addr[full] & (0xffu << (8 - rest)));
 }
 
 static inline uint64_t align_up(uint64_t x) { return (x + ALIGN - 1) & ~(uint64_t)(ALIGN - 1); }

@@ -27,15 +27,15 @@ typedef struct {
     uint8_t *slots;
     uint64_t cap, used;
     unsigned shift; /* 64 - log2(cap) */
-    int wide;
+    int kind;       /* KEY4, KEY6, KEYPREFIX */
 } Map;
 
-static int map_init(Map *m, int wide) {
-    m->wide = wide;
+static int map_init(Map *m, int kind) {
+    m->kind = kind;
     m->cap = MIN_CAP;
     m->used = 0;
     m->shift = 64 - log2u(MIN_CAP);
-    m->slots = PyMem_Calloc(MIN_CAP, SLOTLEN(wide));
+    m->slots = PyMem_Calloc(MIN_CAP, SLOTLEN(kind));
     if (m->slots == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -44,14 +44,18 @@ static int map_init(Map *m, int wide) {
 }
 
 static uint32_t map_get(const Map *m, const uint8_t *key) {
-    return m->wide ? probe(m->slots, m->cap, m->shift, key, 1) : probe(m->slots, m->cap, m->shift, key, 0);
+    switch (m->kind) {
+    case KEY4: return probe(m->slots, m->cap, m->shift, key, KEY4);
+    case KEY6: return probe(m->slots, m->cap, m->shift, key, KEY6);
+    default: return probe(m->slots, m->cap, m->shift, key, KEYPREFIX);
+    }
 }
 
 /* The slot holding key, or the empty slot that ends its probe run (there is one: load <= 0.5). */
 static uint8_t *map_slot(const Map *m, const uint8_t *key) {
-    const unsigned klen = KEYLEN(m->wide), slen = SLOTLEN(m->wide);
+    const unsigned klen = KEYLEN(m->kind), slen = SLOTLEN(m->kind);
     const uint64_t mask = m->cap - 1;
-    uint64_t i = hash_key(key, m->wide) >> m->shift;
+    uint64_t i = hash_key(key, m->kind) >> m->shift;
     for (;;) {
         uint8_t *s = m->slots + i * slen;
         if (ld32(s + klen) == 0 || memcmp(s, key, klen) == 0)
@@ -61,7 +65,7 @@ static uint8_t *map_slot(const Map *m, const uint8_t *key) {
 }
 
 static int map_resize(Map *m, uint64_t cap) {
-    const unsigned klen = KEYLEN(m->wide), slen = SLOTLEN(m->wide);
+    const unsigned klen = KEYLEN(m->kind), slen = SLOTLEN(m->kind);
     uint8_t *slots = PyMem_Calloc(cap, slen);
     if (slots == NULL) {
         PyErr_NoMemory();
@@ -72,7 +76,7 @@ static int map_resize(Map *m, uint64_t cap) {
         const uint8_t *s = m->slots + j * slen;
         if (ld32(s + klen) == 0)
             continue;
-        uint64_t i = hash_key(s, m->wide) >> shift;
+        uint64_t i = hash_key(s, m->kind) >> shift;
         while (ld32(slots + i * slen + klen) != 0)
             i = (i + 1) & (cap - 1);
         memcpy(slots + i * slen, s, slen);
@@ -104,7 +108,7 @@ static void map_trim(Map *m) {
 
 /* Sets key's value (nonzero); returns the old one (0: inserted; map_reserve(m, 1) must have made room). */
 static uint32_t map_set(Map *m, const uint8_t *key, uint32_t value) {
-    const unsigned klen = KEYLEN(m->wide);
+    const unsigned klen = KEYLEN(m->kind);
     uint8_t *s = map_slot(m, key);
     uint32_t old = ld32(s + klen);
     if (old == 0) {
@@ -118,7 +122,7 @@ static uint32_t map_set(Map *m, const uint8_t *key, uint32_t value) {
 /* Removes key; returns its value (0: was absent). Backward-shift deletion: every later slot of the run that
  * may live in the hole moves into it, so that no probe run is cut short and no tombstones pile up. */
 static uint32_t map_del(Map *m, const uint8_t *key) {
-    const unsigned klen = KEYLEN(m->wide), slen = SLOTLEN(m->wide);
+    const unsigned klen = KEYLEN(m->kind), slen = SLOTLEN(m->kind);
     const uint64_t mask = m->cap - 1;
     uint8_t *s = map_slot(m, key);
     uint32_t old = ld32(s + klen);
@@ -130,7 +134,7 @@ static uint32_t map_del(Map *m, const uint8_t *key) {
         uint8_t *t = m->slots + j * slen;
         if (ld32(t + klen) == 0)
             break;
-        uint64_t home = hash_key(t, m->wide) >> m->shift;
+        uint64_t home = hash_key(t, m->kind) >> m->shift;
         /* t may move into the hole only if the hole lies on its probe path home .. j */
         if (((j - home) & mask) >= ((j - hole) & mask)) {
             memcpy(m->slots + hole * slen, t, slen);
@@ -176,8 +180,7 @@ typedef struct {
     Record *records;
     uint64_t nrecords, records_cap;
     Stack free_records;              /* likewise */
-    Prefix *prefixes;                /* longest first */
-    uint64_t nprefixes, prefixes_cap;
+    Map prefixes;                    /* prefix key -> value (scale sets) */
     uint8_t *allow;
     uint64_t nverdicts;
     uint64_t nexact;                 /* addresses (exact entries) */
@@ -200,7 +203,7 @@ static void table_dealloc(TableObject *t) {
     PyMem_Free(t->free_pages.v);
     PyMem_Free(t->records);
     PyMem_Free(t->free_records.v);
-    PyMem_Free(t->prefixes);
+    PyMem_Free(t->prefixes.slots);
     PyMem_Free(t->allow);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
@@ -217,6 +220,10 @@ static PyObject *table_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
             Py_DECREF(t);
             return NULL;
         }
+    }
+    if (map_init(&t->prefixes, KEYPREFIX) < 0) {
+        Py_DECREF(t);
+        return NULL;
     }
     return (PyObject *)t;
 }
@@ -512,15 +519,6 @@ static int network_arg(const char *net, Py_ssize_t len, int plen) {
     return wide;
 }
 
-static Prefix *find_prefix(TableObject *t, int family, int plen, const char *net) {
-    for (uint64_t i = 0; i < t->nprefixes; i++) {
-        Prefix *p = &t->prefixes[i];
-        if (p->family == family && p->plen == plen && memcmp(p->net, net, family == 4 ? 4 : 16) == 0)
-            return p;
-    }
-    return NULL;
-}
-
 static PyObject *table_put_prefix(TableObject *t, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"network", "plen", "verdict", "interface", "mac", NULL};
     const char *net;
@@ -535,27 +533,11 @@ static PyObject *table_put_prefix(TableObject *t, PyObject *args, PyObject *kwds
     int wide = network_arg(net, len, plen);
     if (wide < 0 || verdict_arg(verdicto, &verdict) < 0 || binding_arg(interface, mac, &b) < 0)
         return NULL;
-    int family = wide ? 6 : 4;
-    Prefix *p = find_prefix(t, family, plen, net);
-    if (b.set && record_reserve(t) < 0)
+    uint8_t key[20];
+    prefix_key(key, (const uint8_t *)net, wide, (unsigned)plen);
+    if ((b.set && record_reserve(t) < 0) || map_reserve(&t->prefixes, 1) < 0)
         return NULL;
-    if (p != NULL) {
-        p->value = make_value(t, p->value, verdict, &b);
-        Py_RETURN_NONE;
-    }
-    if (grow((void **)&t->prefixes, &t->prefixes_cap, t->nprefixes + 1, sizeof(Prefix)) < 0)
-        return NULL;
-    uint64_t at = 0; /* after every longer or equally long one */
-    while (at < t->nprefixes && t->prefixes[at].plen >= plen)
-        at++;
-    memmove(&t->prefixes[at + 1], &t->prefixes[at], (t->nprefixes - at) * sizeof(Prefix));
-    p = &t->prefixes[at];
-    memset(p, 0, sizeof(*p));
-    p->family = (uint8_t)family;
-    p->plen = (uint8_t)plen;
-    memcpy(p->net, net, (size_t)len);
-    p->value = make_value(t, 0, verdict, &b);
-    t->nprefixes++;
+    map_set(&t->prefixes, key, make_value(t, map_get(&t->prefixes, key), verdict, &b));
     Py_RETURN_NONE;
 }
 
@@ -569,14 +551,14 @@ static PyObject *table_remove_prefix(TableObject *t, PyObject *args, PyObject *k
     int wide = network_arg(net, len, plen);
     if (wide < 0)
         return NULL;
-    Prefix *p = find_prefix(t, wide ? 6 : 4, plen, net);
-    if (p == NULL)
+    uint8_t key[20];
+    prefix_key(key, (const uint8_t *)net, wide, (unsigned)plen);
+    uint32_t old = map_del(&t->prefixes, key);
+    if (old == 0)
         Py_RETURN_FALSE;
-    if (p->value & BOUND)
-        record_free(t, p->value & ~BOUND);
-    uint64_t at = (uint64_t)(p - t->prefixes);
-    memmove(p, p + 1, (t->nprefixes - at - 1) * sizeof(Prefix));
-    t->nprefixes--;
+    if (old & BOUND)
+        record_free(t, old & ~BOUND);
+    map_trim(&t->prefixes);
     Py_RETURN_TRUE;
 }
 
@@ -611,7 +593,7 @@ static void table_layout(const TableObject *t, Layout *l) {
     l->count[S_EXACT6] = t->exact[1].cap;   l->src[S_EXACT6] = t->exact[1].slots;
     l->count[S_PAGES] = t->npages;          l->src[S_PAGES] = t->pages;
     l->count[S_RECORDS] = t->nrecords;      l->src[S_RECORDS] = t->records;
-    l->count[S_PREFIXES] = t->nprefixes;    l->src[S_PREFIXES] = t->prefixes;
+    l->count[S_PREFIXES] = t->prefixes.cap; l->src[S_PREFIXES] = t->prefixes.slots;
     l->count[S_ALLOW] = t->nverdicts;       l->src[S_ALLOW] = t->allow;
     uint64_t pos = HEADER_SIZE;
     for (int i = 0; i < NSECTIONS; i++) {
@@ -707,18 +689,18 @@ static PyObject *table_stats(TableObject *t, PyObject *Py_UNUSED(ignored)) {
         "exact4_slots", (unsigned long long)t->exact[0].cap, "exact6_slots", (unsigned long long)t->exact[1].cap,
         "pages", (unsigned long long)t->npages, "free_pages", (unsigned long long)t->free_pages.n,
         "records", (unsigned long long)t->nrecords, "free_records", (unsigned long long)t->free_records.n,
-        "prefixes", (unsigned long long)t->nprefixes, "verdicts", (unsigned long long)t->nverdicts);
+        "prefixes", (unsigned long long)t->prefixes.used, "verdicts", (unsigned long long)t->nverdicts);
 }
 
-static Py_ssize_t table_len(TableObject *t) { return (Py_ssize_t)(t->nexact + t->nprefixes); }
+static Py_ssize_t table_len(TableObject *t) { return (Py_ssize_t)(t->nexact + t->prefixes.used); }
 
 static PyMethodDef table_methods[] = {
     {"put", (PyCFunction)(void (*)(void))table_put, METH_VARARGS | METH_KEYWORDS,
      "put(key, verdict, interface=None, mac=None): register a packed address (replaces its entry)."},
     {"remove", (PyCFunction)table_remove, METH_O, "remove(key) -> bool: whether it was registered."},
     {"put_prefix", (PyCFunction)(void (*)(void))table_put_prefix, METH_VARARGS | METH_KEYWORDS,
-     "put_prefix(network, plen, verdict, interface=None, mac=None): register a prefix (matched longest first, only "
-     "when the exact lookup misses)."},
+     "put_prefix(network, plen, verdict, interface=None, mac=None): register a prefix (the longest holding an "
+     "address decides, only when the exact lookup misses)."},
     {"remove_prefix", (PyCFunction)(void (*)(void))table_remove_prefix, METH_VARARGS | METH_KEYWORDS,
      "remove_prefix(network, plen) -> bool"},
     {"set_allowed", (PyCFunction)table_set_allowed, METH_O,

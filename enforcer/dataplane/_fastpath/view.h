@@ -29,9 +29,23 @@ typedef struct {
     unsigned dir_shift[2], exact_shift[2];
     const uint8_t *pages, *records, *prefixes, *allow;
     uint64_t npages, nrecords, nprefixes, nverdicts;
+    uint64_t prefix_cap;
+    unsigned prefix_shift;
+    /* the prefix lengths present in each family, longest first: read from the image once, when the View is made,
+     * and never again, so a lookup builds its keys from these, whatever the buffer holds by then */
+    uint8_t lengths[2][129];
+    unsigned nlengths[2];
+    /* the guard: every prefix of the family cut to its shortest length present, in a set of the View's own
+     * (prefix slots, value 1). An address outside all of them (an unknown or spoofed source, usually) is
+     * answered by one probe here instead of one a length. */
+    uint8_t *guard[2];
+    uint64_t guard_cap[2];
+    unsigned guard_shift[2];
 } ViewObject;
 
 static void view_dealloc(ViewObject *v) {
+    PyMem_Free(v->guard[0]);
+    PyMem_Free(v->guard[1]);
     if (v->held)
         PyBuffer_Release(&v->buffer);
     Py_TYPE(v)->tp_free((PyObject *)v);
@@ -40,6 +54,77 @@ static void view_dealloc(ViewObject *v) {
 static int bad_image(const char *why) {
     PyErr_Format(PyExc_ValueError, "not a verdict table image: %s", why);
     return -1;
+}
+
+/* Into the guard set of `cap` slots (a power of two, at most half full): `key`, once. */
+static void guard_add(uint8_t *guard, uint64_t cap, unsigned shift, const uint8_t *key) {
+    for (uint64_t i = hash_prefix(key) >> shift;; i = (i + 1) & (cap - 1)) {
+        uint8_t *s = guard + i * SLOTLEN(KEYPREFIX);
+        if (ld32(s + KEYLEN(KEYPREFIX)) == 0) {
+            memcpy(s, key, KEYLEN(KEYPREFIX));
+            st32(s + KEYLEN(KEYPREFIX), 1);
+            return;
+        }
+        if (memcmp(s, key, KEYLEN(KEYPREFIX)) == 0)
+            return;
+    }
+}
+
+/* Family w's guard, from the prefix slots as they are now (the View holds what it built, whatever happens to the
+ * buffer later). */
+static int guard_build(ViewObject *v, int w, uint64_t members) {
+    uint64_t cap = MIN_CAP;
+    while (cap < 2 * members)
+        cap *= 2;
+    v->guard[w] = PyMem_Calloc(cap, SLOTLEN(KEYPREFIX));
+    if (v->guard[w] == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    v->guard_cap[w] = cap;
+    v->guard_shift[w] = 64 - log2u(cap);
+    const unsigned shortest = v->lengths[w][v->nlengths[w] - 1];
+    uint8_t key[20];
+    for (uint64_t i = 0; i < v->prefix_cap; i++) {
+        const uint8_t *s = v->prefixes + i * SLOTLEN(KEYPREFIX);
+        if (ld32(s + KEYLEN(KEYPREFIX)) != 0 && s[0] == (w ? 6 : 4)) {
+            prefix_key(key, s + 4, w, shortest);
+            guard_add(v->guard[w], cap, v->guard_shift[w], key);
+        }
+    }
+    return 0;
+}
+
+/* The prefix map: its size, the lengths present in each family (a slot of no family or too long: refused), and
+ * each family's guard. */
+static int view_prefixes(ViewObject *v, const uint8_t *slots, uint64_t cap) {
+    if (cap < MIN_CAP || cap > MAX_CAP || (cap & (cap - 1)))
+        return bad_image("a hash map's size is not a power of two >= 8");
+    uint8_t present[2][129] = {{0}};
+    uint64_t used = 0, members[2] = {0, 0};
+    for (uint64_t i = 0; i < cap; i++) {
+        const uint8_t *s = slots + i * SLOTLEN(KEYPREFIX);
+        if (ld32(s + KEYLEN(KEYPREFIX)) == 0)
+            continue;
+        if (!((s[0] == 4 && s[1] <= 32) || (s[0] == 6 && s[1] <= 128)))
+            return bad_image("a prefix entry of no family or too long");
+        present[s[0] == 6][s[1]] = 1;
+        members[s[0] == 6]++;
+        used++;
+    }
+    v->prefixes = slots;
+    v->prefix_cap = cap;
+    v->prefix_shift = 64 - log2u(cap);
+    v->nprefixes = used;
+    for (int w = 0; w < 2; w++) {
+        v->nlengths[w] = 0;
+        for (int plen = 128; plen >= 0; plen--)
+            if (present[w][plen])
+                v->lengths[w][v->nlengths[w]++] = (uint8_t)plen;
+        if (members[w] && guard_build(v, w, members[w]) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 static int view_validate(ViewObject *v) {
@@ -82,19 +167,16 @@ static int view_validate(ViewObject *v) {
         v->exact_cap[w] = en;
         v->exact_shift[w] = 64 - log2u(en);
     }
-    for (uint64_t i = 0; i < count[S_PREFIXES]; i++) {
-        const uint8_t *p = at[S_PREFIXES] + i * sizeof(Prefix);
-        if (!((p[0] == 4 && p[1] <= 32) || (p[0] == 6 && p[1] <= 128)))
-            return bad_image("a prefix entry of no family or too long");
-    }
+    if (view_prefixes(v, at[S_PREFIXES], count[S_PREFIXES]) < 0)
+        return -1;
     v->generation = ld64(b + 16);
     v->entries = ld64(b + 32);
+    if (v->entries > total / 4) /* an address takes at least a page's cell: a header that lies is refused here */
+        return bad_image("more addresses than it has room for");
     v->pages = at[S_PAGES];
     v->npages = count[S_PAGES];
     v->records = at[S_RECORDS];
     v->nrecords = count[S_RECORDS];
-    v->prefixes = at[S_PREFIXES];
-    v->nprefixes = count[S_PREFIXES];
     v->allow = at[S_ALLOW];
     v->nverdicts = count[S_ALLOW];
     return 0;
@@ -138,11 +220,18 @@ find_in(const ViewObject *v, const uint8_t *key, const int wide, int *exact) {
         return value;
     }
     *exact = 0;
-    const int family = wide ? 6 : 4;
-    for (uint64_t i = 0; i < v->nprefixes; i++) {
-        const uint8_t *p = v->prefixes + i * sizeof(Prefix);
-        if (p[0] == family && prefix_contains(p + 8, p[1], key))
-            return ld32(p + 4);
+    const unsigned n = v->nlengths[wide];
+    if (n == 0)
+        return 0;
+    uint8_t k[20];
+    prefix_key(k, key, wide, v->lengths[wide][n - 1]);
+    if (!probe(v->guard[wide], v->guard_cap[wide], v->guard_shift[wide], k, KEYPREFIX))
+        return 0; /* in none of the prefixes' shortest ancestors: in no prefix */
+    for (unsigned i = 0; i < n; i++) { /* longest first: the first hit is the longest match */
+        prefix_key(k, key, wide, v->lengths[wide][i]);
+        value = probe(v->prefixes, v->prefix_cap, v->prefix_shift, k, KEYPREFIX);
+        if (value)
+            return value;
     }
     return 0;
 }
