@@ -47,6 +47,27 @@ def syn_packets(src: str, dst: str, port: int, flows: int, seed: int) -> list[by
     return out
 
 
+def spoofed_frames(dst4: str, dst6: str, src_mac: str, dst_mac: str, count: int, seed: int) -> list[bytes]:
+    """Ethernet frames of SYNs to port 25 from `count` random source addresses, half IPv4 (in 198.18.0.0/15), half
+    IPv6 (in 2001:db8::/32): the project's own ranges, as a VM that forges its source would send them. The TCP
+    checksum is left 0: nothing on the way checks it, and the queue judges the source only."""
+    rng = random.Random(seed)
+    head = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", ""))
+    d4, d6 = socket.inet_aton(dst4), socket.inet_pton(socket.AF_INET6, dst6)
+    out = []
+    for i in range(count):
+        tcp = struct.pack("!HHIIBBHHH", 1024 + i % 60000, 25, rng.getrandbits(32), 0, 5 << 4, 0x02, 64240, 0, 0)
+        if i % 2:
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, i & 0xFFFF, 0x4000, 64, socket.IPPROTO_TCP, 0,
+                             (0xC6120000 | rng.getrandbits(17)).to_bytes(4, "big"), d4)
+            out.append(head + b"\x08\x00" + ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:] + tcp)
+        else:
+            src = (0x20010DB8 << 96 | rng.getrandbits(96)).to_bytes(16, "big")
+            ip = struct.pack("!IHBB16s16s", 6 << 28, 20, socket.IPPROTO_TCP, 64, src, d6)
+            out.append(head + b"\x86\xdd" + ip + tcp)
+    return out
+
+
 def ethernet_frames(packets: list[bytes], src_mac: str, dst_mac: str) -> list[bytes]:
     head = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", "")) + b"\x08\x00"
     return [head + p for p in packets]
