@@ -193,7 +193,7 @@ def hostile(lab: NamespaceLab, seconds: float, window: float, rate: float, flood
                 flooder.start(window)
         allow = not allow
         flip(lab, allow)
-        reload_ms[flooding].append(lab.wait_synced(timeout=30, poll=0.002) * 1000)
+        reload_ms[flooding].append(lab.wait_synced(timeout=30, poll=0.01) * 1000)
         toggled.start(20, 20_000)
         toggled.wait()
         time.sleep(max(0.0, period - (time.monotonic() - tick)))

@@ -91,7 +91,7 @@ class InterfaceNames:
 # (resource name or None, the reason a person reads) for a blocked source: the state's answer, off the packet path
 Explain = Callable[[bytes], "tuple[str | None, str]"]
 
-DRAIN_BUDGET = 0.02      # seconds one drain() may take: the control thread answers the daemon between two
+DRAIN_BUDGET = 0.005     # seconds one drain() may take: the control thread answers the daemon between two
 EXPLAIN_SHARE = 0.1      # of the control thread's time, at most, spent explaining new sources (each reads the state)
 SUMMARY_EVERY = 10.0     # seconds between two summary lines of the attempts counted but not explained
 SEEN = 20_000            # flows remembered for deduplication, and explanations kept per table
