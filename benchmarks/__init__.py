@@ -6,10 +6,11 @@
     python -m benchmarks.control               CLI latency at 1k/100k/1M VMs, commit-to-verdict under SYN load
     python -m benchmarks.soak                  the data plane under a steady SYN stream, a policy change a second
     python -m benchmarks.cycles                kill and restart cycles: nothing gets through while the daemon is down
+    python -m benchmarks.hostile               a spoofed-source flood while the policy changes every second
     python -m benchmarks.startup               how fast a plain command starts, as a whole process
     python -m benchmarks.apply                 how `enforcer apply` grows with the inventory file
 
-dataplane, soak, cycles and control's reload part run as root and build (and remove) their own network
+dataplane, soak, cycles, hostile and control's reload part run as root and build (and remove) their own network
 namespaces; --help tells each one's options.
 
 fleet.py is the synthetic inventory both register. The data-plane benchmark is split by concern: dataplane.py
