@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,21 +62,33 @@ def lab_demo(lab_file: Path | None, profile: str | None, every: bool, timeout: f
 def lab_up(lab_file: Path | None, directory: Path, no_daemon: bool) -> None:
     """Build the lab of the lab file in network namespaces, with its SMTP server and the enforcer."""
     from ..lab.manage import lab_up
+    from ..lab.netns import own_module
     record = lab_up(lab_file, directory, daemon=not no_daemon)
     click.echo(f"lab up: {len(record['hosts'])} hosts from {record['lab_file']}; state {record['state']}")
-    click.echo(f"try: enforcer lab exec shop-web -- python3 -m enforcer.lab.smtptry "
+    if record.get("earlier"):
+        click.echo(f"the earlier lab's mail and logs: {record['earlier']}")
+    # the lab's own commands need its directory unless it is the default; the tools, this interpreter (the
+    # virtualenv's python3 when one is used, which a bare `python3` inside the namespace would not find)
+    where = "" if directory.resolve() == LAB_DIR else f" --dir {directory}"
+    click.echo(f"try: enforcer lab exec{where} shop-web -- {' '.join(own_module('enforcer.lab.smtptry'))} "
                f"{record['internet_addresses'][0]} 25")
     click.echo(f"     enforcer --state {record['state']} diagnose devtest-lab")
     click.echo(f"     enforcer --state {record['state']} status --socket {record['socket']}")
+    click.echo(f"     enforcer lab status{where}; enforcer lab down{where}")
 
 
 @lab.command("down")
 @lab_dir_option
-def lab_down(directory: Path) -> None:
-    """Remove everything `lab up` made (also after a crash of `lab up`)."""
+@click.option("--purge", is_flag=True, help="Also delete the mail the lab received and its logs.")
+def lab_down(directory: Path, purge: bool) -> None:
+    """Remove everything `lab up` made (also after a crash of `lab up`); the mail received and the logs stay,
+    unless --purge."""
     from ..lab.manage import lab_down
-    gone = lab_down(directory)
+    gone, kept = lab_down(directory, purge)
     click.echo(f"lab down: removed {len(gone)} namespace(s)" if gone else "lab down: nothing was up")
+    if kept:
+        click.echo(f"kept: {', '.join(kept)} (delete them with: enforcer lab down --purge"
+                   f"{'' if directory.resolve() == LAB_DIR else f' --dir {directory}'})")
 
 
 @lab.command("status")
@@ -90,14 +101,36 @@ def lab_status(directory: Path, as_json: bool) -> None:
     present = set(netns_names())
     hosts = {name: {"namespace": ns, "up": ns in present, "addresses": record["addresses"][name]}
              for name, ns in record["hosts"].items()}
+    hosts["gateway"] = {"namespace": record["gateway"], "up": record["gateway"] in present, "addresses": []}
+    hosts["internet"] = {"namespace": record["internet"], "up": record["internet"] in present,
+                         "addresses": record["internet_addresses"]}
     live = ask(record["socket"], {"cmd": "status"})
     doc = {**record, "hosts": hosts, "daemon_status": live or {"ok": False, "error": "not running"}}
     if as_json:
         return emit_json(doc)
-    click.echo(f"lab from {record['lab_file']}; state {record['state']}")
+    click.echo(f"lab from {record['lab_file']}; state {record['state']}; mail received in "
+               f"{Path(record['state']).parent / 'mail'}")
     show_table("Lab hosts", ["host", "namespace", "up", "addresses"],
                [[n, h["namespace"], "yes" if h["up"] else "NO", " ".join(h["addresses"])] for n, h in hosts.items()])
     show_daemon(doc["daemon_status"])
+
+
+@lab.command("mail")
+@lab_dir_option
+@json_option
+def lab_mail(directory: Path, as_json: bool) -> None:
+    """What the lab's internet host received: each message's port, family, sender and recipients."""
+    from ..lab.smtpsink import received
+    maildir = directory / "mail"
+    messages = received(maildir)
+    if as_json:
+        return emit_json(messages)
+    if not messages:
+        click.echo(f"no mail received in {maildir}")
+        return
+    show_table(f"Mail received ({maildir})", ["#", "port", "family", "from", "to", "subject"],
+               [[str(i), str(m["port"]), m["family"] or "?", m["from"], " ".join(m["to"]), m["subject"] or ""]
+                for i, m in enumerate(messages, 1)])
 
 
 @lab.command("exec", context_settings={"ignore_unknown_options": True})
@@ -147,8 +180,8 @@ def probe(destination: str | None, target: str | None, ports: tuple[int, ...], p
 def _in_lab_host(directory: Path, host: str, argv: list[str], wait: float) -> dict[str, Any]:
     """Run a lab tool (python -m enforcer.lab.TOOL ...) inside a lab host's namespace; its one JSON line."""
     from ..lab.manage import host_namespace
-    from ..lab.netns import run_in
-    proc = run_in(host_namespace(directory, host), [sys.executable, "-m", *argv], stdout=subprocess.PIPE, text=True)
+    from ..lab.netns import own_module, run_in
+    proc = run_in(host_namespace(directory, host), own_module(*argv), stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=wait + 60)
     if proc.returncode != 0:
         raise UserError(f"the probe failed inside {host}'s namespace")

@@ -12,7 +12,7 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import Failure, UserError
 from ..state.settings import DEFAULT_STATE
 from .context import Context
 
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         click.echo(f"enforcer: error: {e}", err=True)
         return 2
+    except Failure as e:
+        click.echo(f"enforcer: failed: {e}", err=True)
+        return 1
     except click.UsageError as e:
         where = e.ctx.command_path if e.ctx else "enforcer"
         click.echo(f"{where}: error: {e.format_message()} (see: {where} --help)", err=True)

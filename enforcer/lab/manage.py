@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +17,11 @@ from .files import LAB_DIR, read_lab, resources_of
 from .namespace_lab import NamespaceLab
 from .netns import remove_tagged, run_in
 
-LAB_FILES = ("lab.json", "state.db", "state.db-wal", "state.db-shm", "control.sock", "daemon.log", "notify-*.sock",
-             "mail")
+LAB_FILES = ("lab.json", "state.db", "state.db-wal", "state.db-shm", "control.sock", "notify-*.sock")
+# what a lab leaves that a person wants afterwards: `lab down` keeps it unless told to purge, and the next `lab up`
+# in the same directory moves it aside (earlier-TIME/) rather than refusing the directory
+KEPT = ("mail", "daemon.log", "sink.log")
+INDEX = Path("/run/enforcer-labs.json")  # the directories of the labs that are up, to name them when one is sought
 
 
 def tag_for(directory: Path) -> str:
@@ -40,8 +46,7 @@ def lab_up(lab_file: Path | None, directory: Path, daemon: bool = True) -> dict[
     if record_path(directory).exists() or any(n.startswith(f"{tag}-") for n in netns_names()):
         raise UserError("a lab is up already (see: enforcer lab status); take it down first: enforcer lab down")
     path, doc, internet, _ = read_lab(lab_file)
-    if directory.exists() and any(directory.iterdir()):
-        raise UserError(f"{directory} is not empty; give lab up a directory of its own: --dir DIR")
+    earlier = set_aside(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lab = NamespaceLab(directory, internet, tag=tag)
     try:
@@ -56,34 +61,83 @@ def lab_up(lab_file: Path | None, directory: Path, daemon: bool = True) -> dict[
               "gateway": lab.topology.gateway.namespace, "internet": lab.topology.internet.namespace,
               "internet_addresses": internet, "daemon": daemon,
               "hosts": {name: h.namespace for name, h in lab.topology.vms.items()},
-              "addresses": {name: h.addresses for name, h in lab.topology.vms.items()}}
+              "addresses": {name: h.addresses for name, h in lab.topology.vms.items()},
+              "earlier": str(earlier) if earlier else None}
     record_path(directory).write_text(json.dumps(record, indent=2))
+    index(directory, add=True)
     return record
 
 
-def lab_down(directory: Path) -> list[str]:
-    """Remove everything `lab up` made: processes, namespaces (and the rules inside them), the directory.
-    Works from the namespaces' names alone, so also after a crash of `lab up`."""
+def set_aside(directory: Path) -> Path | None:
+    """An earlier lab's mail and logs in `directory`, moved into earlier-TIME/ in it; anything else there: refused."""
+    if not directory.exists():
+        return None
+    if not leftovers_only(directory):
+        raise UserError(f"{directory} is not empty; give lab up a directory of its own: --dir DIR")
+    present = [p for p in directory.iterdir() if not p.name.startswith("earlier-")]
+    if not present:
+        return None
+    aside = directory / f"earlier-{time.strftime('%Y%m%dT%H%M%S')}"
+    aside.mkdir()
+    for p in present:
+        p.rename(aside / p.name)
+    return aside
+
+
+def index(directory: Path, add: bool) -> None:
+    """Note (or forget) a lab's directory among the labs that are up."""
+    try:
+        labs = set(json.loads(INDEX.read_text()))
+    except (OSError, ValueError):
+        labs = set()
+    labs = (labs | {str(directory.resolve())}) if add else (labs - {str(directory.resolve())})
+    with contextlib.suppress(OSError):
+        INDEX.write_text(json.dumps(sorted(labs)))
+
+
+def labs_up() -> list[str]:
+    """The directories of the labs that are up (their record still there)."""
+    try:
+        labs = json.loads(INDEX.read_text())
+    except (OSError, ValueError):
+        return []
+    return [d for d in labs if record_path(Path(d)).exists()]
+
+
+def lab_down(directory: Path, purge: bool = False) -> tuple[list[str], list[str]]:
+    """Remove everything `lab up` made: processes, namespaces (and the rules inside them), its files; the mail the
+    lab received and its logs stay (returned), unless `purge`. Works from the namespaces' names alone, so also
+    after a crash of `lab up`."""
     gone = remove_tagged(tag_for(directory))
-    if record_path(directory).exists():  # only a directory `lab up` made, and only what it put there
-        for name in LAB_FILES:
-            target = directory / name
-            if target.is_dir():
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                for f in directory.glob(name):
-                    f.unlink(missing_ok=True)
+    kept: list[str] = []
+    if record_path(directory).exists() or leftovers_only(directory):  # only a lab's directory, only what it put there
+        for name in LAB_FILES + (KEPT + ("earlier-*",) if purge else ()):
+            for target in directory.glob(name):
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (directory / "mail").rmdir()  # only if nothing came: an empty folder is nothing worth keeping
+        kept = [str(directory / name) for name in KEPT if (directory / name).exists()]
         try:
             directory.rmdir()
         except OSError:
-            pass  # something else lives there too: leave it
-    return gone
+            pass  # something else lives there too (what it kept): leave it
+    index(directory, add=False)
+    return gone, kept
+
+
+def leftovers_only(directory: Path) -> bool:
+    """Whether `directory` holds nothing but what an earlier lab kept (after its `lab down`)."""
+    return directory.is_dir() and all(p.name in KEPT or p.name.startswith("earlier-") for p in directory.iterdir())
 
 
 def lab_record(directory: Path) -> dict[str, Any]:
     try:
         record: dict[str, Any] = json.loads(record_path(directory).read_text())
     except FileNotFoundError:
+        others = [d for d in labs_up() if Path(d) != directory.resolve()]
+        if others:  # a lab made with --dir: its commands need it too
+            raise UserError(f"no lab is up in {directory}; labs are up in: {', '.join(others)}; give its directory: "
+                            f"--dir {others[0]}") from None
         raise UserError(f"no lab is up ({record_path(directory)} is missing); start one: enforcer lab up") from None
     return record
 
@@ -102,8 +156,8 @@ def lab_exec(directory: Path, host: str, argv: list[str]) -> int:
     namespace = host_namespace(directory, host)
     if not argv:
         raise UserError("give the command after --: enforcer lab exec VM -- COMMAND")
-    try:
-        proc = run_in(namespace, argv)
+    try:  # the tools read the host's name from the environment (smtptry's HELO), as a VM knows its hostname
+        proc = run_in(namespace, argv, env={**os.environ, "ENFORCER_LAB_HOST": host})
     except FileNotFoundError:
         raise UserError(f"command not found: {argv[0]}") from None
     return proc.wait()

@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,16 +24,23 @@ from ..core.inventory import Inventory
 from ..core.lifecycle import update_resource
 from ..core.profile import Profile
 from ..dataplane.control import ask
+from ..errors import Failure
 from ..state.profiles import load_profile
 from ..state.store import Store
 from .files import SINK_PORTS
-from .netns import Topology, remove_tagged, run_in
+from .netns import Topology, own_module, remove_tagged, run_in
 
 Attempt = tuple[str, str, int]  # (vm, destination, port)
 T = TypeVar("T")
 
 
-class LabError(RuntimeError):
+def last_line(log: Path) -> str:
+    """What a process said last before it died: the line a person needs (a traceback's last line names it)."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else "it said nothing"
+
+
+class LabError(Failure):
     """The lab could not be built or does not answer (not a user mistake, not an enforcer verdict)."""
 
 
@@ -116,10 +122,14 @@ class NamespaceLab:
         return self.topology.attach(name, addresses, mac).link
 
     def start_sink(self) -> None:
-        sink = run_in(self.topology.internet.namespace,
-                      [sys.executable, "-m", "enforcer.lab.smtpsink", "--maildir", str(self.maildir),
-                       *[x for p in SINK_PORTS for x in ("--port", str(p))]],
-                      stdout=subprocess.PIPE, text=True, start_new_session=True)
+        # its own log, not our stderr: a process that outlives `enforcer lab up` must not hold a pipe the caller
+        # reads to its end (`lab up 2>&1 | tee log` waited for `lab down`)
+        with open(self.workdir / "sink.log", "a") as log:
+            sink = run_in(self.topology.internet.namespace,
+                          own_module("enforcer.lab.smtpsink", "--maildir", str(self.maildir),
+                                     *[x for p in SINK_PORTS for x in ("--port", str(p))]),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
+                          start_new_session=True)
         self.procs.append(sink)
         assert sink.stdout is not None
         if sink.stdout.readline().strip() != "ready":
@@ -150,14 +160,17 @@ class NamespaceLab:
 
         log: IO[str] = open(self.daemon_log, "a")
         self.daemon = run_in(self.topology.gateway.namespace,
-                             [sys.executable, "-m", "enforcer.cli", "--state", str(self.state), "run",
-                              "--socket", self.socket, *options],
+                             own_module("enforcer.cli", "--state", str(self.state), "run", "--socket", self.socket,
+                                        *options),
                              env={**os.environ, "NOTIFY_SOCKET": notify_path, **(env or {})},
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(self.daemon)
         threading.Thread(target=collect, daemon=True).start()
-        if not ready.wait(30):
-            raise LabError(f"the daemon sent no READY=1:\n{self.daemon_log.read_text()}")
+        deadline = time.monotonic() + 30
+        while not ready.wait(0.1):
+            if self.daemon.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"the enforcer did not start on the gateway: {last_line(self.daemon_log)} "
+                               f"(its log: {self.daemon_log})")
         return self.daemon
 
     # ------------------------------------------------------------ traffic
@@ -168,8 +181,8 @@ class NamespaceLab:
         procs = []
         for vm, destination, port in attempts:
             procs.append(run_in(self.topology.vms[vm].namespace,
-                                [sys.executable, "-m", "enforcer.lab.smtptry", destination, str(port),
-                                 "--timeout", str(timeout), "--source-name", vm],
+                                own_module("enforcer.lab.smtptry", destination, str(port), "--timeout", str(timeout),
+                                           "--source-name", vm),
                                 stdout=subprocess.PIPE, text=True))
         return [json.loads(p.communicate(timeout=timeout + 30)[0])["outcome"] for p in procs]
 

@@ -87,6 +87,13 @@ def run_in(namespace: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[A
     return subprocess.Popen(argv, preexec_fn=in_namespace(namespace), **kwargs)
 
 
+def own_module(module: str, *args: str) -> list[str]:
+    """The command line that runs one of this package's modules with the interpreter running now, whatever the
+    working directory: -P keeps Python from putting it first on the path, where a checkout's unbuilt `enforcer`
+    would shadow the installed one (No module named 'enforcer.dataplane._fastpath')."""
+    return [sys.executable, "-P", "-m", module, *args]
+
+
 def sysctl(namespace: str, settings: dict[str, str]) -> None:
     """Write /proc/sys entries as seen from inside the namespace."""
     code = "import sys\nfor k, v in zip(sys.argv[1::2], sys.argv[2::2]):\n open('/proc/sys/' + k, 'w').write(v)"

@@ -9,6 +9,7 @@ outcome: "delivered" (the server took the message), "timeout" (silence: the plat
 from __future__ import annotations
 
 import json
+import os
 import smtplib
 import time
 from email.message import EmailMessage
@@ -25,7 +26,7 @@ def attempt(destination: str, port: int, timeout: float, sender: str) -> dict[st
     msg.set_content("A test message from the port25-enforcer lab.\n")
     started = time.monotonic()
     try:
-        with smtplib.SMTP(destination, port, timeout=timeout) as smtp:
+        with smtplib.SMTP(destination, port, timeout=timeout, local_hostname=f"{sender}.lab") as smtp:
             smtp.send_message(msg)
         outcome, detail = "delivered", ""
     except TimeoutError:
@@ -40,7 +41,9 @@ def attempt(destination: str, port: int, timeout: float, sender: str) -> dict[st
 
 def main() -> None:
     parser = destination_parser(__doc__.splitlines()[0], timeout=3.0)
-    parser.add_argument("--source-name", default="vm")
+    parser.add_argument("--source-name", default=os.environ.get("ENFORCER_LAB_HOST", "vm"),
+                        help="the sending host's name: the HELO (NAME.lab) and the sender (default: the lab host "
+                             "`enforcer lab exec` runs it in)")
     args = parser.parse_args()
     print(json.dumps(attempt(args.destination, args.port, args.timeout, args.source_name)), flush=True)
 

@@ -158,7 +158,9 @@ def test_lab_up_exec_status_down(labdir, capsys, tmp_path):
                                         expect=2)
     status = json.loads(run(capsys, "lab", "status", "--dir", str(labdir), "--json"))
     assert status["hosts"]["new-vm"]["up"] and status["daemon_status"]["ok"]
-    assert len(status["hosts"]) == len(doc["resources"])
+    assert len(status["hosts"]) == len(doc["resources"]) + 2                    # and the gateway, the internet host
+    assert status["hosts"]["gateway"]["up"] and status["hosts"]["internet"]["addresses"] == ["198.19.25.25",
+                                                                                            "2001:db8:ffff::25"]
     capsys.readouterr()
     assert main(["lab", "exec", "--dir", str(labdir), "new-vm", "--", "python3", "-m", "enforcer.lab.smtptry",
                  "198.19.25.25", "25", "--timeout", "2"]) == 0
@@ -171,8 +173,59 @@ def test_lab_up_exec_status_down(labdir, capsys, tmp_path):
                            "--json"))
     assert probe["result"] == "silence"           # a stopped VM sends nothing the gateway lets through
     assert "removed" in run(capsys, "lab", "down", "--dir", str(labdir))
-    assert not labdir.exists()
+    assert sorted(p.name for p in labdir.iterdir()) == ["daemon.log", "mail", "sink.log"]   # what came, kept
     assert "no lab is up" in run(capsys, "lab", "status", "--dir", str(labdir), expect=2)
+    run(capsys, "lab", "down", "--purge", "--dir", str(labdir))
+    assert not labdir.exists()
+
+
+DECOY = "raise ImportError('the decoy enforcer package of the working directory was imported')\n"
+
+
+def test_lab_up_piped_from_another_directory_then_its_mail_kept_by_lab_down(tmp_path, capsys):
+    """What a new user hit (issue 20): `lab up --dir X 2>&1 | tee log` never returned (the SMTP server held the
+    pipe); run from a directory holding another `enforcer` package (a checkout without its C module), the lab's
+    processes imported that one; `lab exec` without --dir said no lab was up; `lab down` deleted the mail the lab
+    had received, which carried no port and no recipient. Here the working directory holds a package named
+    enforcer that fails on import: every process the lab starts must run the installed code instead."""
+    labdir = tmp_path / "lab"
+    decoy = tmp_path / "cwd" / "enforcer"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text(DECOY)
+    try:
+        up = subprocess.run(f"{sys.executable} -P -m enforcer.cli lab up --dir {labdir} 2>&1 | cat", shell=True,
+                            cwd=decoy.parent, capture_output=True, text=True, timeout=180)
+        assert up.returncode == 0 and "lab up:" in up.stdout, up.stdout
+        assert f"enforcer lab exec --dir {labdir} shop-web -- {sys.executable} -P -m enforcer.lab.smtptry" in up.stdout
+        assert "no lab is up in" in run(capsys, "lab", "exec", "ea-vm", "--", "true", expect=2)
+        assert f"--dir {labdir.resolve()}" in run(capsys, "lab", "status", expect=2)
+        assert main(["lab", "exec", "--dir", str(labdir), "ea-vm", "--", sys.executable, "-P", "-m",
+                     "enforcer.lab.smtptry", "198.19.25.25", "587", "--timeout", "5"]) == 0
+        capsys.readouterr()
+        mail = json.loads(run(capsys, "lab", "mail", "--dir", str(labdir), "--json"))
+        assert [(m["port"], m["family"], m["from"], m["to"]) for m in mail] == \
+            [(587, "IPv4", "ea-vm@lab.example", ["sink@internet.example"])]
+        assert "Received: from ea-vm.lab ([198.18.1.10]) by internet.lab with ESMTP on port 587 over IPv4" in \
+            Path(mail[0]["file"]).read_text()
+        down = run(capsys, "lab", "down", "--dir", str(labdir))
+        assert f"kept: {labdir / 'mail'}, {labdir / 'daemon.log'}" in down
+        assert len(list((labdir / "mail").glob("*.eml"))) == 1
+        again = run(capsys, "lab", "up", "--dir", str(labdir), "--no-daemon")   # the same directory, again
+        assert "the earlier lab's mail and logs: " in again
+        assert len(list(labdir.glob("earlier-*/mail/*.eml"))) == 1 and not list(labdir.glob("mail/*.eml"))
+    finally:
+        main(["lab", "down", "--purge", "--dir", str(labdir)])
+    assert not labdir.exists()
+
+
+def test_a_daemon_that_cannot_start_is_one_line(tmp_path):
+    from support.netlab import example_lab
+    from enforcer.lab.namespace_lab import LabError
+    with example_lab(tmp_path) as lab:
+        with pytest.raises(LabError) as failed:
+            lab.start_daemon("--metrics", "bogus")
+    assert "the enforcer did not start on the gateway: enforcer: error: --metrics 'bogus'" in str(failed.value)
+    assert "\n" not in str(failed.value) and "Traceback" not in str(failed.value)
 
 
 def test_lab_down_cleans_up_after_a_crashed_lab_up(labdir, capsys):
