@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from ..core.profile import Profile
 from ..dataplane.control import ask
 from ..errors import UserError
 from ..lab.files import LAB_DIR
@@ -204,9 +205,21 @@ def _raw_probe(destination: str, host: str | None, directory: Path, timeout: flo
     click.echo(describe(result))
 
 
+def _judge_report(report: dict[str, Any], profile: Profile, directory: Path, host: str | None) -> None:
+    """What the profile's rules say of each outcome; from a lab VM, by its own account's rule and way out."""
+    from ..core.preflight import judge
+    account = None
+    if host is not None:
+        from ..lab.manage import account_type
+        account = account_type(directory, host, profile)
+    for r in report["results"]:
+        r["provider_says"], r["next_step"] = judge(profile, r["port"], r["outcome"], account)
+    report["profile"] = profile.id
+
+
 def _preflight(target: str, ports: tuple[int, ...], profile_id: str | None, host: str | None, directory: Path,
                timeout: float, as_json: bool) -> None:
-    from ..core.preflight import judge, outcome_line
+    from ..core.preflight import outcome_line
     from ..lab.preflight import PREFLIGHT_PORTS, TargetError, preflight
     from ..state.profiles import load_profile
     profile = load_profile(profile_id) if profile_id else None  # a wrong name fails before anything is sent
@@ -222,9 +235,7 @@ def _preflight(target: str, ports: tuple[int, ...], profile_id: str | None, host
         if "error" in report:
             raise UserError(report["error"])
     if profile is not None:
-        for r in report["results"]:
-            r["provider_says"], r["next_step"] = judge(profile, r["port"], r["outcome"])
-        report["profile"] = profile.id
+        _judge_report(report, profile, directory, host)
     if as_json:
         return emit_json(report)
     found = report["addresses"]

@@ -8,7 +8,8 @@ target's own answer, an unreachable is a route or an ICMP error; neither is the 
 from __future__ import annotations
 
 from . import hints
-from .profile import Profile, exemption_paths, type_says
+from .profile import (EXEMPTION_WORDS, Exemption, Profile, SubscriptionType, exemption_conditions, exemption_paths,
+                      type_says)
 
 OUTCOME_WORDS = {"connected": "connected in", "refused": "refused in", "timeout": "timed out after",
                  "unreachable": "unreachable in", "error": "failed in"}
@@ -34,8 +35,9 @@ def who_is_blocked(profile: Profile) -> str:
         f"{hints.show_profile(profile.id)}"
 
 
-def judge(profile: Profile, port: int, outcome: str) -> tuple[str, str]:
-    """(what the profile's rules say of `outcome` on `port`, the next step)."""
+def judge(profile: Profile, port: int, outcome: str, account: SubscriptionType | None = None) -> tuple[str, str]:
+    """(what the profile's rules say of `outcome` on `port`, the next step); `account`: the type of the account
+    the connection came from, where it is known (a lab VM), so that the rule and the way out are its own."""
     name = profile.name
     elsewhere = "not the provider's block, which is silent"
     if outcome == "refused":
@@ -52,11 +54,30 @@ def judge(profile: Profile, port: int, outcome: str) -> tuple[str, str]:
             return f"{name} {never} port {port}", f"nothing to do: port {port} reaches the target from here"
         return (f"{name} {never} port {port}: the silence comes from somewhere else",
                 "check the target's firewall, and this machine's own (security group, firewall rules)")
+    if account is not None:
+        return _judge_for(profile, port, outcome, account)
     rule = f"{name} restricts port {port} ({who_is_blocked(profile)})"
     if outcome == "connected":
         return (f"{rule}, yet it connected: this {profile.account_word} is exempt, or not blocked",
                 f"nothing to do: port {port} reaches the target from here")
     return f"{rule}: this silence is how its block looks", f"{exemption_step(profile)}{profile.advice}"
+
+
+def _judge_for(profile: Profile, port: int, outcome: str, t: SubscriptionType) -> tuple[str, str]:
+    """The same, for an account of type t: its own rule, and only its own way out."""
+    rule = f"{profile.name} restricts port {port}; this {profile.account_word} is {t.name}: {type_says(profile, t)}"
+    if outcome == "connected":
+        return f"{rule}; it connected", f"nothing to do: port {port} reaches the target from here"
+    if not t.blocked_by_default:
+        return (f"{rule}: the silence comes from somewhere else",
+                "check the target's firewall, and this machine's own (security group, firewall rules)")
+    if not t.exemptible:
+        return (f"{rule}: this silence is how its block looks, and no exemption lifts it for {t.name}",
+                profile.advice)
+    way_out = EXEMPTION_WORDS[t.exemption] + exemption_conditions(profile)
+    step = f"until the owner has it lifted ({way_out})" if t.exemption == Exemption.REACTIVE else \
+        f"ask for an exemption: {way_out}"
+    return f"{rule}: this silence is how its block looks", f"{step}; meanwhile, {profile.advice}"
 
 
 def exemption_step(profile: Profile) -> str:

@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..core.profile import Profile, SubscriptionType
 from ..errors import UserError
+from ..state.profiles import load_profile
+from ..state.store import Store
 from .files import LAB_DIR, read_lab, resources_of
 from .namespace_lab import NamespaceLab
 from .netns import remove_tagged, run_in
@@ -150,6 +153,22 @@ def host_namespace(directory: Path, host: str) -> str:
         raise UserError(f"no lab host '{host}'; use one of: {', '.join(sorted(namespaces))}")
     namespace: str = namespaces[host]
     return namespace
+
+
+def account_type(directory: Path, host: str, profile: Profile) -> SubscriptionType | None:
+    """The type of the account a lab host's resource belongs to, as the lab's state has it, where `profile` is
+    the state's (another provider's profile knows other types); else None."""
+    store = Store(lab_record(directory)["state"])
+    try:
+        inv = store.snapshot(load_profile)
+        try:
+            r = inv.resources.get(host)
+            sub = inv.subscriptions.get(r.subscription) if r is not None else None
+            return profile.types.get(sub.type) if sub is not None and inv.profile == profile.id else None
+        finally:
+            store.end_snapshot()
+    finally:
+        store.close()
 
 
 def lab_exec(directory: Path, host: str, argv: list[str]) -> int:

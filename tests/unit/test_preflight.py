@@ -10,6 +10,7 @@ import socket
 import pytest
 
 from enforcer.core.preflight import judge, outcome_line, who_is_blocked
+from enforcer.core.profile import EXEMPTION_WORDS
 from enforcer.lab.preflight import TargetError, addresses, check_target, preflight
 from enforcer.state.profiles import load_profile
 from support.cli import Cli
@@ -109,3 +110,30 @@ def test_the_cli_reports_each_family_and_port(tmp_path, capsys):
     assert "IPv6: nothing tried: 127.0.0.1 is an address of the other family" in out
     assert f"Hetzner Cloud does not restrict port {port}" in out and "next: nothing to do" in out
     assert report["profile"] == "gcp" and report["results"][0]["outcome"] == "connected"
+
+
+def every_account_type():
+    from enforcer.state.profiles import available_profiles
+    return [(pid, tid) for pid in available_profiles() for tid in load_profile(pid).types]
+
+
+@pytest.mark.parametrize("profile_id, type_id", every_account_type())
+def test_the_advice_from_a_known_account_is_its_own(profile_id, type_id):
+    """From a lab VM the account's type is known (issue 20, row h: a Pay-As-You-Go VM was told to run the
+    self-service diagnostic, which never lifts its block): a silence on a restricted port is read by that type's
+    own rule, and the way out offered is that type's own, or none where it has none."""
+    profile = load_profile(profile_id)
+    t = profile.types[type_id]
+    port = min(profile.restricted_ports)
+    says, step = judge(profile, port, "timeout", t)
+    assert t.name in says
+    others = {EXEMPTION_WORDS[o.exemption] for o in profile.types.values()} - {EXEMPTION_WORDS[t.exemption]}
+    if not t.blocked_by_default:
+        assert "comes from somewhere else" in says and "exemption" not in step
+    elif not t.exemptible:
+        assert "no exemption lifts it" in says and step == profile.advice
+    else:
+        assert EXEMPTION_WORDS[t.exemption] in step and profile.advice in step
+    assert not [words for words in others if words in step and words not in EXEMPTION_WORDS[t.exemption]]
+    connected_says, connected_step = judge(profile, port, "connected", t)
+    assert connected_step.startswith("nothing to do")
