@@ -100,8 +100,25 @@ def lifecycle_command(name: str, operation: Callable[[Inventory, Profile, str], 
         echo_lines(c.change(operation, resource))
 
 
+def shutdown_command(name: str, operation: Callable[[Inventory, Profile, str], Any], doc: str) -> None:
+    """A command that shuts the VM down on the platform: in a namespace lab that is up over this state, the lab
+    host's processes end as they would (a mail queue on disk stays)."""
+    @vm.command(name, help=doc + " In a namespace lab, the VM's processes end, as in a shutdown.")
+    @click.argument("resource")
+    @click.option("--keep-processes", is_flag=True, help="In a namespace lab, leave the VM's processes running.")
+    @pass_ctx
+    def command(c: Context, resource: str, keep_processes: bool) -> None:
+        echo_lines(c.change(operation, resource))
+        from ..lab.index import lab_of_state
+        record = None if keep_processes else lab_of_state(c.state_path)
+        if record is not None:
+            from ..lab.manage import reboot
+            for host in reboot(record, [resource]):
+                click.echo(f"lab: the processes of '{host}' ended, as in a shutdown (--keep-processes keeps them)")
+
+
 lifecycle_command("start", lifecycle.start, "Start; from deallocated it pulls the current policy.")
-lifecycle_command("stop", lifecycle.stop, "Stop, staying allocated: it keeps its policy.")
-lifecycle_command("deallocate", lifecycle.deallocate, "Deallocate: the next start pulls the current policy.")
-lifecycle_command("restart", lifecycle.restart, "Stop, deallocate and start: pick up the current policy (rule 5).")
+shutdown_command("stop", lifecycle.stop, "Stop, staying allocated: it keeps its policy.")
+shutdown_command("deallocate", lifecycle.deallocate, "Deallocate: the next start pulls the current policy.")
+shutdown_command("restart", lifecycle.restart, "Stop, deallocate and start: pick up the current policy (rule 5).")
 lifecycle_command("remove", lifecycle.remove_resource, "Remove a resource.")

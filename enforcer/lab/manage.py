@@ -17,14 +17,14 @@ from ..errors import UserError
 from ..state.profiles import load_profile
 from ..state.store import Store
 from .files import LAB_DIR, read_lab, resources_of
+from .index import labs_up, note, record_path
 from .namespace_lab import NamespaceLab
-from .netns import remove_tagged, run_in
+from .netns import end_processes, remove_tagged, run_in
 
 LAB_FILES = ("lab.json", "state.db", "state.db-wal", "state.db-shm", "control.sock", "notify-*.sock")
 # what a lab leaves that a person wants afterwards: `lab down` keeps it unless told to purge, and the next `lab up`
 # in the same directory moves it aside (earlier-TIME/) rather than refusing the directory
 KEPT = ("mail", "daemon.log", "sink.log")
-INDEX = Path("/run/enforcer-labs.json")  # the directories of the labs that are up, to name them when one is sought
 
 
 def tag_for(directory: Path) -> str:
@@ -32,10 +32,6 @@ def tag_for(directory: Path) -> str:
     if directory.resolve() == LAB_DIR:
         return "p25lab"
     return "p25l" + hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:6]
-
-
-def record_path(directory: Path) -> Path:
-    return directory / "lab.json"
 
 
 def netns_names() -> list[str]:
@@ -67,7 +63,7 @@ def lab_up(lab_file: Path | None, directory: Path, daemon: bool = True) -> dict[
               "addresses": {name: h.addresses for name, h in lab.topology.vms.items()},
               "earlier": str(earlier) if earlier else None}
     record_path(directory).write_text(json.dumps(record, indent=2))
-    index(directory, add=True)
+    note(directory, up=True)
     return record
 
 
@@ -87,26 +83,6 @@ def set_aside(directory: Path) -> Path | None:
     return aside
 
 
-def index(directory: Path, add: bool) -> None:
-    """Note (or forget) a lab's directory among the labs that are up."""
-    try:
-        labs = set(json.loads(INDEX.read_text()))
-    except (OSError, ValueError):
-        labs = set()
-    labs = (labs | {str(directory.resolve())}) if add else (labs - {str(directory.resolve())})
-    with contextlib.suppress(OSError):
-        INDEX.write_text(json.dumps(sorted(labs)))
-
-
-def labs_up() -> list[str]:
-    """The directories of the labs that are up (their record still there)."""
-    try:
-        labs = json.loads(INDEX.read_text())
-    except (OSError, ValueError):
-        return []
-    return [d for d in labs if record_path(Path(d)).exists()]
-
-
 def lab_down(directory: Path, purge: bool = False) -> tuple[list[str], list[str]]:
     """Remove everything `lab up` made: processes, namespaces (and the rules inside them), its files; the mail the
     lab received and its logs stay (returned), unless `purge`. Works from the namespaces' names alone, so also
@@ -124,7 +100,7 @@ def lab_down(directory: Path, purge: bool = False) -> tuple[list[str], list[str]
             directory.rmdir()
         except OSError:
             pass  # something else lives there too (what it kept): leave it
-    index(directory, add=False)
+    note(directory, up=False)
     return gone, kept
 
 
@@ -169,6 +145,12 @@ def account_type(directory: Path, host: str, profile: Profile) -> SubscriptionTy
             store.end_snapshot()
     finally:
         store.close()
+
+
+def reboot(record: dict[str, Any], hosts: list[str]) -> list[str]:
+    """A stop of these lab hosts, as the platform's stop or restart is one: every process in their namespaces
+    ends (their files, and so a mail queue on disk, stay); returns the hosts that had any."""
+    return [h for h in hosts if h in record["hosts"] and end_processes([record["hosts"][h]])]
 
 
 def lab_exec(directory: Path, host: str, argv: list[str]) -> int:

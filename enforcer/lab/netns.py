@@ -233,12 +233,13 @@ def pids_in(name: str) -> list[int]:
     return found
 
 
-def remove_tagged(tag: str) -> list[str]:
-    """Stop every process inside, then remove, every namespace whose name starts with `<tag>-`: what a lab
-    made, also after a crash that left no record of it."""
-    names = [n for n in netns.listnetns() if n.startswith(f"{tag}-")]
+def end_processes(namespaces: list[str]) -> int:
+    """Stop every process inside these namespaces (SIGTERM, then SIGKILL for what is left after 5 s), as a
+    reboot of those hosts would; returns how many there were."""
+    ended = 0
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = [pid for n in names for pid in pids_in(n) if pid != os.getpid()]
+        pids = [pid for n in namespaces for pid in pids_in(n) if pid != os.getpid()]
+        ended = max(ended, len(pids))
         for pid in pids:
             try:
                 os.kill(pid, sig)
@@ -247,6 +248,14 @@ def remove_tagged(tag: str) -> list[str]:
         deadline = time.monotonic() + 5
         while pids and time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
             time.sleep(0.05)
+    return ended
+
+
+def remove_tagged(tag: str) -> list[str]:
+    """Stop every process inside, then remove, every namespace whose name starts with `<tag>-`: what a lab
+    made, also after a crash that left no record of it."""
+    names = [n for n in netns.listnetns() if n.startswith(f"{tag}-")]
+    end_processes(names)
     gone = []
     for name in names:
         try:

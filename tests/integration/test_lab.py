@@ -20,7 +20,7 @@ from enforcer.cli.main import main
 from enforcer.lab.demo import EXIT_LAB_NOT_READY, Demo
 from enforcer.lab.files import LABS, every_lab
 from enforcer.lab.manage import tag_for
-from enforcer.lab.netns import Topology, can_build_namespaces, netns
+from enforcer.lab.netns import Topology, can_build_namespaces, netns, run_in
 
 WHY_NOT = can_build_namespaces()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
@@ -168,7 +168,17 @@ def test_lab_up_exec_status_down(labdir, capsys, tmp_path):
     assert "no lab host 'ghost'" in run(capsys, "lab", "exec", "--dir", str(labdir), "ghost", "--", "true",
                                         expect=2)
     state = status["state"]
-    run(capsys, "--state", state, "vm", "stop", "new-vm")
+    # a stop or restart shuts the VM down (issue 20, row j): its processes end, unless told to keep them
+    kept = run_in(status["hosts"]["ea-vm"]["namespace"], ["sleep", "300"])
+    ended = run_in(status["hosts"]["new-vm"]["namespace"], ["sleep", "300"])
+    try:
+        assert "processes" not in run(capsys, "--state", state, "vm", "restart", "ea-vm", "--keep-processes")
+        assert "the processes of 'new-vm' ended" in run(capsys, "--state", state, "vm", "stop", "new-vm")
+        assert ended.wait(10) == -15 and kept.poll() is None
+    finally:
+        for proc in (kept, ended):
+            proc.kill()
+            proc.wait()
     probe = json.loads(run(capsys, "probe", "--dir", str(labdir), "--in", "new-vm", "--to", "198.19.25.25:25",
                            "--json"))
     assert probe["result"] == "silence"           # a stopped VM sends nothing the gateway lets through
