@@ -27,7 +27,7 @@ fi
 packages=(
     python3 python3-venv python3-dev gcc make pkg-config
     libnetfilter-queue-dev libnfnetlink-dev
-    iproute2 iptables ipset nftables conntrack procps
+    iproute2 iptables ipset nftables conntrack procps openssl
 )
 extras=""
 if [ "$with_tests" -eq 1 ]; then

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,30 @@ LAB_DIR = Path("/run/enforcer-lab")  # where `enforcer lab up` keeps its state, 
 SMTP_PORTS = (25, 465, 587)          # the internet host's SMTP server listens on each; the demo tries each
 RELAY_PORT = 2525                    # where providers that block 587 too point a relay (DigitalOcean's advice)
 SINK_PORTS = (*SMTP_PORTS, RELAY_PORT)
+RELAY_NAME = "relay.lab"
+CREDENTIAL = re.compile(r"[\x21-\x7e]{1,64}")  # printable, no spaces: what AUTH PLAIN and LOGIN carry intact
+
+
+@dataclass(frozen=True)
+class Relay:
+    """The account the lab's relay ports want (lab.relay in a lab file; this default where it says none)."""
+    user: str = "lab"
+    password: str = "lab-relay"
+
+
+def relay_of(path: str, doc: dict[str, Any]) -> Relay:
+    """lab.relay of a lab file: {user: NAME, password: SECRET}, each 1-64 printable characters without spaces."""
+    lab = doc.get("lab") if isinstance(doc.get("lab"), dict) else {}
+    said = lab.get("relay") if isinstance(lab, dict) else None
+    if said is None:
+        return Relay()
+    if not isinstance(said, dict) or set(said) != {"user", "password"}:
+        raise UserError(f"{path}: lab.relay: expected a mapping with user and password, e.g. "
+                        "relay: {user: lab, password: lab-relay}")
+    for key in ("user", "password"):
+        if not isinstance(said[key], str) or not CREDENTIAL.fullmatch(said[key]):
+            raise UserError(f"{path}: lab.relay.{key}: write 1 to 64 printable characters without spaces")
+    return Relay(said["user"], said["password"])
 
 
 def lab_for_profile(name: str) -> Path:

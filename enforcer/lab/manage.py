@@ -16,12 +16,12 @@ from ..core.profile import Profile, SubscriptionType
 from ..errors import UserError
 from ..state.profiles import load_profile
 from ..state.store import Store
-from .files import LAB_DIR, read_lab, resources_of
+from .files import LAB_DIR, read_lab, relay_of, resources_of
 from .index import labs_up, note, record_path
 from .namespace_lab import NamespaceLab
 from .netns import end_processes, remove_tagged, run_in
 
-LAB_FILES = ("lab.json", "state.db", "state.db-wal", "state.db-shm", "control.sock", "notify-*.sock")
+LAB_FILES = ("lab.json", "state.db", "state.db-wal", "state.db-shm", "control.sock", "notify-*.sock", "tls")
 # what a lab leaves that a person wants afterwards: `lab down` keeps it unless told to purge, and the next `lab up`
 # in the same directory moves it aside (earlier-TIME/) rather than refusing the directory
 KEPT = ("mail", "daemon.log", "sink.log")
@@ -45,9 +45,11 @@ def lab_up(lab_file: Path | None, directory: Path, daemon: bool = True) -> dict[
     if record_path(directory).exists() or any(n.startswith(f"{tag}-") for n in netns_names()):
         raise UserError("a lab is up already (see: enforcer lab status); take it down first: enforcer lab down")
     path, doc, internet, _ = read_lab(lab_file)
+    relay = relay_of(path, doc)  # a lab file's mistakes are found before anything is made
     earlier = set_aside(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lab = NamespaceLab(directory, internet, tag=tag)
+    lab.relay = relay
     try:
         lab.apply(path, doc)
         lab.up(resources_of(doc))
@@ -61,7 +63,8 @@ def lab_up(lab_file: Path | None, directory: Path, daemon: bool = True) -> dict[
               "internet_addresses": internet, "daemon": daemon,
               "hosts": {name: h.namespace for name, h in lab.topology.vms.items()},
               "addresses": {name: h.addresses for name, h in lab.topology.vms.items()},
-              "earlier": str(earlier) if earlier else None}
+              "earlier": str(earlier) if earlier else None,
+              "relay": {"user": lab.relay.user, "password": lab.relay.password, "ca": str(lab.ca)}}
     record_path(directory).write_text(json.dumps(record, indent=2))
     note(directory, up=True)
     return record
@@ -153,12 +156,19 @@ def reboot(record: dict[str, Any], hosts: list[str]) -> list[str]:
     return [h for h in hosts if h in record["hosts"] and end_processes([record["hosts"][h]])]
 
 
+def relay_env(directory: Path) -> dict[str, str]:
+    """What a client inside the lab needs of its relay (smtptry reads it): the account, the certificate."""
+    relay = lab_record(directory).get("relay") or {}
+    return {"ENFORCER_LAB_RELAY_USER": relay.get("user", ""), "ENFORCER_LAB_RELAY_PASSWORD": relay.get("password", ""),
+            "ENFORCER_LAB_CA": relay.get("ca", "")}
+
+
 def lab_exec(directory: Path, host: str, argv: list[str]) -> int:
     namespace = host_namespace(directory, host)
     if not argv:
         raise UserError("give the command after --: enforcer lab exec VM -- COMMAND")
     try:  # the tools read the host's name from the environment (smtptry's HELO), as a VM knows its hostname
-        proc = run_in(namespace, argv, env={**os.environ, "ENFORCER_LAB_HOST": host})
+        proc = run_in(namespace, argv, env={**os.environ, "ENFORCER_LAB_HOST": host, **relay_env(directory)})
     except FileNotFoundError:
         raise UserError(f"command not found: {argv[0]}") from None
     return proc.wait()

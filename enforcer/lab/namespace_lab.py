@@ -27,7 +27,7 @@ from ..dataplane.control import ask
 from ..errors import Failure
 from ..state.profiles import load_profile
 from ..state.store import Store
-from .files import SINK_PORTS
+from .files import RELAY_NAME, SINK_PORTS, Relay
 from .netns import Topology, own_module, remove_tagged, run_in
 
 Attempt = tuple[str, str, int]  # (vm, destination, port)
@@ -60,6 +60,8 @@ class NamespaceLab:
         self.daemon: subprocess.Popen[Any] | None = None
         self.daemon_log = workdir / "daemon.log"
         self.notified: list[str] = []
+        self.relay = Relay()  # the relay ports' account: the lab file's lab.relay, set before up()
+        self.ca = workdir / "tls" / "relay.pem"  # the relay's certificate, its own CA: what a client trusts
 
     # ------------------------------------------------------------ the lab's state
 
@@ -122,18 +124,38 @@ class NamespaceLab:
         return self.topology.attach(name, addresses, mac).link
 
     def start_sink(self) -> None:
+        key = self.make_certificate()
+        relay = ["--tls-cert", str(self.ca), "--tls-key", str(key), "--relay-user", self.relay.user,
+                 "--relay-password", self.relay.password]
         # its own log, not our stderr: a process that outlives `enforcer lab up` must not hold a pipe the caller
         # reads to its end (`lab up 2>&1 | tee log` waited for `lab down`)
         with open(self.workdir / "sink.log", "a") as log:
             sink = run_in(self.topology.internet.namespace,
                           own_module("enforcer.lab.smtpsink", "--maildir", str(self.maildir),
-                                     *[x for p in SINK_PORTS for x in ("--port", str(p))]),
+                                     *[x for p in SINK_PORTS for x in ("--port", str(p))], *relay),
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
                           start_new_session=True)
         self.procs.append(sink)
         assert sink.stdout is not None
         if sink.stdout.readline().strip() != "ready":
-            raise LabError("the SMTP sink on the internet host did not start")
+            said = last_line(self.workdir / "sink.log")
+            raise LabError(f"the SMTP server on the internet host did not start: {said}")
+
+    def make_certificate(self) -> Path:
+        """The relay's certificate (self-signed, for relay.lab, internet.lab and the internet host's addresses),
+        made once per lab: returns its key's path."""
+        key = self.ca.with_name("relay.key")
+        if self.ca.exists() and key.exists():
+            return key
+        self.ca.parent.mkdir(parents=True, exist_ok=True)
+        names = ",".join([f"DNS:{RELAY_NAME}", "DNS:internet.lab", *(f"IP:{a}" for a in self.internet)])
+        done = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                               "-subj", f"/CN={RELAY_NAME}", "-addext", f"subjectAltName={names}",
+                               "-keyout", str(key), "-out", str(self.ca)], capture_output=True, text=True)
+        if done.returncode != 0:
+            said = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise LabError(f"openssl could not make the relay's certificate: {said} (apt-get install openssl)")
+        return key
 
     def start_daemon(self, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
         """Start `enforcer run` in the gateway namespace and wait for its READY=1 (sd_notify); every message it
@@ -182,9 +204,13 @@ class NamespaceLab:
         for vm, destination, port in attempts:
             procs.append(run_in(self.topology.vms[vm].namespace,
                                 own_module("enforcer.lab.smtptry", destination, str(port), "--timeout", str(timeout),
-                                           "--source-name", vm),
+                                           "--source-name", vm, *self.client_args()),
                                 stdout=subprocess.PIPE, text=True))
         return [json.loads(p.communicate(timeout=timeout + 30)[0])["outcome"] for p in procs]
+
+    def client_args(self) -> list[str]:
+        """What a client of the relay ports needs: the lab's account, and its certificate to trust."""
+        return ["--user", self.relay.user, "--password", self.relay.password, "--cafile", str(self.ca)]
 
     def smtp_batched(self, attempts: list[Attempt], batch: int = 24, timeout: float = 2.5,
                      progress: Callable[[int], None] | None = None) -> list[str]:

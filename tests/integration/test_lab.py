@@ -189,6 +189,31 @@ def test_lab_up_exec_status_down(labdir, capsys, tmp_path):
     assert not labdir.exists()
 
 
+# what an unauthenticated client meets at the lab's relay ports, and at the MX (run inside a VM's namespace)
+RELAY_REFUSALS = """
+import json, os, smtplib, ssl
+ca = ssl.create_default_context(cafile=os.environ["ENFORCER_LAB_CA"])
+out = {}
+def code(e):
+    return [e.smtp_code, e.smtp_error.decode()] if hasattr(e, "smtp_code") else [0, str(e)]
+s = smtplib.SMTP("198.19.25.25", 587, timeout=5)
+out["plain"] = list(s.mail("a@lab.example")); out["plain"][1] = out["plain"][1].decode()
+s = smtplib.SMTP("198.19.25.25", 587, timeout=5); s.starttls(context=ca); s.ehlo()
+said = s.mail("a@lab.example")
+out["tls, no auth"] = [said[0], said[1].decode()]
+try:
+    s.login(os.environ["ENFORCER_LAB_RELAY_USER"], "wrong")
+except smtplib.SMTPAuthenticationError as e:
+    out["wrong password"] = code(e)
+try:
+    smtplib.SMTP_SSL("198.19.25.25", 465, timeout=5, context=ca).login("lab", "wrong")
+except smtplib.SMTPAuthenticationError as e:
+    out["465 wrong password"] = code(e)
+s = smtplib.SMTP("198.19.25.25", 25, timeout=5); s.ehlo()
+said = s.mail("a@lab.example")
+out["25 plain MX"] = [said[0], said[1].decode()]
+print(json.dumps(out))
+"""
 DECOY = "raise ImportError('the decoy enforcer package of the working directory was imported')\n"
 
 
@@ -215,8 +240,17 @@ def test_lab_up_piped_from_another_directory_then_its_mail_kept_by_lab_down(tmp_
         mail = json.loads(run(capsys, "lab", "mail", "--dir", str(labdir), "--json"))
         assert [(m["port"], m["family"], m["from"], m["to"]) for m in mail] == \
             [(587, "IPv4", "ea-vm@lab.example", ["sink@internet.example"])]
-        assert "Received: from ea-vm.lab ([198.18.1.10]) by internet.lab with ESMTP on port 587 over IPv4" in \
+        # `lab exec` hands the tools the lab's relay account and certificate: 587 took it over TLS, authenticated
+        assert "Received: from ea-vm.lab ([198.18.1.10]) by internet.lab with ESMTPSA on port 587 over IPv4" in \
             Path(mail[0]["file"]).read_text()
+        codes = subprocess.run([sys.executable, "-P", "-m", "enforcer.cli", "lab", "exec", "--dir", str(labdir),
+                                "ea-vm", "--", sys.executable, "-c", RELAY_REFUSALS], capture_output=True, text=True,
+                               timeout=60)
+        assert json.loads(codes.stdout) == {"plain": [530, "Must issue a STARTTLS command first"],
+                                            "tls, no auth": [530, "5.7.0 Authentication required"],
+                                            "wrong password": [535, "5.7.8 Authentication credentials invalid"],
+                                            "465 wrong password": [535, "5.7.8 Authentication credentials invalid"],
+                                            "25 plain MX": [250, "OK"]}, codes.stderr
         down = run(capsys, "lab", "down", "--dir", str(labdir))
         assert f"kept: {labdir / 'mail'}, {labdir / 'daemon.log'}" in down
         assert len(list((labdir / "mail").glob("*.eml"))) == 1

@@ -129,3 +129,25 @@ def test_all_exits_with_the_worst_of_its_demos():
     assert overall([0, 0]) == 0
     assert overall([0, EXIT_LAB_NOT_READY]) == EXIT_LAB_NOT_READY
     assert overall([EXIT_LAB_NOT_READY, EXIT_DIFFERS, 0]) == EXIT_DIFFERS
+
+
+@pytest.mark.parametrize("relay, complaint", [
+    ("nope", "lab.relay: expected a mapping with user and password"),
+    ({"user": "lab"}, "lab.relay: expected a mapping with user and password"),
+    ({"user": "lab", "password": "two words"}, "lab.relay.password: write 1 to 64 printable characters"),
+    ({"user": "", "password": "x"}, "lab.relay.user: write 1 to 64 printable characters"),
+    ({"user": 7, "password": "x"}, "lab.relay.user: write 1 to 64 printable characters"),
+    ({"user": "lab", "password": "x" * 65}, "lab.relay.password: write 1 to 64 printable characters"),
+])
+def test_a_lab_files_relay_account_is_checked(tmp_path, capsys, relay, complaint):
+    """The relay's account in a lab file: one line naming the key and how to write it, exit 2, nothing made."""
+    import yaml
+    from support.cli import Cli
+    from support.paths import LAB
+    doc = yaml.safe_load(LAB.read_text())
+    doc["lab"]["relay"] = relay
+    bad = tmp_path / "lab.yml"
+    bad.write_text(yaml.safe_dump(doc))
+    out = Cli(tmp_path / "state.db", capsys)("lab", "up", "--lab", str(bad), "--dir", str(tmp_path / "lab"), expect=2)
+    assert complaint in out and out.count("\n") == 1
+    assert not (tmp_path / "lab").exists()
