@@ -138,6 +138,8 @@ def test_the_shipped_alert_rules_load_and_none_fires(gateway):
                                           "enforcer_fail_open"}
     assert all(r["health"] == "ok" for r in rules), rules
     # a healthy daemon with the default settings (--when-down block, --queue-full drop): nothing pending
+    assert gateway.query("enforcer_fail_open") == {("lab-gateway", METRICS, "port25-enforcer", "queue_full"): 0.0,
+                                                   ("lab-gateway", METRICS, "port25-enforcer", "when_down"): 0.0}
     assert gateway.api("alerts")["alerts"] == []
 
 
