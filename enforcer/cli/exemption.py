@@ -11,13 +11,14 @@ from dataclasses import asdict
 import click
 
 from ..core import lifecycle
+from .complete import subscription_names
 from .context import Context, apply_now_option, json_option, pass_ctx
 from .output import echo_lines, emit_json, show_table
 from .views import subscription_doc
 
 
 @click.command()
-@click.argument("name", metavar="SUBSCRIPTION")
+@click.argument("name", metavar="SUBSCRIPTION", shell_complete=subscription_names)
 @apply_now_option
 @json_option
 @pass_ctx
@@ -52,7 +53,7 @@ def exemption_list(c: Context, as_json: bool) -> None:
 
 
 @exemption.command("revoke")
-@click.argument("name", metavar="SUBSCRIPTION")
+@click.argument("name", metavar="SUBSCRIPTION", shell_complete=subscription_names)
 @apply_now_option
 @pass_ctx
 def exemption_revoke(c: Context, name: str, apply_now: bool) -> None:
@@ -61,7 +62,7 @@ def exemption_revoke(c: Context, name: str, apply_now: bool) -> None:
 
 
 @exemption.command("request")
-@click.argument("name", metavar="ACCOUNT")
+@click.argument("name", metavar="ACCOUNT", shell_complete=subscription_names)
 @apply_now_option
 @json_option
 @pass_ctx
@@ -72,7 +73,7 @@ def exemption_request(c: Context, name: str, apply_now: bool, as_json: bool) -> 
 
 
 @exemption.command("grant")
-@click.argument("name", metavar="ACCOUNT")
+@click.argument("name", metavar="ACCOUNT", shell_complete=subscription_names)
 @click.option("--case", required=True, help="The support case, ticket or request that approved it.")
 @apply_now_option
 @pass_ctx
@@ -83,7 +84,7 @@ def exemption_grant(c: Context, name: str, case: str, apply_now: bool) -> None:
 
 
 @exemption.command("refuse")
-@click.argument("name", metavar="ACCOUNT")
+@click.argument("name", metavar="ACCOUNT", shell_complete=subscription_names)
 @click.option("--case", required=True, help="The support case, ticket or request refused.")
 @pass_ctx
 def exemption_refuse(c: Context, name: str, case: str) -> None:

@@ -17,6 +17,7 @@ from ..core.verdicts import Judged, judged_alike
 from ..dataplane.control import ask
 from ..errors import UserError
 from ..state.settings import DEFAULT_SOCKET
+from .complete import resource_names
 from .context import Context, json_option, pass_ctx
 from .output import emit_json, show_table
 from .params import parse_destination
@@ -24,7 +25,8 @@ from .views import show_daemon
 
 
 @click.command()
-@click.option("--from", "source", required=True, metavar="VM|ADDRESS", help="A resource name or a source address.")
+@click.option("--from", "source", required=True, metavar="VM|ADDRESS", help="A resource name or a source address.",
+              shell_complete=resource_names)
 @click.option("--to", "destination", required=True, metavar="ADDRESS[:PORT]", help="Port 25 unless given.")
 @json_option
 @pass_ctx

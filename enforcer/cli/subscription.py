@@ -9,6 +9,7 @@ import click
 
 from ..core import lifecycle
 from ..core.inventory import Inventory
+from .complete import subscription_names
 from .context import Context, apply_now_option, json_option, pass_ctx
 from .output import echo_lines, emit_json, show_table
 from .views import one_doc, subscription_doc
@@ -59,7 +60,7 @@ def subscription_add(c: Context, name: str, type_word: str, created: str | None,
 
 
 @subscription.command("set")
-@click.argument("name")
+@click.argument("name", shell_complete=subscription_names)
 @attribute_options
 @apply_now_option
 @pass_ctx
@@ -88,7 +89,7 @@ def subscription_list(c: Context, as_json: bool) -> None:
 
 
 @subscription.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=subscription_names)
 @json_option
 @pass_ctx
 def subscription_show(c: Context, name: str, as_json: bool) -> None:
@@ -104,7 +105,7 @@ def subscription_show(c: Context, name: str, as_json: bool) -> None:
 
 
 @subscription.command("set-type")
-@click.argument("name")
+@click.argument("name", shell_complete=subscription_names)
 @click.argument("type_word", metavar="TYPE")
 @apply_now_option
 @pass_ctx
@@ -114,7 +115,7 @@ def subscription_set_type(c: Context, name: str, type_word: str, apply_now: bool
 
 
 @subscription.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=subscription_names)
 @pass_ctx
 def subscription_remove(c: Context, name: str) -> None:
     """Remove an empty subscription."""

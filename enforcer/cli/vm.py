@@ -9,6 +9,7 @@ import click
 from ..core import lifecycle
 from ..core.inventory import Inventory, State
 from ..core.profile import Profile
+from .complete import resource_names, subscription_names, vnet_names
 from .context import Context, json_option, pass_ctx
 from .output import echo_lines, emit_json, show_fields, show_table
 from .views import one_doc, resource_doc
@@ -21,11 +22,11 @@ def vm() -> None:
 
 @vm.command("add")
 @click.argument("name")
-@click.option("--subscription", required=True)
+@click.option("--subscription", required=True, shell_complete=subscription_names)
 @click.option("--kind", default="vm", show_default=True, help="Resource kind (see: enforcer profile).")
 @click.option("--address", "addresses", multiple=True, required=True,
               help="IPv4 or IPv6 address, or a prefix for a scale set; repeat for more.")
-@click.option("--vnet", default=None)
+@click.option("--vnet", default=None, shell_complete=vnet_names)
 @click.option("--subnet", default=None)
 @click.option("--mac", default=None, help="Its MAC address: the gateway accepts its addresses only with it.")
 @click.option("--interface", default=None,
@@ -42,7 +43,7 @@ def vm_add(c: Context, name: str, subscription: str, kind: str, addresses: tuple
 
 
 @vm.command("bind")
-@click.argument("name")
+@click.argument("name", shell_complete=resource_names)
 @click.option("--interface", default=None, help="The gateway interface its packets arrive on.")
 @click.option("--mac", default=None, help="Its MAC address.")
 @click.option("--unbind", is_flag=True, help="Accept its addresses from anywhere again.")
@@ -57,7 +58,8 @@ def vm_bind(c: Context, name: str, interface: str | None, mac: str | None, unbin
 
 
 @vm.command("list")
-@click.option("--subscription", default=None, help="Only this subscription's resources.")
+@click.option("--subscription", default=None, help="Only this subscription's resources.",
+              shell_complete=subscription_names)
 @json_option
 @pass_ctx
 def vm_list(c: Context, subscription: str | None, as_json: bool) -> None:
@@ -76,7 +78,7 @@ def vm_list(c: Context, subscription: str | None, as_json: bool) -> None:
 
 
 @vm.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=resource_names)
 @json_option
 @pass_ctx
 def vm_show(c: Context, name: str, as_json: bool) -> None:
@@ -94,7 +96,7 @@ def vm_show(c: Context, name: str, as_json: bool) -> None:
 
 def lifecycle_command(name: str, operation: Callable[[Inventory, Profile, str], Any], doc: str) -> None:
     @vm.command(name, help=doc)
-    @click.argument("resource")
+    @click.argument("resource", shell_complete=resource_names)
     @pass_ctx
     def command(c: Context, resource: str) -> None:
         echo_lines(c.change(operation, resource))

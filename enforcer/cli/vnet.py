@@ -7,6 +7,7 @@ from dataclasses import asdict
 import click
 
 from ..core import lifecycle
+from .complete import subscription_names, vnet_names
 from .context import Context, json_option, pass_ctx
 from .output import echo_lines, emit_json, show_table
 
@@ -18,7 +19,7 @@ def vnet() -> None:
 
 @vnet.command("add")
 @click.argument("name")
-@click.option("--subscription", required=True)
+@click.option("--subscription", required=True, shell_complete=subscription_names)
 @click.option("--prefix", "prefixes", multiple=True, required=True, help="Address prefix; repeat for more.")
 @click.option("--interface", default=None,
               help="The gateway's interface on its segment: its resources' addresses are accepted only there.")
@@ -29,7 +30,7 @@ def vnet_add(c: Context, name: str, subscription: str, prefixes: tuple[str, ...]
 
 
 @vnet.command("bind")
-@click.argument("name")
+@click.argument("name", shell_complete=vnet_names)
 @click.option("--interface", default=None, help="The gateway's interface on its segment.")
 @click.option("--unbind", is_flag=True, help="Bind its resources to no interface.")
 @pass_ctx
@@ -55,7 +56,7 @@ def vnet_list(c: Context, as_json: bool) -> None:
 
 
 @vnet.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=vnet_names)
 @pass_ctx
 def vnet_remove(c: Context, name: str) -> None:
     """Remove an empty virtual network."""
@@ -63,7 +64,7 @@ def vnet_remove(c: Context, name: str) -> None:
 
 
 @vnet.command("subnet-add")
-@click.argument("vnet_name", metavar="VNET")
+@click.argument("vnet_name", metavar="VNET", shell_complete=vnet_names)
 @click.argument("name")
 @click.argument("prefix")
 @click.option("--delegated", is_flag=True, help="A subnet delegated to a service (an App Service Environment).")
@@ -74,7 +75,7 @@ def vnet_subnet_add(c: Context, vnet_name: str, name: str, prefix: str, delegate
 
 
 @vnet.command("subnet-remove")
-@click.argument("vnet_name", metavar="VNET")
+@click.argument("vnet_name", metavar="VNET", shell_complete=vnet_names)
 @click.argument("name")
 @pass_ctx
 def vnet_subnet_remove(c: Context, vnet_name: str, name: str) -> None:
@@ -83,7 +84,7 @@ def vnet_subnet_remove(c: Context, vnet_name: str, name: str) -> None:
 
 
 @vnet.command("refresh-delegated")
-@click.argument("vnet_name", metavar="VNET")
+@click.argument("vnet_name", metavar="VNET", shell_complete=vnet_names)
 @pass_ctx
 def vnet_refresh_delegated(c: Context, vnet_name: str) -> None:
     """Add and remove a temporary subnet, so delegated subnets pick up an exemption (rule 6)."""

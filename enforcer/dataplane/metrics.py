@@ -45,6 +45,14 @@ class DaemonCollector:
         yield CounterMetricFamily("enforcer_rule_repairs", "Times our rules were found removed and put back",
                                   value=s["rule_repairs"])
         yield GaugeMetricFamily("enforcer_uptime_seconds", "Seconds since the daemon started", value=s["uptime_s"])
+        # The kernel counts nothing when it lets a SYN pass unjudged (a full queue with its fail-open flag counts
+        # no drop; --queue-bypass with no worker bound counts nothing at all), so what alerts can see is the setting.
+        fail_open = GaugeMetricFamily("enforcer_fail_open", "1 where a setting lets port 25 SYNs pass unjudged: "
+                                      "queue_full (--queue-full accept), when_down (--when-down allow)",
+                                      labels=["setting"])
+        fail_open.add_metric(["queue_full"], 1 if s["queue_full"] == "accept" else 0)
+        fail_open.add_metric(["when_down"], 1 if s["when_down"] == "allow" else 0)
+        yield fail_open
         yield GaugeMetricFamily("enforcer_state_error", "1 while the state's newest generation cannot be loaded "
                                 "(the daemon judges with its last good table)", value=1 if s["state_error"] else 0)
 

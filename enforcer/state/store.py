@@ -283,6 +283,19 @@ class Store:
         return {"subscriptions": len(inv.subscriptions), "vnets": len(inv.vnets), "resources": len(inv.resources),
                 "addresses": held, "audit rows": audit}
 
+    def names(self, table: str, prefix: str = "", limit: int = 100) -> list[str]:
+        """The names in `table` (subscriptions, vnets, resources) that begin with `prefix`, in order, at most
+        `limit`: one range of the primary key, as quick for a million resources as for ten (shell completion)."""
+        if table not in ("subscriptions", "vnets", "resources"):
+            raise ValueError(f"no names table {table!r}")
+        if self._cx is None:
+            return []
+        # every name that begins with the prefix sorts between it and it followed by the highest code point
+        with self._reading():
+            rows = self._cx.execute(f"SELECT name FROM {table} WHERE name >= ? AND name < ? ORDER BY name LIMIT ?",
+                                    (prefix, prefix + "\U0010ffff", limit)).fetchall()
+        return [name for (name,) in rows]
+
     def generation(self) -> int:
         if self._cx is None:
             return 0
