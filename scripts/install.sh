@@ -4,8 +4,9 @@
 # holding the project in editable mode. That is all the daemon and `enforcer lab demo` need.
 # --test adds what the tests need: Vagrant, its libvirt plugin, libvirt and qemu (the Vagrant lab boots real VMs),
 # mmdebstrap and e2fsprogs (they build the VMs' box from Debian packages), rsync and ssh (the synced folder, the
-# tests' commands), the shell linter, systemd (systemd-analyze verifies the unit) and the [test,dev] extras
-# (pytest, the build backend, the linters).
+# tests' commands), the shell linter, systemd (systemd-analyze verifies the unit), prometheus (with promtool: the
+# metrics and the alert rules are checked by the real ones), lintian and libyaml-dev (the Debian package is built
+# and checked) and the [test,dev] extras (pytest, the build backend, the linters).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +33,8 @@ packages=(
 extras=""
 if [ "$with_tests" -eq 1 ]; then
     packages+=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
-               qemu-system-x86 qemu-utils dnsmasq-base mmdebstrap e2fsprogs rsync openssh-client shellcheck systemd)
+               qemu-system-x86 qemu-utils dnsmasq-base mmdebstrap e2fsprogs rsync openssh-client shellcheck systemd
+               prometheus lintian libyaml-dev)
     extras="[test,dev]"
 fi
 missing=()
