@@ -44,10 +44,10 @@ import yaml
 
 from enforcer.lab.files import DEFAULT_LAB
 from enforcer.lab.namespace_lab import NamespaceLab
-from enforcer.lab.netns import can_build_namespaces, run_in
+from enforcer.lab.netns import run_in
 
 from .control import count_syns, counted, lab_with_state, link_mac, start_senders
-from .soak import STEADY, TOGGLED, Sender, flip, in_namespace
+from .soak import STEADY, TOGGLED, Sender, flip, in_namespace, namespaces_missing
 from .states import lab_state
 
 FLOODER = "shop-mx"
@@ -282,9 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vms", type=int, default=1_000, help="VMs registered besides the lab's")
     ap.add_argument("--quick", action="store_true", help="16 s in windows of 4 s")
     args = ap.parse_args(argv)
-    why = can_build_namespaces()
-    if why:
-        print(f"python -m benchmarks.hostile: {why}", file=sys.stderr)
+    if namespaces_missing("benchmarks.hostile"):
         return 2
     seconds, window = (16.0, 4.0) if args.quick else (args.seconds, args.window)
     with lab_with_state_of(args.vms) as lab:

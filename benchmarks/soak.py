@@ -195,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one minute")
     ap.add_argument("--kernel-cache", action="store_true", help="the daemon with --kernel-cache, the VMs unbound")
     args = ap.parse_args(argv)
-    why = can_build_namespaces()
-    if why:
-        print(f"python -m benchmarks.soak {why}", file=sys.stderr)
+    if namespaces_missing("benchmarks.soak"):
         return 2
     seconds = 60.0 if args.quick else args.minutes * 60
     with default_lab("enforcer-soak-") as lab:
@@ -206,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         lab.start_daemon(*(["--kernel-cache"] if args.kernel_cache else []))
         result = soak(lab, seconds, args.rate)
     return report(result, seconds, args.rate)
+
+
+def namespaces_missing(prog: str) -> bool:
+    """Where this process cannot build network namespaces: says why, for a benchmark that needs them."""
+    why = can_build_namespaces()
+    if why:
+        print(f"python -m {prog}: {why}", file=sys.stderr)
+    return why is not None
 
 
 def unbind_senders(lab: NamespaceLab) -> None:
