@@ -59,6 +59,8 @@ static int view_validate(ViewObject *v) {
     const uint64_t total = ld64(b + 24);
     if (total < HEADER_SIZE || total > len)
         return bad_image("truncated (its header gives a size past the buffer)");
+    if (ld64(b + 32) > total) /* len() answers it: past 2^63 a SystemError. No image holds more addresses than bytes */
+        return bad_image("more entries than bytes");
     const uint8_t *at[NSECTIONS];
     uint64_t count[NSECTIONS];
     for (int i = 0; i < NSECTIONS; i++) {
