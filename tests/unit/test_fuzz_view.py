@@ -37,27 +37,42 @@ def tables(draw: Any) -> tuple[Table, list[bytes]]:
     m.allow = draw(st.binary(max_size=6))
     for key, verdict, binding in draw(st.lists(st.tuples(keys, verdicts, bindings), max_size=20)):
         m.put(key, verdict, *binding)
-    for base, n in draw(st.lists(st.tuples(st.sampled_from(BASES), st.sampled_from([0, 70, 200])), max_size=2)):
+    dense = st.tuples(st.sampled_from(BASES), st.sampled_from([0, 70, 200]), st.sampled_from([0, 1, 2, 7]))
+    for base, n, every in draw(st.lists(dense, max_size=2)):   # pages, every n-th address bound (0: none)
         for last in range(n):
-            m.put(base[:-1] + bytes([last]), last % 4, "lo" if last % 2 else None, MAC1 if last % 3 == 0 else None)
+            bound = every and last % every == 0
+            m.put(base[:-1] + bytes([last]), last % 4, "lo" if bound else None, MAC1 if bound and last % 3 else None)
     for net, verdict, binding in draw(st.lists(st.tuples(st.sampled_from(NETS), verdicts, bindings), max_size=4)):
         m.put_prefix(pack(net[0]), net[1], verdict, *binding)
     probes = sorted(m.exact)[:20] + [pack(n) for n, _ in NETS] + [bytes(4), bytes(16), b"\xff" * 4, b"\xff" * 16]
     return mirror(m), probes
 
 
+# weighted towards damage that a View cannot see at once and must survive in its lookups
+STEPS = ["byte", "byte", "u32", "u32", "nudge", "nudge", "u64", "copy", "cut", "extend"]
+
+
 def damage(image: bytes, rng: random.Random) -> bytes:
-    """A few steps of damage, weighted towards what a View cannot see at once and must survive in its lookups."""
+    """A few steps of damage (STEPS), each anywhere in the image."""
     data = bytearray(image)
     for _ in range(rng.randint(1, 4)):
-        step, n = rng.choice(["byte", "byte", "u32", "u32", "u64", "copy", "cut", "extend"]), len(data)
+        step, n = rng.choice(STEPS), len(data)
         if step == "byte" and n:
             data[rng.randrange(n)] = rng.randrange(256)
         elif step == "u64" and n >= 8:                          # the header's fields are u64s at multiples of 8
             value = rng.choice([*EDGES64, n, rng.randrange(n + 64), rng.randrange(2**64)])
             struct.pack_into("<Q", data, 8 * rng.randrange(n // 8), value)
         elif step == "u32" and n >= 4:                          # values, page numbers, record numbers, verdicts
-            struct.pack_into("<I", data, 4 * rng.randrange(n // 4), rng.choice([*EDGES32, rng.randrange(2**32)]))
+            near = n // 1024 + rng.randrange(-1, 3)             # about as many as there are pages of 1 KiB
+            value = rng.choice([*EDGES32, near, 0x80000000 | near, rng.randrange(2**32)]) & 0xffffffff
+            struct.pack_into("<I", data, 4 * rng.randrange(n // 4), value)
+        elif step == "nudge" and n >= 4:                        # a small number (a count, a page or record
+            words = memoryview(data)[:n - n % 4].cast("I")      # number, bound or not) off by one or two
+            small = [i for i, w in enumerate(words) if 0 < w & 0x7fffffff < 65536]
+            if small:
+                i = rng.choice(small)
+                words[i] = (words[i] & 0x80000000) | ((words[i] & 0x7fffffff) + rng.choice([-2, -1, 1, 2])) & 0x7fffffff
+            words.release()
         elif step == "copy" and n:
             src, dst = rng.randrange(n), rng.randrange(n)
             length = rng.randint(1, min(n - src, n - dst))
@@ -67,6 +82,18 @@ def damage(image: bytes, rng: random.Random) -> bytes:
         elif step == "extend":
             data += rng.randbytes(rng.randrange(257))
     return bytes(data)
+
+
+def cut_keys(image: bytes, rng: random.Random, count: int = 24) -> list[bytes]:
+    """Keys cut from the image itself at aligned offsets: slots hold their keys, so lookups of these reach the
+    slots the damage touched, wherever they lie."""
+    keys = []
+    for _ in range(count):
+        width = rng.choice([4, 16])
+        if len(image) >= width:
+            at = rng.randrange(0, len(image) - width + 1, 4)
+            keys.append(image[at:at + width])
+    return keys
 
 
 def exercise(view: View, probes: list[bytes]) -> None:
@@ -100,7 +127,7 @@ def test_a_damaged_image_is_refused_or_answers(tally, data):  # noqa: F811
         except ValueError:
             tally["refused"] += 1
             continue
-        exercise(view, probes)
+        exercise(view, probes + cut_keys(bad, rng))
         tally["answered"] += 1
 
 
