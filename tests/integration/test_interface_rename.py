@@ -18,7 +18,6 @@ part inside the namespace is this file run as a script.
 from __future__ import annotations
 
 import json
-import select
 import shutil
 import socket
 import subprocess
@@ -116,7 +115,7 @@ MODES = {  # mode -> (name_ttl_ns or None for the default, a LinkWatcher, swap()
 
 
 def in_namespace(mode: str) -> dict[str, object]:
-    from netfilterqueue import NetfilterQueue
+    from support.nfqueue import served
 
     from enforcer.dataplane._fastpath import Judge, Table, View
     from enforcer.dataplane.worker import LinkWatcher
@@ -129,24 +128,12 @@ def in_namespace(mode: str) -> dict[str, object]:
     judge = Judge(View(table.image(1)))
     if ttl is not None:
         judge.name_ttl_ns = ttl
-    if watch:  # as worker_main starts it
-        links = LinkWatcher(judge.forget_interfaces)
+    links = LinkWatcher(judge.forget_interfaces) if watch else None
+    if links is not None:  # as worker_main starts it
         threading.Thread(target=links.serve, daemon=True).start()
     sender = Sender()
-    nfq = NetfilterQueue()
-    nfq.bind(QUEUE, judge)
-    stop = threading.Event()
-
-    def serve() -> None:
-        fd = nfq.get_fd()
-        while not stop.is_set():
-            if select.select([fd], [], [], 0.05)[0]:
-                nfq.run(block=False)
-
-    thread = threading.Thread(target=serve)
-    thread.start()
     phases: dict[str, int] = {}
-    try:
+    with served(QUEUE, judge):
         old_index = socket.if_nametoindex("vmA")
         sender.send("pA", judge)
         phases["before: vmA"] = passed()
@@ -163,12 +150,8 @@ def in_namespace(mode: str) -> dict[str, object]:
         phases["after: the old link, now vmOld"] = passed() - sum(phases.values())
         sender.send("pB", judge)
         phases["after: the link now named vmA"] = passed() - sum(phases.values())
-    finally:
-        stop.set()
-        thread.join()
-        nfq.unbind()
     return {"phases": phases, "spoofed": judge.spoofed, "errors": judge.errors, "old_index": old_index,
-            "old_name": socket.if_indextoname(old_index)}
+            "old_name": socket.if_indextoname(old_index), "link_events": links.events if links else None}
 
 
 def run(mode: str) -> dict:
@@ -193,6 +176,7 @@ def test_a_renamed_link_no_longer_passes_for_the_name_it_had(mode, new_vma):
     assert result["phases"] == {"before: vmA": SYNS, "before: vmB": 0, "after: the old link, now vmOld": 0,
                                 "after: the link now named vmA": new_vma}
     assert result["spoofed"] == 2 * SYNS + (SYNS - new_vma) and result["errors"] == 0
+    assert result["link_events"] is None or result["link_events"] >= 2   # the renames were heard
 
 
 def test_with_neither_defence_the_old_link_keeps_passing():
@@ -204,4 +188,5 @@ def test_with_neither_defence_the_old_link_keeps_passing():
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: support
     print(json.dumps(in_namespace(sys.argv[1])))
