@@ -46,6 +46,10 @@ tar -cf - --exclude='*.so' --exclude=__pycache__ enforcer tests benchmarks polic
         >"$work/build.log" 2>&1 || { cat "$work/build.log" >&2; echo "sanitize.sh: the build failed" >&2; exit 1; }
 )
 module=$(find "$work/src/enforcer/dataplane" -maxdepth 1 -name '_fastpath*.so')
+if [ -z "$module" ]; then
+    echo "sanitize.sh: the build made no module (setuptools reads ext-modules from pyproject.toml from 74.1 on)" >&2
+    exit 1
+fi
 if ! nm -D "$module" | grep -q __asan_init || ! nm -D "$module" | grep -q __ubsan_handle; then
     echo "sanitize.sh: $module was built without the sanitizers" >&2
     exit 1
