@@ -1,6 +1,7 @@
 """The project's benchmarks, run as modules from the repository root (reports, not tests):
 
     python -m benchmarks.table [--quick]       the C verdict table at 1,000 / 100,000 / 1,000,000 VMs
+    python -m benchmarks.names                 what re-reading a bound source's interface name costs the Judge
     python -m benchmarks.dataplane [--quick]   SYN verdicts/s at the NFQUEUE and the connect() latency it adds
                                                (as root; builds and removes its own network namespaces)
     python -m benchmarks.control               CLI latency at 1k/100k/1M VMs, commit-to-verdict under SYN load

@@ -1,8 +1,16 @@
 import os
 
 import pytest
+from hypothesis import settings
 from support.cli import Cli
 from support.paths import LAB
+
+# Hypothesis budgets, by HYPOTHESIS_PROFILE: `ci` (scripts/sanitize.sh, under ASan and UBSan), `long` (by hand,
+# see RELIABILITY.md); without it Hypothesis's own default. Only tests that set no max_examples of their own
+# follow it: the fuzz targets (tests/unit/test_fuzz_*.py); every other one keeps its count.
+settings.register_profile("ci", max_examples=400, print_blob=True)
+settings.register_profile("long", max_examples=10_000, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ def shutdown_command(name: str, operation: Callable[[Inventory, Profile, str], A
     """A command that shuts the VM down on the platform: in a namespace lab that is up over this state, the lab
     host's processes end as they would (a mail queue on disk stays)."""
     @vm.command(name, help=doc + " In a namespace lab, the VM's processes end, as in a shutdown.")
-    @click.argument("resource")
+    @click.argument("resource", shell_complete=resource_names)
     @click.option("--keep-processes", is_flag=True, help="In a namespace lab, leave the VM's processes running.")
     @pass_ctx
     def command(c: Context, resource: str, keep_processes: bool) -> None:

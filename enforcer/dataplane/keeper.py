@@ -25,6 +25,9 @@ from ..errors import UserError
 from ..state.store import Changed, Store
 from ._fastpath import Table, View
 
+# What publish() puts on the memfd and mapped() requires: nobody can write, shrink or grow the image a worker
+# judges with (a shrunk file faults the mapping: SIGBUS), nor take the seals off
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 # Past this many audit rows since the last patch, reading them costs more than reading the state afresh.
 PATCH_LIMIT = 50_000
 # One write to the table: packed address, prefix length (None: a host), verdict (None: remove), interface, MAC
@@ -173,8 +176,7 @@ class Keeper:
             os.ftruncate(fd, size)
             with mmap.mmap(fd, size) as memory:  # written in place: no copy of the image on the way
                 self.table.image_into(memory, self.generation)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
-                        fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
         except BaseException:
             os.close(fd)
             raise
@@ -202,6 +204,16 @@ def _read(changes: Iterable[Changed]) -> tuple[Patch, dict[str, Resource | None]
 
 
 def mapped(fd: int) -> View:
-    """A worker's view of a published image: mapped read-only (the pages are the daemon's memfd's, shared)."""
+    """A worker's view of a published image: mapped read-only (the pages are the daemon's memfd's, shared).
+    Raises ValueError for a descriptor that is not sealed as publish() seals it: a View cannot guard against
+    the file under its mapping being rewritten or cut short."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError as e:  # EINVAL: a file that cannot be sealed (not a memfd)
+        raise ValueError(f"the table handed over is not a sealable memfd ({e.strerror})") from None
+    if seals & SEALS != SEALS:
+        missing = [name for name in ("SHRINK", "GROW", "WRITE", "SEAL")
+                   if not seals & getattr(fcntl, f"F_SEAL_{name}")]
+        raise ValueError(f"the table handed over is not sealed (missing F_SEAL_{', F_SEAL_'.join(missing)})")
     size = os.fstat(fd).st_size
     return View(mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ))

@@ -6,6 +6,10 @@ The worker holds no inventory: the table is the daemon's image, mapped read-only
 a drop-log line says of a blocked source (its resource, why) is read from the state when the line is written,
 once per source and table generation.
 
+A source bound to an interface is bound to its name, and the Judge keeps the names of the interface indexes it
+has seen: a link thread (LinkWatcher) has it forget them on every link event of the namespace (a link added,
+renamed, removed), so that a rename cannot leave a stale match; see LinkWatcher for what remains.
+
 With --kernel-cache the Judge also notes each source it judged (an unbound allowed one, or a blocked one) and a
 thread of the worker puts them into the kernel's sets (KernelCache), so that their later SYNs are judged in the
 kernel. No verdict of an old table may reach the sets after the daemon has told the kernel what the new table
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -46,6 +51,7 @@ if TYPE_CHECKING:  # for annotations only: nothing more to import at run time
 
 log = logging.getLogger("enforcer.worker")
 PR_SET_PDEATHSIG = 1
+RTMGRP_LINK = 1  # rtnetlink's multicast group of link events: RTM_NEWLINK (added, renamed, changed), RTM_DELLINK
 EMPTY = Table().image(0)  # what a worker judges with before its first table: every source unknown, dropped
 
 
@@ -70,6 +76,8 @@ def worker_main(queue_num: int, conn: Connection, settings: Settings, backend: s
     drops: collections.deque[Drop] = collections.deque(maxlen=4096)  # for the drop log, drained by the control
     filler = CacheFiller(KernelCache(backend, settings.kernel_cache_timeout)) if settings.kernel_cache else None
     judge = Judge(View(EMPTY), default_allow=False, drops=drops, remember=filler.noted if filler else None)
+    links = LinkWatcher(judge.forget_interfaces)  # listening before the first packet: no event can be missed
+    threading.Thread(target=links.serve, name=f"queue-{queue_num}-links", daemon=True).start()
     try:
         nfq = bind_queue(queue_num, judge, settings.queue_length, settings.socket_buffer,
                          settings.queue_full == QueueFull.ACCEPT)
@@ -88,6 +96,34 @@ def worker_main(queue_num: int, conn: Connection, settings: Settings, backend: s
         control.stop.set()
         control.droplog.drain(drops, budget=None)
         control.droplog.summarise()
+
+
+class LinkWatcher:
+    """Calls `forget` (the Judge's forget_interfaces) on every link event of this network namespace.
+
+    What remains: the kernel queues the event on this socket before `ip link set ... name` returns, but this
+    thread needs the GIL to act on it, and the packet thread holds it while it judges (Python hands it over after
+    at most sys.getswitchinterval(), 5 ms, plus scheduling). A SYN judged in between can still match the old name.
+    The Judge bounds that itself: it reads a matching name again once it is name_ttl_ns (10 ms) old, event or
+    not. Closing it entirely would mean reading the name for every bound SYN (name_ttl_ns = 0: one ioctl, 0.7-1.1
+    us a bound SYN on the development machine, against ~5.5 us a SYN at the queue; see BENCHMARKS.md)."""
+
+    def __init__(self, forget: Callable[[], None]):
+        self.forget = forget
+        self.events = 0  # datagrams of link events received (each forgets once)
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+        self.sock.bind((0, RTMGRP_LINK))
+
+    def serve(self) -> None:
+        while True:
+            try:
+                self.sock.recv(65536)
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:  # closed: the worker is going
+                    return
+                # the kernel dropped events (our buffer overflowed): which links changed is unknown, so forget
+            self.forget()
+            self.events += 1
 
 
 class Explainer:

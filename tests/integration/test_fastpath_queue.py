@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import collections
 import json
-import select
 import shutil
 import socket
 import subprocess
 import sys
-import threading
+from pathlib import Path
 
 import pytest
 
@@ -80,7 +79,7 @@ def attempt(source: str) -> str:
 
 def in_namespace() -> dict[str, object]:
     """Runs in the fresh namespace: the Judge bound to the queue, a connection tried from every source."""
-    from netfilterqueue import NetfilterQueue
+    from support.nfqueue import served
 
     from enforcer.dataplane._fastpath import Judge, Table, View
 
@@ -94,26 +93,12 @@ def in_namespace() -> dict[str, object]:
     drops: collections.deque = collections.deque()
     remember: collections.deque = collections.deque()
     judge = Judge(View(table.image(1)), drops=drops, remember=remember)
-    nfq = NetfilterQueue()
-    nfq.bind(QUEUE, judge)
-    stop = threading.Event()
-
-    def serve() -> None:
-        fd = nfq.get_fd()
-        while not stop.is_set():
-            if select.select([fd], [], [], 0.05)[0]:
-                nfq.run(block=False)
-
-    thread = threading.Thread(target=serve)
-    thread.start()
     listeners = [socket.create_server((address, 25), family=family(address), backlog=16)
                  for address in ("198.18.0.254", "2001:db8::fe")]
     try:
-        outcomes = {s[0]: attempt(s[0]) for s in SOURCES}
+        with served(QUEUE, judge):
+            outcomes = {s[0]: attempt(s[0]) for s in SOURCES}
     finally:
-        stop.set()
-        thread.join()
-        nfq.unbind()
         for listener in listeners:
             listener.close()
     return {"outcomes": outcomes, "counts": judge.counts(), "unknown": judge.unknown, "spoofed": judge.spoofed,
@@ -159,4 +144,5 @@ def test_the_kernel_cache_hook_saw_only_what_does_not_depend_on_where_a_packet_c
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: support
     print(json.dumps(in_namespace()))

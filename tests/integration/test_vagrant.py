@@ -103,9 +103,9 @@ def lab_machine_names(lab: dict) -> list[str]:
 
 
 @needs_shellcheck
-def test_provision_scripts_and_install_sh_pass_shellcheck():
+def test_provision_scripts_and_scripts_dir_pass_shellcheck():
     scripts = sorted(PROVISION.glob("*.sh")) + sorted(VAGRANT_DIR.glob("box/*.sh")) + \
-        sorted(VAGRANT_DIR.glob("host/*.sh")) + sorted((ROOT / "scripts").glob("*.sh"))  # install.sh, build-deb.sh
+        sorted(VAGRANT_DIR.glob("host/*.sh")) + sorted((ROOT / "scripts").glob("*.sh"))  # install, build-deb, sanitize
     assert {"gateway.sh", "vm.sh", "internet.sh", "lifecycle.sh", "build.sh", "prepare.sh"} <= {s.name for s in scripts}
     for s in scripts:
         text = s.read_text()

@@ -292,19 +292,26 @@ def test_judge_against_the_model(data):
 
 
 def test_the_interface_name_cache_serves_matches_and_mismatches_alike():
-    """The index -> name cache (looked up again on a mismatch at most once a second an index, which a unit test
-    cannot watch without renaming an interface) answers both ways for the same index, packet after packet."""
+    """The index -> name cache (a match read again once name_ttl_ns old, a mismatch at most once a second an
+    index, forgotten on forget_interfaces() and swap(): renames are tests/integration/test_interface_rename.py's)
+    answers both ways for the same index, packet after packet, whatever its limit, and after forgetting."""
     m = Model()
     m.allow = b"\0\1"
     m.put(pack("10.0.0.1"), 1, "lo")
     m.put(pack("10.0.0.2"), 1, "not-lo")
     judge = judge_of(m)
-    for _ in range(3):
-        for source, verdict in (("10.0.0.1", "accept"), ("10.0.0.2", "drop")):
-            pkt = Packet(payload_of(pack(source)), LO)
-            judge(pkt)
-            assert pkt.verdicts == [verdict]
-    assert judge.spoofed == 3
+    assert judge.name_ttl_ns == 10_000_000
+    for ttl in (judge.name_ttl_ns, 0, 2**64 - 1):
+        judge.name_ttl_ns = ttl
+        for _ in range(3):
+            for source, verdict in (("10.0.0.1", "accept"), ("10.0.0.2", "drop")):
+                pkt = Packet(payload_of(pack(source)), LO)
+                judge(pkt)
+                assert pkt.verdicts == [verdict]
+            judge.forget_interfaces()
+    assert judge.spoofed == 9
+    with pytest.raises(OverflowError):
+        judge.name_ttl_ns = -1
 
 
 def test_a_swap_in_the_middle_of_a_packet_frees_nothing_it_reads_and_counts_into_no_other_view(model):

@@ -1,9 +1,14 @@
 """The daemon's table (Keeper): compiled from the state, and patched from the audit log after every change, it
 says for every address what decide() says, binds what the inventory binds, and equals a fresh compile."""
 
+import collections
+import fcntl
+import multiprocessing
 import os
 import sqlite3
+import threading
 from dataclasses import replace
+from multiprocessing.reduction import send_handle
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -13,8 +18,9 @@ from enforcer.core import lifecycle
 from enforcer.core.inventory import State
 from enforcer.core.policy import decide
 from enforcer.core.verdicts import binding_of, pack
-from enforcer.dataplane._fastpath import View
-from enforcer.dataplane.keeper import Keeper, mapped
+from enforcer.dataplane._fastpath import Judge, View
+from enforcer.dataplane.keeper import SEALS, Keeper, mapped
+from enforcer.dataplane.worker import Explainer, WorkerControl
 from enforcer.errors import UserError
 from enforcer.state.profiles import load_profile
 from enforcer.state.store import Store
@@ -151,6 +157,76 @@ def test_the_published_image_is_sealed_and_maps_read_only(tmp_path):
             os.write(fd, b"x")  # sealed: nobody changes a table a worker judges with
     finally:
         os.close(fd)
+
+
+def memfd_with(image: bytes, seals: int) -> int:
+    fd = os.memfd_create("table", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.write(fd, image)
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+@pytest.mark.parametrize("left_out", [None, "SHRINK", "GROW", "WRITE", "SEAL", "all"])
+def test_a_worker_maps_only_a_sealed_memfd(left_out):
+    """A View cannot guard against the file under its mapping being rewritten or cut short (SIGBUS): a
+    descriptor missing any of publish()'s seals is refused, one sealed like publish()'s accepted."""
+    keeper = Keeper(PROFILE)
+    keeper.table.put(pack("198.18.0.1"), 0)
+    image = keeper.table.image(3)
+    seals = 0 if left_out == "all" else SEALS & ~(getattr(fcntl, f"F_SEAL_{left_out}") if left_out else 0)
+    fd = memfd_with(image, seals)
+    try:
+        if left_out is None:
+            assert mapped(fd).lookup(pack("198.18.0.1")) == 0
+        else:
+            missing = ["SHRINK", "GROW", "WRITE", "SEAL"] if left_out == "all" else [left_out]
+            with pytest.raises(ValueError, match=r"^the table handed over is not sealed \(missing F_SEAL_" +
+                               ", F_SEAL_".join(missing) + r"\)$"):
+                mapped(fd)
+    finally:
+        os.close(fd)
+
+
+def test_a_file_that_cannot_be_sealed_is_refused(tmp_path):
+    path = tmp_path / "image"
+    path.write_bytes(Keeper(PROFILE).table.image(1))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ValueError, match="not a sealable memfd"):
+            mapped(fd)
+    finally:
+        os.close(fd)
+
+
+def test_the_worker_keeps_its_table_when_handed_an_unsealed_one(tmp_path, caplog):
+    """What the daemon's hand-over does (a request on the pipe, the descriptor after it), into a real
+    WorkerControl: an unsealed memfd is logged and refused, the Judge keeps its view, and a sealed one is
+    then taken."""
+    keeper = Keeper(PROFILE)
+    keeper.table.put(pack("198.18.0.1"), 0)
+    judge = Judge(View(keeper.table.image(1)))
+    daemon_end, worker_end = multiprocessing.Pipe()
+    control = WorkerControl(3, judge, collections.deque(), worker_end, Explainer(str(tmp_path / "state.db")))
+    thread = threading.Thread(target=control.serve, daemon=True)
+    thread.start()
+    try:
+        for generation, seals, taken in ((2, 0, 1), (2, SEALS, 2)):
+            fd = memfd_with(keeper.table.image(generation), seals)
+            try:
+                daemon_end.send((generation, "table", (generation, [])))
+                send_handle(daemon_end, fd, os.getpid())
+                assert daemon_end.poll(10)
+                assert daemon_end.recv() == (generation, taken)
+                assert judge.view.generation == taken
+            finally:
+                os.close(fd)
+    finally:
+        control.stop.set()
+        thread.join(5)
+    assert [r.getMessage() for r in caplog.records if r.name == "enforcer.worker"] == \
+        ["queue 3: table 2 failed, keeping generation 1: the table handed over is not sealed (missing "
+         "F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_SEAL)"]
 
 
 def test_a_change_the_table_cannot_hold_leaves_it_whole(tmp_path):

@@ -14,7 +14,10 @@
 #include <net/if.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "view.h"
 
@@ -26,6 +29,12 @@
 /* interface index -> name, direct-mapped by index: 32 KiB a Judge, so that a gateway with a veth a VM (indexes
  * only grow as interfaces come and go) rarely has two live indexes evict each other */
 #define IFCACHE 1024
+/* How long a name that matched a binding is believed before it is read again (Judge.name_ttl_ns). A link
+ * renamed (vmA -> vmOld, another link -> vmA) keeps its index: without a limit a cached match would let a bound
+ * source through the old link for as long as the process lives. The worker also forgets every name on each
+ * link event (forget_interfaces(), from rtnetlink), usually well within this; the limit bounds the rest. */
+#define NAME_TTL_NS 10000000ull  /* 10 ms: at most one ioctl an index in 10 ms (see BENCHMARKS.md) */
+#define MISMATCH_TTL_NS 1000000000ull
 
 typedef struct {
     uint32_t index;                  /* 0: empty */
@@ -42,6 +51,8 @@ typedef struct {
     unsigned long long unknown, spoofed, malformed, errors, unlisted;
     char default_allow;
     PyObject *drops_append, *remember_append; /* bound append methods, or NULL */
+    int ifsock;                      /* for SIOCGIFNAME: one ioctl, not if_indextoname()'s socket+ioctl+close */
+    unsigned long long name_ttl_ns;
     IfName ifnames[IFCACHE];
 } JudgeObject;
 
@@ -53,29 +64,36 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static void ifname_resolve(IfName *c, uint32_t index) {
-    char name[IF_NAMESIZE];
+static void ifname_resolve(JudgeObject *j, IfName *c, uint32_t index, uint64_t now) {
+    struct ifreq req;
+    memset(&req, 0, sizeof req);
+    req.ifr_ifindex = (int)index;
     c->index = index;
-    c->resolved_ns = now_ns();
-    if (if_indextoname(index, name) == NULL)
-        c->name[0] = 0; /* no such interface: remembered too, or every packet would cost the syscalls */
+    c->resolved_ns = now;
+    if (j->ifsock >= 0 ? ioctl(j->ifsock, SIOCGIFNAME, &req) < 0 : if_indextoname(index, req.ifr_name) == NULL)
+        c->name[0] = 0; /* no such interface: remembered too, or every packet would cost the syscall */
     else
-        memcpy(c->name, name, IF_NAMESIZE);
+        memcpy(c->name, req.ifr_name, IF_NAMESIZE);
+    c->name[IF_NAMESIZE - 1] = 0;
 }
 
-/* Whether interface `index` is named `want` (a record's 16 NUL-padded bytes). A mismatch looks the index up
- * again, at most once a second an index: the interface may have been recreated under the same index with
- * another name, but a spoofer must not buy three syscalls with every packet. */
+/* Whether interface `index` is named `want` (a record's 16 NUL-padded bytes), from the cache. A match is read
+ * again once it is name_ttl_ns old (the link may have been renamed); a mismatch at most once a second an index
+ * (the interface may have been recreated under the same index with another name, but a spoofer must not buy a
+ * syscall with every packet). forget_interfaces() and swap() empty the cache. */
 static int interface_is(JudgeObject *j, uint32_t index, const char *want) {
     if (index == 0)
         return 0;
     IfName *c = &j->ifnames[index % IFCACHE];
+    const uint64_t now = now_ns();
     if (c->index != index)
-        ifname_resolve(c, index);
-    else if (strncmp(c->name, want, 16) != 0 && now_ns() - c->resolved_ns >= 1000000000u)
-        ifname_resolve(c, index);
+        ifname_resolve(j, c, index, now);
+    else if (now - c->resolved_ns >= (strncmp(c->name, want, 16) == 0 ? j->name_ttl_ns : MISMATCH_TTL_NS))
+        ifname_resolve(j, c, index, now);
     return c->name[0] != 0 && strncmp(c->name, want, 16) == 0;
 }
+
+static void forget_interfaces(JudgeObject *j) { memset(j->ifnames, 0, sizeof j->ifnames); }
 
 /* Whether an allowed, bound source's packet came from elsewhere; -1 with an exception. *indev, *hw: what it
  * fetched of the packet (new references), for the drop record. */
@@ -257,6 +275,8 @@ static void judge_dealloc(JudgeObject *j) {
     Py_XDECREF(j->view);
     Py_XDECREF(j->drops_append);
     Py_XDECREF(j->remember_append);
+    if (j->ifsock >= 0)
+        close(j->ifsock);
     PyMem_Free(j->counts);
     Py_TYPE(j)->tp_free((PyObject *)j);
 }
@@ -272,6 +292,9 @@ static PyObject *judge_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     if (j == NULL)
         return NULL;
     j->vectorcall = judge_vectorcall;
+    /* -1 (no socket: if_indextoname() then, dearer) is no error: names are still read, just slower */
+    j->ifsock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    j->name_ttl_ns = NAME_TTL_NS;
     j->view = (ViewObject *)Py_NewRef(view);
     j->default_allow = (char)default_allow;
     j->ncounts = j->view->nverdicts;
@@ -310,6 +333,7 @@ static PyObject *judge_swap(JudgeObject *j, PyObject *view) {
     j->view = (ViewObject *)Py_NewRef(view);
     j->counts = counts;
     j->ncounts = j->view->nverdicts;
+    forget_interfaces(j); /* a new table may bind to names that changed since: no old answer carries over */
     PyObject *list = counts_list(old, n); /* NULL: MemoryError, and those hits are lost */
     PyMem_Free(old);
     Py_DECREF(old_view);
@@ -320,11 +344,19 @@ static PyObject *judge_counts(JudgeObject *j, PyObject *Py_UNUSED(ignored)) {
     return counts_list(j->counts, j->ncounts);
 }
 
+static PyObject *judge_forget_interfaces(JudgeObject *j, PyObject *Py_UNUSED(ignored)) {
+    forget_interfaces(j);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef judge_methods[] = {
     {"swap", (PyCFunction)judge_swap, METH_O,
      "swap(view) -> list[int]: judge with `view` from the next packet on; returns the per-verdict counts so far "
      "and starts new ones."},
     {"counts", (PyCFunction)judge_counts, METH_NOARGS, "counts() -> list[int]: hits per verdict so far."},
+    {"forget_interfaces", (PyCFunction)judge_forget_interfaces, METH_NOARGS,
+     "forget_interfaces(): forget every interface name read so far (call it when a link is added, renamed or "
+     "removed); the next packet of a bound source reads its interface's name again."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -332,6 +364,8 @@ static PyMemberDef judge_members[] = {
     {"view", T_OBJECT, offsetof(JudgeObject, view), READONLY, "the View it judges with"},
     {"default_allow", T_BOOL, offsetof(JudgeObject, default_allow), 0,
      "the verdict for a malformed packet or after an error"},
+    {"name_ttl_ns", T_ULONGLONG, offsetof(JudgeObject, name_ttl_ns), 0,
+     "how long (ns) an interface name that matched a binding is believed before it is read again"},
     {"unknown", T_ULONGLONG, offsetof(JudgeObject, unknown), READONLY, "packets of unregistered sources"},
     {"spoofed", T_ULONGLONG, offsetof(JudgeObject, spoofed), READONLY,
      "packets of allowed sources that came from where they are not bound"},

@@ -171,7 +171,8 @@ static int view_validate(ViewObject *v) {
         return -1;
     v->generation = ld64(b + 16);
     v->entries = ld64(b + 32);
-    if (v->entries > total / 4) /* an address takes at least a page's cell: a header that lies is refused here */
+    /* len() answers it (past 2^63 it was a SystemError); an address takes at least a page's cell of 4 bytes */
+    if (v->entries > total / 4)
         return bad_image("more addresses than it has room for");
     v->pages = at[S_PAGES];
     v->npages = count[S_PAGES];
