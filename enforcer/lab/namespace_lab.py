@@ -27,7 +27,8 @@ from ..dataplane.control import ask
 from ..errors import Failure
 from ..state.profiles import load_profile
 from ..state.store import Store
-from .files import RELAY_NAME, SINK_PORTS, Relay
+from .dns import unbound_binary, unbound_config
+from .files import RELAY_NAME, SINK_PORTS, Record, Relay
 from .netns import Topology, own_module, remove_tagged, run_in
 
 Attempt = tuple[str, str, int]  # (vm, destination, port)
@@ -62,6 +63,8 @@ class NamespaceLab:
         self.notified: list[str] = []
         self.relay = Relay()  # the relay ports' account: the lab file's lab.relay, set before up()
         self.ca = workdir / "tls" / "relay.pem"  # the relay's certificate, its own CA: what a client trusts
+        self.records: list[Record] = []  # what the lab file adds to the lab's DNS (lab.dns), set before up()
+        self.dns_dir = workdir / "dns"
 
     # ------------------------------------------------------------ the lab's state
 
@@ -93,6 +96,7 @@ class NamespaceLab:
             self.topology.add_vm(name, addresses, macs.get(name))
         self.topology.up()
         self.start_sink()
+        self.start_dns()
         self.bind_links()
 
     def registered_macs(self) -> dict[str, str]:
@@ -140,6 +144,28 @@ class NamespaceLab:
         if sink.stdout.readline().strip() != "ready":
             said = last_line(self.workdir / "sink.log")
             raise LabError(f"the SMTP server on the internet host did not start: {said}")
+
+    def start_dns(self) -> None:
+        """unbound on the internet host's addresses, port 53, answering from the config the lab writes (see dns.py);
+        waits until it serves."""
+        binary = unbound_binary()
+        if binary is None:
+            raise LabError("the lab's DNS server is missing: apt-get install unbound")
+        self.dns_dir.mkdir(parents=True, exist_ok=True)
+        config = self.dns_dir / "unbound.conf"
+        resources = {name: host.addresses for name, host in self.topology.vms.items()}
+        config.write_text(unbound_config(self.dns_dir, self.internet, self.internet, resources, self.records))
+        log = self.dns_dir / "unbound.log"
+        with open(log, "a") as out:  # its own log, never our stdout/stderr (see start_sink)
+            dns = run_in(self.topology.internet.namespace, [binary, "-d", "-c", str(config)],
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(dns)
+        deadline = time.monotonic() + 20
+        # unbound says so once every socket is bound; a mistake in the config ends it at once
+        while "start of service" not in log.read_text(errors="replace"):
+            if dns.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"the DNS server on the internet host did not start: {last_line(log)} (its log: {log})")
+            time.sleep(0.05)
 
     def make_certificate(self) -> Path:
         """The relay's certificate (self-signed, for relay.lab, internet.lab and the internet host's addresses),
