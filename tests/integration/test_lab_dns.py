@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import yaml
 from support.paths import LAB
 from enforcer.cli.main import main
 from enforcer.lab.manage import tag_for
-from enforcer.lab.netns import NETNS_ETC, Topology, can_build_namespaces, netns, remove_tagged
+from enforcer.lab.namespace_lab import NamespaceLab
+from enforcer.lab.netns import NETNS_ETC, Topology, can_build_namespaces, exec_in, netns, remove_tagged
 
 WHY_NOT = can_build_namespaces()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
@@ -105,3 +107,17 @@ def test_a_crashed_labs_resolv_conf_goes_with_its_namespaces(tmp_path):
     netns.remove(half.gateway.namespace)  # and its namespace already gone (a reboot empties /run, not /etc)
     remove_tagged(tag)
     assert not os.path.exists(os.path.join(NETNS_ETC, half.gateway.namespace))
+
+
+def test_a_vm_attached_to_a_lab_that_is_up_gets_its_name(tmp_path):
+    """The demo's story creates a VM mid-way: unbound reads its config again, and the new name answers."""
+    lab = NamespaceLab(tmp_path, INTERNET)
+    try:
+        lab.up({"first-vm": ["198.18.1.10"]})
+        lab.attach("new-vm", ["198.18.4.20", "2001:db8:4::20"])
+        dig = exec_in(lab.topology.vms["first-vm"].namespace, ["dig", "+short", "new-vm.lab", "AAAA"],
+                      stdout=subprocess.PIPE, text=True)
+        assert dig.communicate(timeout=30)[0].strip() == "2001:db8:4::20"
+        assert os.path.exists(os.path.join(NETNS_ETC, lab.topology.vms["new-vm"].namespace, "resolv.conf"))
+    finally:
+        lab.close()
