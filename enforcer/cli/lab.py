@@ -179,10 +179,11 @@ def probe(destination: str | None, target: str | None, ports: tuple[int, ...], p
 
 
 def _in_lab_host(directory: Path, host: str, argv: list[str], wait: float) -> dict[str, Any]:
-    """Run a lab tool (python -m enforcer.lab.TOOL ...) inside a lab host's namespace; its one JSON line."""
+    """Run a lab tool (python -m enforcer.lab.TOOL ...) inside a lab host's namespace, as `ip netns exec` runs it
+    (the lab's DNS in its resolv.conf: a preflight names a host); its one JSON line."""
     from ..lab.manage import host_namespace
-    from ..lab.netns import own_module, run_in
-    proc = run_in(host_namespace(directory, host), own_module(*argv), stdout=subprocess.PIPE, text=True)
+    from ..lab.netns import exec_in, own_module
+    proc = exec_in(host_namespace(directory, host), own_module(*argv), stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=wait + 60)
     if proc.returncode != 0:
         raise UserError(f"the probe failed inside {host}'s namespace")

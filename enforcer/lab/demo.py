@@ -25,7 +25,7 @@ from ..core.inventory import Inventory
 from ..errors import UserError
 from ..state.profiles import load_profile
 from . import story
-from .files import SINK_PORTS, SMTP_PORTS, every_lab, port_expectations, read_lab, relay_of, resources_of
+from .files import SINK_PORTS, SMTP_PORTS, dns_of, every_lab, port_expectations, read_lab, relay_of, resources_of
 from .namespace_lab import Attempt, LabError, NamespaceLab
 from .netns import can_build_namespaces
 
@@ -61,6 +61,7 @@ class Demo:
         self.profile = load_profile(str(self.doc.get("profile", "azure")))
         self.expect = port_expectations(self.path, self.doc)
         self.relay = relay_of(self.path, self.doc)
+        self.records = dns_of(self.path, self.doc)
         missing = sorted(set(self.resources) - set(self.expect))
         if missing:
             raise UserError(f"{self.path}: lab.expect says nothing of {', '.join(missing)}; add what the spec "
@@ -82,7 +83,7 @@ class Demo:
     def run_lab(self) -> int:
         with tempfile.TemporaryDirectory(prefix="enforcer-demo-") as tmp:
             lab = NamespaceLab(Path(tmp), self.internet, tag=f"p25demo{uuid.uuid4().hex[:4]}")
-            lab.relay = self.relay
+            lab.relay, lab.records = self.relay, self.records
             try:
                 self.build(lab)
                 not_ready = self.wait_until_ready(lab)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ RELAY_PORT = 2525                    # where providers that block 587 too point 
 SINK_PORTS = (*SMTP_PORTS, RELAY_PORT)
 RELAY_NAME = "relay.lab"
 CREDENTIAL = re.compile(r"[\x21-\x7e]{1,64}")  # printable, no spaces: what AUTH PLAIN and LOGIN carry intact
+LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")  # one label of a DNS name
+# printable and no quote or backslash: a TXT value goes into unbound's config inside quotes, unescaped
+TXT_VALUE = re.compile(r"[\x20-\x7e]{1,255}")
+DNS_TYPES = ("A", "AAAA", "MX", "TXT")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,71 @@ def relay_of(path: str, doc: dict[str, Any]) -> Relay:
         if not isinstance(said[key], str) or not CREDENTIAL.fullmatch(said[key]):
             raise UserError(f"{path}: lab.relay.{key}: write 1 to 64 printable characters without spaces")
     return Relay(said["user"], said["password"])
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record a lab file adds to the lab's DNS (lab.dns.records); an MX's value is "PREFERENCE HOST"."""
+    name: str
+    type: str
+    value: str
+
+
+def is_dns_name(name: str) -> bool:
+    labels = name.rstrip(".").split(".")
+    return 0 < len(name) <= 253 and all(LABEL.fullmatch(label) for label in labels)
+
+
+def dns_of(path: str, doc: dict[str, Any]) -> list[Record]:
+    """lab.dns.records of a lab file: [{name: example.org, type: A|AAAA|MX|TXT, value: ...}], each checked
+    (an A's value an IPv4 address, an AAAA's an IPv6 one, an MX's "10 mail.example.org" or a host name)."""
+    lab = doc.get("lab") if isinstance(doc.get("lab"), dict) else {}
+    said = lab.get("dns") if isinstance(lab, dict) else None
+    if said is None:
+        return []
+    example = "dns: {records: [{name: example.org, type: MX, value: 10 mx.lab}]}"
+    if not isinstance(said, dict) or set(said) != {"records"} or not isinstance(said["records"], list):
+        raise UserError(f"{path}: lab.dns: expected a mapping with a list of records, e.g. {example}")
+    return [dns_record(f"{path}: lab.dns.records[{i}]", entry) for i, entry in enumerate(said["records"])]
+
+
+def dns_record(where: str, entry: Any) -> Record:
+    if not isinstance(entry, dict) or set(entry) != {"name", "type", "value"} or None in entry.values():
+        raise UserError(f"{where}: expected name, type and value, e.g. {{name: example.org, type: A, "
+                        "value: 198.19.25.25}")
+    name, kind, value = (str(entry[k]).strip() for k in ("name", "type", "value"))
+    if not is_dns_name(name):
+        raise UserError(f"{where}: {name!r} is not a domain name")
+    kind = kind.upper()
+    if kind not in DNS_TYPES:
+        raise UserError(f"{where} ({name}): type {entry['type']!r} is not one of {', '.join(DNS_TYPES)}")
+    problem = value_problem(kind, value)
+    if problem:
+        raise UserError(f"{where} ({name} {kind}): {problem}")
+    if kind == "MX" and len(value.split()) == 1:
+        value = f"10 {value}"  # a host alone: the preference every single-MX domain has
+    return Record(name.rstrip(".").lower(), kind, value)
+
+
+def value_problem(kind: str, value: str) -> str | None:
+    """What is wrong with a record's value for its type, or None."""
+    if kind in ("A", "AAAA"):
+        version = 4 if kind == "A" else 6
+        try:
+            if ipaddress.ip_address(value).version == version:
+                return None
+        except ValueError:
+            pass
+        return f"{value!r} is not an IPv{version} address"
+    if kind == "MX":
+        parts = value.split()
+        preference, host = parts if len(parts) == 2 else ("10", parts[0] if parts else "")
+        if len(parts) > 2 or not preference.isdigit() or int(preference) > 65535 or not is_dns_name(host):
+            return f"{value!r}: write a preference and a host name, e.g. 10 mx.lab"
+        return None
+    if not TXT_VALUE.fullmatch(value) or '"' in value or "\\" in value:
+        return f"{value!r}: write 1 to 255 printable characters without quotes or backslashes"
+    return None
 
 
 def lab_for_profile(name: str) -> Path:

@@ -16,12 +16,12 @@ from ..core.profile import Profile, SubscriptionType
 from ..errors import UserError
 from ..state.profiles import load_profile
 from ..state.store import Store
-from .files import LAB_DIR, read_lab, relay_of, resources_of
+from .files import LAB_DIR, dns_of, read_lab, relay_of, resources_of
 from .index import labs_up, note, record_path
 from .namespace_lab import NamespaceLab
-from .netns import end_processes, remove_tagged, run_in
+from .netns import end_processes, exec_in, remove_tagged
 
-LAB_FILES = ("lab.json", "state.db", "state.db-wal", "state.db-shm", "control.sock", "notify-*.sock", "tls")
+LAB_FILES = ("lab.json", "state.db", "state.db-wal", "state.db-shm", "control.sock", "notify-*.sock", "tls", "dns")
 # what a lab leaves that a person wants afterwards: `lab down` keeps it unless told to purge, and the next `lab up`
 # in the same directory moves it aside (earlier-TIME/) rather than refusing the directory
 KEPT = ("mail", "daemon.log", "sink.log")
@@ -46,10 +46,11 @@ def lab_up(lab_file: Path | None, directory: Path, daemon: bool = True) -> dict[
         raise UserError("a lab is up already (see: enforcer lab status); take it down first: enforcer lab down")
     path, doc, internet, _ = read_lab(lab_file)
     relay = relay_of(path, doc)  # a lab file's mistakes are found before anything is made
+    records = dns_of(path, doc)
     earlier = set_aside(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lab = NamespaceLab(directory, internet, tag=tag)
-    lab.relay = relay
+    lab.relay, lab.records = relay, records
     try:
         lab.apply(path, doc)
         lab.up(resources_of(doc))
@@ -167,8 +168,9 @@ def lab_exec(directory: Path, host: str, argv: list[str]) -> int:
     namespace = host_namespace(directory, host)
     if not argv:
         raise UserError("give the command after --: enforcer lab exec VM -- COMMAND")
-    try:  # the tools read the host's name from the environment (smtptry's HELO), as a VM knows its hostname
-        proc = run_in(namespace, argv, env={**os.environ, "ENFORCER_LAB_HOST": host, **relay_env(directory)})
-    except FileNotFoundError:
-        raise UserError(f"command not found: {argv[0]}") from None
-    return proc.wait()
+    # the tools read the host's name from the environment (smtptry's HELO), as a VM knows its hostname
+    env = {**os.environ, "ENFORCER_LAB_HOST": host, **relay_env(directory)}
+    if shutil.which(argv[0], path=env.get("PATH")) is None:  # said here: ip netns exec's own words are longer
+        raise UserError(f"command not found: {argv[0]}")
+    # as `ip netns exec` runs it: the namespace's resolv.conf (the lab's DNS) over /etc/resolv.conf
+    return exec_in(namespace, argv, env=env).wait()

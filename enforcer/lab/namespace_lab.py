@@ -27,10 +27,12 @@ from ..dataplane.control import ask
 from ..errors import Failure
 from ..state.profiles import load_profile
 from ..state.store import Store
-from .files import RELAY_NAME, SINK_PORTS, Relay
+from .dns import unbound_binary, unbound_config
+from .files import RELAY_NAME, SINK_PORTS, Record, Relay
 from .netns import Topology, own_module, remove_tagged, run_in
 
 Attempt = tuple[str, str, int]  # (vm, destination, port)
+DNS_READY = "start of service"  # what unbound logs once it serves
 T = TypeVar("T")
 
 
@@ -62,6 +64,11 @@ class NamespaceLab:
         self.notified: list[str] = []
         self.relay = Relay()  # the relay ports' account: the lab file's lab.relay, set before up()
         self.ca = workdir / "tls" / "relay.pem"  # the relay's certificate, its own CA: what a client trusts
+        self.records: list[Record] = []  # what the lab file adds to the lab's DNS (lab.dns), set before up()
+        self.dns_dir = workdir / "dns"
+        self.dns_log = self.dns_dir / "unbound.log"
+        self.dns: subprocess.Popen[Any] | None = None
+        self.dns_starts = 0  # how many times its log says it serves (once more after each reload)
 
     # ------------------------------------------------------------ the lab's state
 
@@ -93,6 +100,7 @@ class NamespaceLab:
             self.topology.add_vm(name, addresses, macs.get(name))
         self.topology.up()
         self.start_sink()
+        self.start_dns()
         self.bind_links()
 
     def registered_macs(self) -> dict[str, str]:
@@ -120,8 +128,14 @@ class NamespaceLab:
         self.change("enforcer lab up: bind each resource to its link", bind)
 
     def attach(self, name: str, addresses: list[str], mac: str | None = None) -> str:
-        """A new host on a lab that is up; returns the gateway-side link to bind its resource to."""
-        return self.topology.attach(name, addresses, mac).link
+        """A new host on a lab that is up, its NAME.lab answered by the lab's DNS; returns the gateway-side link to
+        bind its resource to."""
+        link = self.topology.attach(name, addresses, mac).link
+        if self.dns is not None:
+            self.write_dns_config()
+            self.dns.send_signal(signal.SIGHUP)  # unbound reads its config again, the new name in it
+            self.wait_dns_serving(self.dns, times=self.dns_starts + 1)
+        return link
 
     def start_sink(self) -> None:
         key = self.make_certificate()
@@ -140,6 +154,39 @@ class NamespaceLab:
         if sink.stdout.readline().strip() != "ready":
             said = last_line(self.workdir / "sink.log")
             raise LabError(f"the SMTP server on the internet host did not start: {said}")
+
+    def start_dns(self) -> None:
+        """unbound on the internet host's addresses, port 53, answering from the config the lab writes (see dns.py);
+        waits until it serves."""
+        binary = unbound_binary()
+        if binary is None:
+            raise LabError("the lab's DNS server is missing: apt-get install unbound")
+        config = self.write_dns_config()
+        self.dns_starts = self.dns_log.read_text(errors="replace").count(DNS_READY) if self.dns_log.exists() else 0
+        with open(self.dns_log, "a") as out:  # its own log, never our stdout/stderr (see start_sink)
+            dns = run_in(self.topology.internet.namespace, [binary, "-d", "-c", str(config)],
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(dns)
+        self.wait_dns_serving(dns, times=self.dns_starts + 1)
+        self.dns = dns
+
+    def write_dns_config(self) -> Path:
+        self.dns_dir.mkdir(parents=True, exist_ok=True)
+        config = self.dns_dir / "unbound.conf"
+        resources = {name: host.addresses for name, host in self.topology.vms.items()}
+        config.write_text(unbound_config(self.dns_dir, self.internet, self.internet, resources, self.records))
+        return config
+
+    def wait_dns_serving(self, dns: subprocess.Popen[Any], times: int) -> None:
+        """Until unbound's log says it serves for the `times`th time: it says so once every socket is bound, at
+        its start and after each reload; a mistake in the config ends it at once."""
+        deadline = time.monotonic() + 20
+        while self.dns_log.read_text(errors="replace").count(DNS_READY) < times:
+            if dns.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"the DNS server on the internet host did not start: {last_line(self.dns_log)} "
+                               f"(its log: {self.dns_log})")
+            time.sleep(0.05)
+        self.dns_starts = times
 
     def make_certificate(self) -> Path:
         """The relay's certificate (self-signed, for relay.lab, internet.lab and the internet host's addresses),

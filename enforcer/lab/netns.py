@@ -11,8 +11,10 @@ All namespaces carrying the tag are removed by down(), also after a crash of up(
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +31,8 @@ IFA_F_NODAD = 0x02        # IPv6 addresses usable at once, no duplicate address 
 # Every lab address comes from these; the host routes them nowhere (see guard_lab_ranges).
 LAB_RANGES = ("198.18.0.0/15", "2001:db8::/32")
 RTN_UNREACHABLE = 7
+# where `ip netns exec NAME` finds the files it binds over /etc for that namespace (resolv.conf: the lab's DNS)
+NETNS_ETC = "/etc/netns"
 EEXIST = 17
 
 
@@ -85,6 +89,20 @@ def in_namespace(name: str) -> Callable[[], None]:
 
 def run_in(namespace: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
     return subprocess.Popen(argv, preexec_fn=in_namespace(namespace), **kwargs)
+
+
+def exec_in(namespace: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """Run a command as `ip netns exec` does, for what a person runs on a lab host: besides the network namespace,
+    a mount namespace of its own with /etc/netns/NAME's files (resolv.conf) over /etc's, as on the VM itself."""
+    return subprocess.Popen(["ip", "netns", "exec", namespace, *argv], **kwargs)
+
+
+def write_resolv_conf(namespace: str, nameservers: list[str]) -> None:
+    directory = os.path.join(NETNS_ETC, namespace)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "resolv.conf"), "w") as f:
+        f.write("# the lab's DNS on its internet host (enforcer lab)\n"
+                + "".join(f"nameserver {a}\n" for a in nameservers))
 
 
 def own_module(module: str, *args: str) -> list[str]:
@@ -165,9 +183,10 @@ class Topology:
                         v.addr("add", index=vi, address=address, prefixlen=prefixlen)
                     v.route("add", dst="0.0.0.0/0", gateway=gateway, oif=vi)
 
-    @staticmethod
-    def _create(name: str) -> None:
+    def _create(self, name: str) -> None:
+        """A namespace with its loopback up, resolving through the lab's DNS on the internet host."""
         netns.create(name)
+        write_resolv_conf(name, self.internet.addresses)
         with NetNS(name) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
 
@@ -263,6 +282,13 @@ def remove_tagged(tag: str) -> list[str]:
             gone.append(name)
         except OSError:
             pass
+    # their /etc/netns files too, also those whose namespace a crash already took
+    if os.path.isdir(NETNS_ETC):
+        for entry in os.listdir(NETNS_ETC):
+            if entry.startswith(f"{tag}-"):
+                shutil.rmtree(os.path.join(NETNS_ETC, entry), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(NETNS_ETC)  # only when empty: what we made for the lab, nothing of anyone else's
     return gone
 
 

@@ -131,21 +131,37 @@ def test_all_exits_with_the_worst_of_its_demos():
     assert overall([EXIT_LAB_NOT_READY, EXIT_DIFFERS, 0]) == EXIT_DIFFERS
 
 
-@pytest.mark.parametrize("relay, complaint", [
-    ("nope", "lab.relay: expected a mapping with user and password"),
-    ({"user": "lab"}, "lab.relay: expected a mapping with user and password"),
-    ({"user": "lab", "password": "two words"}, "lab.relay.password: write 1 to 64 printable characters"),
-    ({"user": "", "password": "x"}, "lab.relay.user: write 1 to 64 printable characters"),
-    ({"user": 7, "password": "x"}, "lab.relay.user: write 1 to 64 printable characters"),
-    ({"user": "lab", "password": "x" * 65}, "lab.relay.password: write 1 to 64 printable characters"),
+@pytest.mark.parametrize("key, said, complaint", [
+    ("relay", "nope", "lab.relay: expected a mapping with user and password"),
+    ("relay", {"user": "lab"}, "lab.relay: expected a mapping with user and password"),
+    ("relay", {"user": "lab", "password": "two words"}, "lab.relay.password: write 1 to 64 printable characters"),
+    ("relay", {"user": "", "password": "x"}, "lab.relay.user: write 1 to 64 printable characters"),
+    ("relay", {"user": 7, "password": "x"}, "lab.relay.user: write 1 to 64 printable characters"),
+    ("relay", {"user": "lab", "password": "x" * 65}, "lab.relay.password: write 1 to 64 printable characters"),
+    ("dns", [{"name": "example.org"}], "lab.dns: expected a mapping with a list of records"),
+    ("dns", {"records": [{"name": "example.org", "type": "CNAME", "value": "mx.lab"}]},
+     "lab.dns.records[0] (example.org): type 'CNAME' is not one of A, AAAA, MX, TXT"),
+    ("dns", {"records": [{"name": "ok.example", "type": "A", "value": "198.19.25.9"},
+                         {"name": "example.org", "type": "MX"}]}, "lab.dns.records[1]: expected name, type and value"),
+    ("dns", {"records": [{"name": "example.org", "type": "TXT", "value": None}]},
+     "lab.dns.records[0]: expected name, type and value"),
+    ("dns", {"records": [{"name": "example.org", "type": "A", "value": "2001:db8::1"}]},
+     "lab.dns.records[0] (example.org A): '2001:db8::1' is not an IPv4 address"),
+    ("dns", {"records": [{"name": "example.org", "type": "MX", "value": "ten mx.lab"}]},
+     "lab.dns.records[0] (example.org MX): 'ten mx.lab': write a preference and a host name"),
+    ("dns", {"records": [{"name": "bad name.org", "type": "A", "value": "198.19.25.9"}]},
+     "lab.dns.records[0]: 'bad name.org' is not a domain name"),
+    ("dns", {"records": [{"name": "example.org", "type": "TXT", "value": 'say "hi"'}]},
+     "lab.dns.records[0] (example.org TXT): 'say \"hi\"': write 1 to 255 printable characters without quotes"),
 ])
-def test_a_lab_files_relay_account_is_checked(tmp_path, capsys, relay, complaint):
-    """The relay's account in a lab file: one line naming the key and how to write it, exit 2, nothing made."""
+def test_a_lab_files_relay_account_and_dns_records_are_checked(tmp_path, capsys, key, said, complaint):
+    """The relay's account and the DNS records in a lab file: one line naming the entry and how to write it, exit 2,
+    nothing made."""
     import yaml
     from support.cli import Cli
     from support.paths import LAB
     doc = yaml.safe_load(LAB.read_text())
-    doc["lab"]["relay"] = relay
+    doc["lab"][key] = said
     bad = tmp_path / "lab.yml"
     bad.write_text(yaml.safe_dump(doc))
     out = Cli(tmp_path / "state.db", capsys)("lab", "up", "--lab", str(bad), "--dir", str(tmp_path / "lab"), expect=2)
