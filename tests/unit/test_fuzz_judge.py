@@ -78,7 +78,7 @@ def mutate(packet: bytes, rng: random.Random) -> bytes:
         elif step == "junk":
             data += rng.randbytes(rng.randrange(65))
         elif step == "huge":                                                 # past any MTU, up to 64 KiB
-            data += bytes(rng.randrange(1, 65536 - min(len(data), 65535)))
+            data += bytes(rng.randrange(65536 - min(len(data), 65535)))
     return bytes(data)
 
 
