@@ -77,8 +77,8 @@ def mutate(packet: bytes, rng: random.Random) -> bytes:
             data[at:at + 2] = rng.choice([0, 1, 20, 40, 0x7fff, 0xffff, rng.randrange(0x10000)]).to_bytes(2, "big")
         elif step == "junk":
             data += rng.randbytes(rng.randrange(65))
-        elif step == "huge" and len(data) < 65535:                           # past any MTU, up to 64 KiB
-            data += bytes(rng.randrange(1, 65536 - len(data)))
+        elif step == "huge":                                                 # past any MTU, up to 64 KiB
+            data += bytes(rng.randrange(65536 - min(len(data), 65535)))
     return bytes(data)
 
 
