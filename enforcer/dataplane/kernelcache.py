@@ -46,7 +46,6 @@ class KernelCache:
             raise ValueError(f"unknown backend {backend_name!r}; the kernel cache needs iptables or nftables")
         if not 1 <= timeout <= 86400:
             raise ValueError(f"timeout {timeout}: expected 1 to 86400 seconds")
-        self.timeout = timeout
         self.writer = backend(run or runner_in(netns)).cache_writer(timeout, netns, sock)
         # what remember() did, since the start: added, already there (left as they were), refused as the set is full
         self.counts = self.writer.counts

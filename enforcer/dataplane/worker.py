@@ -103,7 +103,7 @@ class LinkWatcher:
 
     What remains: the kernel queues the event on this socket before `ip link set ... name` returns, but this
     thread needs the GIL to act on it, and the packet thread holds it while it judges (Python hands it over after
-    at most sys.getswitchinterval(), 5 ms, plus scheduling). A SYN judged in between can still match the old name.
+    at most SWITCH_INTERVAL, 0.5 ms, plus scheduling). A SYN judged in between can still match the old name.
     The Judge bounds that itself: it reads a matching name again once it is name_ttl_ns (10 ms) old, event or
     not. Closing it entirely would mean reading the name for every bound SYN (name_ttl_ns = 0: one ioctl, 0.7-1.1
     us a bound SYN on the development machine, against ~5.5 us a SYN at the queue; see BENCHMARKS.md)."""
