@@ -7,15 +7,20 @@
 # tests' commands), the shell linter, systemd (systemd-analyze verifies the unit), prometheus (with promtool: the
 # metrics and the alert rules are checked by the real ones), lintian and libyaml-dev (the Debian package is built
 # and checked), bind9-dnsutils (dig: the lab's DNS is asked from inside its VMs) and the [test,dev] extras (pytest,
-# the build backend, the linters).
+# the build backend, the linters); and what --mta adds.
+# --mta adds Debian's Postfix and swaks, for `enforcer lab mta` and `lab demo --mta` (a real MTA inside lab hosts).
+# Postfix comes preseeded as "No configuration": no system mail server is set up or started on this machine; the lab
+# runs instances of its own. (On a machine with another MTA, apt replaces it: the reason this is not the default.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage="usage: $0 [--test]"
+usage="usage: $0 [--test] [--mta]"
 with_tests=0
+with_mta=0
 for arg in "$@"; do
     case "$arg" in
-        --test) with_tests=1 ;;
+        --test) with_tests=1; with_mta=1 ;;
+        --mta) with_mta=1 ;;
         -h|--help) echo "$usage"; exit 0 ;;
         *) echo "install.sh: unknown argument '$arg'; $usage" >&2; exit 2 ;;
     esac
@@ -38,12 +43,18 @@ if [ "$with_tests" -eq 1 ]; then
                prometheus lintian libyaml-dev bind9-dnsutils)
     extras="[test,dev]"
 fi
+if [ "$with_mta" -eq 1 ]; then
+    # libsasl2-modules: Postfix's SASL client (PLAIN, LOGIN); the Perl modules: swaks's --tls, --auth and MX lookups
+    packages+=(postfix libsasl2-modules swaks libnet-ssleay-perl libauthen-sasl-perl libnet-dns-perl
+               libio-socket-inet6-perl)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update
     apt-get install -y --no-install-recommends "${missing[@]}"
 fi

@@ -40,7 +40,9 @@ lab_file_option = click.option("--lab", "lab_file", type=click.Path(dir_okay=Fal
 @click.option("--all", "every", is_flag=True, help="Every provider's lab in turn, then one summary table.")
 @click.option("--timeout", type=click.FloatRange(0.5, 30), default=2.5, show_default=True,
               help="Seconds an SMTP attempt waits before it counts as a time-out (a silent drop).")
-def lab_demo(lab_file: Path | None, profile: str | None, every: bool, timeout: float) -> None:
+@click.option("--mta", is_flag=True, help="Tell the exemption story with Debian's Postfix on the resources (deferred "
+              "mail, the relay, the restart) instead of the table; needs postfix and swaks (install.sh --mta).")
+def lab_demo(lab_file: Path | None, profile: str | None, every: bool, timeout: float, mta: bool) -> None:
     """Build the lab in network namespaces (Azure's, or the provider's of --profile or --lab; --all: each in turn),
     start the enforcer on its gateway, try real SMTP deliveries from every resource to 25, 465 and 587, compare
     with the lab file, walk the provider's exemption story, tear down. Needs root; exits non-zero if any outcome
@@ -49,9 +51,11 @@ def lab_demo(lab_file: Path | None, profile: str | None, every: bool, timeout: f
     from ..lab.files import lab_for_profile
     if sum((lab_file is not None, profile is not None, every)) > 1:
         raise UserError("give one of --lab FILE, --profile NAME or --all, not several")
+    if mta and every:
+        raise UserError("--mta tells one provider's story: give --profile NAME or --lab FILE, not --all")
     if profile is not None:
         lab_file = lab_for_profile(profile)
-    code = run_all(console(), timeout) if every else run_demo(lab_file, console(), timeout)
+    code = run_all(console(), timeout) if every else run_demo(lab_file, console(), timeout, mta)
     if code:
         raise SystemExit(code)
 
@@ -144,6 +148,91 @@ def lab_exec(directory: Path, host: str, command: tuple[str, ...]) -> None:
     code = lab_exec(directory, host, list(command))
     if code:
         raise SystemExit(code)
+
+
+@lab.command("explain")
+@lab_dir_option
+@click.argument("host")
+@json_option
+def lab_explain(directory: Path, host: str, as_json: bool) -> None:
+    """What blocks HOST's mail and the provider's way out: the verdict on port 25, the enforcer's drops, and what
+    its Postfix (lab mta) holds deferred, each reason read."""
+    from ..lab.explain import explain, lines
+    found = explain(directory, host)
+    if as_json:
+        return emit_json(found)
+    for line in lines(found):
+        click.echo(line)
+
+
+@lab.group("mta")
+def lab_mta() -> None:
+    """Debian's Postfix inside lab hosts, an instance of each host's own (its config, queue and log in the lab's
+    directory): mail taken on the host's 127.0.0.1:25 goes out by MX on port 25, or through the lab's relay."""
+
+
+@lab_mta.command("start")
+@lab_dir_option
+@click.argument("host")
+@click.option("--relay/--direct", default=False, show_default=True,
+              help="Send everything through the lab's authenticated relay (relayhost = [relay.lab]:587, SASL over "
+                   "required TLS), or by MX on port 25.")
+def lab_mta_start(directory: Path, host: str, relay: bool) -> None:
+    """Start HOST's Postfix, or reconfigure the one that runs (its deferred mail is retried at once)."""
+    from ..lab.manage import postfix_of, start_postfix
+    done = start_postfix(directory, host, relay)
+    _, instance = postfix_of(directory, host)
+    where = "" if directory.resolve() == LAB_DIR else f" --dir {directory}"
+    click.echo(f"postfix {done} on {host} ({'through relay.lab' if relay else 'by MX on port 25'}); its config "
+               f"{instance.config}, its log {instance.log}")
+    click.echo(f"try: enforcer lab exec{where} {host} -- swaks --server 127.0.0.1 --to someone@gmail.com")
+    click.echo(f"     enforcer lab mta queue{where} {host}; enforcer lab explain{where} {host}")
+
+
+@lab_mta.command("stop")
+@lab_dir_option
+@click.argument("host")
+def lab_mta_stop(directory: Path, host: str) -> None:
+    """Stop HOST's Postfix (its queue stays; `start` runs it again)."""
+    from ..lab.manage import postfix_of
+    from ..lab.mta import stop
+    namespace, instance = postfix_of(directory, host)
+    click.echo(f"postfix stopped on {host}" if stop(namespace, instance) else f"no Postfix runs on {host}")
+
+
+@lab_mta.command("flush")
+@lab_dir_option
+@click.argument("host")
+def lab_mta_flush(directory: Path, host: str) -> None:
+    """Retry HOST's queued mail now (postqueue -f)."""
+    from ..lab.manage import postfix_of
+    from ..lab.mta import flush, running
+    namespace, instance = postfix_of(directory, host)
+    if not running(instance):
+        raise UserError(f"no Postfix runs on {host}; start it: enforcer lab mta start {host}")
+    flush(namespace, instance)
+    click.echo(f"postfix on {host}: queue retried; see: enforcer lab mta queue {host}")
+
+
+@lab_mta.command("queue")
+@lab_dir_option
+@click.argument("host")
+@json_option
+def lab_mta_queue(directory: Path, host: str, as_json: bool) -> None:
+    """HOST's Postfix queue (postqueue -j), each deferral's reason read: a time-out is the provider's block."""
+    from ..lab.manage import postfix_of
+    from ..lab.mta import deferral, queue
+    namespace, instance = postfix_of(directory, host)
+    messages = queue(namespace, instance)
+    if as_json:
+        return emit_json(messages)
+    if not messages:
+        click.echo(f"{host}'s Postfix queue is empty")
+        return
+    show_table(f"{host}'s Postfix queue", ["id", "queue", "to", "reason", "that is"],
+               [[m["queue_id"], m["queue_name"], r["address"], r.get("delay_reason", ""),
+                 deferral(r.get("delay_reason", ""))[0] if r.get("delay_reason") else ""]
+                for m in messages for r in m.get("recipients", [])])
 
 
 @click.command()

@@ -102,12 +102,17 @@ def lifecycle_command(name: str, operation: Callable[[Inventory, Profile, str], 
         echo_lines(c.change(operation, resource))
 
 
-def shutdown_command(name: str, operation: Callable[[Inventory, Profile, str], Any], doc: str) -> None:
-    """A command that shuts the VM down on the platform: in a namespace lab that is up over this state, the lab
-    host's processes end as they would (a mail queue on disk stays)."""
-    @vm.command(name, help=doc + " In a namespace lab, the VM's processes end, as in a shutdown.")
+def machine_command(name: str, operation: Callable[[Inventory, Profile, str], Any], doc: str, ends: bool,
+                    boots: bool) -> None:
+    """A command that stops or starts the VM on the platform: in a namespace lab that is up over this state, the
+    lab host's processes end as in a shutdown (a mail queue on disk stays), and what the lab made start at a boot
+    (a Postfix of `lab mta start`) starts again."""
+    said = " In a namespace lab, the VM's processes end, as in a shutdown." if ends else ""
+    said += " In a namespace lab, its Postfix (lab mta) starts, as at a boot." if boots else ""
+
+    @vm.command(name, help=doc + said)
     @click.argument("resource", shell_complete=resource_names)
-    @click.option("--keep-processes", is_flag=True, help="In a namespace lab, leave the VM's processes running.")
+    @click.option("--keep-processes", is_flag=True, help="In a namespace lab, leave the VM's processes alone.")
     @pass_ctx
     def command(c: Context, resource: str, keep_processes: bool) -> None:
         echo_lines(c.change(operation, resource))
@@ -115,12 +120,14 @@ def shutdown_command(name: str, operation: Callable[[Inventory, Profile, str], A
         record = None if keep_processes else lab_of_state(c.state_path)
         if record is not None:
             from ..lab.manage import reboot
-            for host in reboot(record, [resource]):
+            for host in reboot(record, [resource], end=ends, boot=boots):
                 click.echo(f"lab: the processes of '{host}' ended, as in a shutdown (--keep-processes keeps them)")
 
 
-lifecycle_command("start", lifecycle.start, "Start; from deallocated it pulls the current policy.")
-shutdown_command("stop", lifecycle.stop, "Stop, staying allocated: it keeps its policy.")
-shutdown_command("deallocate", lifecycle.deallocate, "Deallocate: the next start pulls the current policy.")
-shutdown_command("restart", lifecycle.restart, "Stop, deallocate and start: pick up the current policy (rule 5).")
+machine_command("start", lifecycle.start, "Start; from deallocated it pulls the current policy.", False, True)
+machine_command("stop", lifecycle.stop, "Stop, staying allocated: it keeps its policy.", True, False)
+machine_command("deallocate", lifecycle.deallocate, "Deallocate: the next start pulls the current policy.", True,
+                False)
+machine_command("restart", lifecycle.restart, "Stop, deallocate and start: pick up the current policy (rule 5).",
+                True, True)
 lifecycle_command("remove", lifecycle.remove_resource, "Remove a resource.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import tempfile
 import time
 import uuid
@@ -82,6 +83,7 @@ class Demo:
 
     def run_lab(self) -> int:
         with tempfile.TemporaryDirectory(prefix="enforcer-demo-") as tmp:
+            os.chmod(tmp, 0o711)  # the lab's Postfix (demo --mta) runs as its own user and must reach its files
             lab = NamespaceLab(Path(tmp), self.internet, tag=f"p25demo{uuid.uuid4().hex[:4]}")
             lab.relay, lab.records = self.relay, self.records
             try:
@@ -93,11 +95,15 @@ class Demo:
                                        f"{', '.join(f'{vm} to {dst}' for vm, dst in not_ready)}; this is the lab, "
                                        "not the enforcer: run the demo again")
                     return EXIT_LAB_NOT_READY
-                self.table(lab)
-                self.exemption_story(lab)
+                self.show(lab)
             finally:
                 lab.close()
         return self.verdict()
+
+    def show(self, lab: NamespaceLab) -> None:
+        """What the demo shows once the lab is up and ready: every resource's deliveries, then the story."""
+        self.table(lab)
+        self.exemption_story(lab)
 
     def verdict(self) -> int:
         if self.lab_faults:
@@ -278,7 +284,10 @@ class Demo:
         return {"delivered": "[green]delivered[/]", "timeout": "[red]timeout[/]"}.get(word, f"[yellow]{word}[/]")
 
 
-def run_demo(lab_file: Path | None, console: Console, timeout: float = 2.5) -> int:
+def run_demo(lab_file: Path | None, console: Console, timeout: float = 2.5, mta: bool = False) -> int:
+    if mta:
+        from .mta_demo import MtaDemo
+        return MtaDemo(lab_file, console, timeout).run()
     return Demo(lab_file, console, timeout).run()
 
 

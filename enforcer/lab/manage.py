@@ -17,14 +17,17 @@ from ..errors import UserError
 from ..state.profiles import load_profile
 from ..state.store import Store
 from .files import LAB_DIR, dns_of, read_lab, relay_of, resources_of
+from . import mta
 from .index import labs_up, note, record_path
 from .namespace_lab import NamespaceLab
 from .netns import end_processes, exec_in, remove_tagged
+from .story import open_port
 
-LAB_FILES = ("lab.json", "state.db", "state.db-wal", "state.db-shm", "control.sock", "notify-*.sock", "tls", "dns")
+LAB_FILES = ("lab.json", "state.db", "state.db-wal", "state.db-shm", "control.sock", "notify-*.sock", "tls", "dns",
+             "postfix")
 # what a lab leaves that a person wants afterwards: `lab down` keeps it unless told to purge, and the next `lab up`
 # in the same directory moves it aside (earlier-TIME/) rather than refusing the directory
-KEPT = ("mail", "daemon.log", "sink.log")
+KEPT = ("mail", "daemon.log", "sink.log", "postfix-logs")
 
 
 def tag_for(directory: Path) -> str:
@@ -151,10 +154,47 @@ def account_type(directory: Path, host: str, profile: Profile) -> SubscriptionTy
         store.close()
 
 
-def reboot(record: dict[str, Any], hosts: list[str]) -> list[str]:
+def reboot(record: dict[str, Any], hosts: list[str], end: bool = True, boot: bool = False) -> list[str]:
     """A stop of these lab hosts, as the platform's stop or restart is one: every process in their namespaces
-    ends (their files, and so a mail queue on disk, stay); returns the hosts that had any."""
-    return [h for h in hosts if h in record["hosts"] and end_processes([record["hosts"][h]])]
+    ends (their files, and so a mail queue on disk, stay); returns the hosts that had any. `boot`: then they
+    start, and with them what starts at a boot (the Postfix the lab made for a host)."""
+    ended = [h for h in hosts if end and h in record["hosts"] and end_processes([record["hosts"][h]])]
+    if boot:
+        directory = Path(record["state"]).parent
+        for h in (h for h in hosts if h in record["hosts"]):
+            mta.boot(record["hosts"][h], mta.Instance(directory, h))
+    return ended
+
+
+def postfix_of(directory: Path, host: str) -> tuple[str, mta.Instance]:
+    """(the namespace, the Postfix instance) of a lab host; a host that is no resource has none."""
+    record = lab_record(directory)
+    if host not in record["hosts"]:
+        raise UserError(f"no lab resource '{host}'; use one of: {', '.join(sorted(record['hosts']))}")
+    return record["hosts"][host], mta.Instance(directory, host)
+
+
+def start_postfix(directory: Path, host: str, relay: bool) -> str:
+    """Start (or reconfigure) a lab host's Postfix: direct MX delivery, or every message through the lab's relay
+    on the port the lab's provider leaves open (587; 2525 where 587 is blocked too)."""
+    namespace, instance = postfix_of(directory, host)
+    record = lab_record(directory)
+    families = {6 if ":" in a else 4 for a in record["addresses"][host]}
+    via = None
+    if relay:
+        account = record.get("relay") or {}
+        via = mta.RelayHost(open_port(lab_profile(directory)), account.get("user", ""), account.get("password", ""),
+                            account.get("ca", ""))
+    return mta.start(namespace, instance, families, via)
+
+
+def lab_profile(directory: Path) -> Profile:
+    store = Store(lab_record(directory)["state"])
+    try:
+        inv, _ = store.read()
+    finally:
+        store.close()
+    return load_profile(inv.profile)
 
 
 def relay_env(directory: Path) -> dict[str, str]:
@@ -170,6 +210,9 @@ def lab_exec(directory: Path, host: str, argv: list[str]) -> int:
         raise UserError("give the command after --: enforcer lab exec VM -- COMMAND")
     # the tools read the host's name from the environment (smtptry's HELO), as a VM knows its hostname
     env = {**os.environ, "ENFORCER_LAB_HOST": host, **relay_env(directory)}
+    instance = mta.Instance(directory, host)
+    if instance.exists():  # postqueue, mailq, sendmail: the host's own Postfix, as on the VM
+        env["MAIL_CONFIG"] = str(instance.config)
     if shutil.which(argv[0], path=env.get("PATH")) is None:  # said here: ip netns exec's own words are longer
         raise UserError(f"command not found: {argv[0]}")
     # as `ip netns exec` runs it: the namespace's resolv.conf (the lab's DNS) over /etc/resolv.conf

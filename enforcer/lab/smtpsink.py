@@ -65,7 +65,8 @@ def received(maildir: Path) -> list[dict[str, Any]]:
         out.append({"file": str(path), "port": int(h.get("X-Lab-Port", "0")), "family": h.get("X-Lab-Family"),
                     "from": str(h.get("X-Lab-Envelope-From", "")).strip("<>"),
                     "to": [r.strip().strip("<>") for r in str(h.get("X-Lab-Envelope-To", "")).split(",") if r.strip()],
-                    "subject": h.get("Subject"), "received": h.get("Received")})
+                    "subject": h.get("Subject"), "received": h.get("Received"),
+                    "authenticated": h.get("X-Lab-Authenticated") == "yes"})
     return out
 
 

@@ -71,32 +71,38 @@ def open_port(profile: Profile) -> int:
     return next(p for p in (587, 465, RELAY_PORT) if p not in profile.restricted_ports)
 
 
+def blocked_by_account(profile: Profile, inv: Inventory, expect: dict[str, dict[int, str]],
+                       r: Resource) -> tuple[int, ...]:
+    """The ports r's own account blocks (not its kind, not an appliance it leaves through)."""
+    sub = inv.subscriptions[r.subscription]
+    if not profile.kinds[r.kind].follows_subscription or r.egress or sub.exempt \
+            or not profile.types[sub.type].blocked_by_default:
+        return ()
+    return tuple(p for p in SMTP_PORTS if expect.get(r.name, {}).get(p) == "blocked")
+
+
+def cast(profile: Profile, inv: Inventory, expect: dict[str, dict[int, str]]) -> tuple[Resource | None,
+                                                                                          Resource | None]:
+    """The story's two resources: the first blocked by its account where the account has a way out, and the
+    first whose account is never exempted (either None where the lab file has none)."""
+    def first(kinds: frozenset[Exemption]) -> Resource | None:
+        return next((r for r in inv.resources.values() if blocked_by_account(profile, inv, expect, r)
+                     and profile.types[inv.subscriptions[r.subscription].type].exemption in kinds), None)
+    return first(SELF_GRANTED | OPERATOR_GRANTED | {Exemption.REACTIVE}), first(frozenset({Exemption.NEVER}))
+
+
 def plan(profile: Profile, inv: Inventory, expect: dict[str, dict[int, str]], today: datetime.date) -> list[Step]:
     """The story's steps for a lab file: its inventory (converged from the file) and what it expects of each
     resource per port."""
     resources = list(inv.resources.values())
-
-    def blocked_by_account(r: Resource) -> tuple[int, ...]:
-        """The ports r's own account blocks (not its kind, not an appliance it leaves through)."""
-        sub = inv.subscriptions[r.subscription]
-        if not profile.kinds[r.kind].follows_subscription or r.egress or sub.exempt \
-                or not profile.types[sub.type].blocked_by_default:
-            return ()
-        return tuple(p for p in SMTP_PORTS if expect.get(r.name, {}).get(p) == "blocked")
-
-    def first(kinds: frozenset[Exemption]) -> Resource | None:
-        return next((r for r in resources if blocked_by_account(r)
-                     and profile.types[inv.subscriptions[r.subscription].type].exemption in kinds), None)
-
+    candidate, never = cast(profile, inv, expect)
     steps: list[Step] = []
-    candidate = first(SELF_GRANTED | OPERATOR_GRANTED | {Exemption.REACTIVE})
     if candidate is not None:
         steps += _exemption(profile, candidate, inv.subscriptions[candidate.subscription],
-                            blocked_by_account(candidate), resources, today)
-    never = first(frozenset({Exemption.NEVER}))
+                            blocked_by_account(profile, inv, expect, candidate), resources, today)
     if never is not None:
-        steps += _refusal(profile, never, inv.subscriptions[never.subscription], blocked_by_account(never),
-                          relay=candidate is None)
+        steps += _refusal(profile, never, inv.subscriptions[never.subscription],
+                          blocked_by_account(profile, inv, expect, never), relay=candidate is None)
     return steps
 
 
