@@ -38,7 +38,8 @@ SUBMISSION, SMTPS, ALTERNATE = 587, 465, 2525
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("port25_lab", "port25-enforcer's lab (the port25_lab fixture)")
     group.addoption("--port25-lab", dest="port25_lab_file", metavar="FILE", default=None,
-                    help="the lab file port25_lab builds (default: port25-enforcer's vagrant/lab.yml, Azure's)")
+                    help="the lab file port25_lab builds (default: port25-enforcer's vagrant/lab.yml, Azure's); "
+                         "write --port25-lab=FILE: pytest picks its rootdir before it knows this option takes a value")
     group.addoption("--port25-profile", dest="port25_profile", metavar="NAME", default=None,
                     help="the lab of a provider's profile instead: vagrant/labs/NAME.yml (see: enforcer profile list)")
 
