@@ -142,7 +142,30 @@ def test_the_users_tests_pass_in_the_lab(project):
 
 
 FAILING = '''
+import subprocess
 import sys
+
+import pytest
+from enforcer.lab.pytest_plugin import CommandFailed
+
+def test_run_is_subprocess_run_in_the_host(port25_lab):
+    done = port25_lab.run("shop-web", ["sh", "-c", "cat; echo $ENFORCER_LAB_HOST $MINE; ip -br addr show eth0"],
+                          input="in ", capture_output=True, text=True, env={"MINE": "mine"})
+    assert done.args == ["sh", "-c", "cat; echo $ENFORCER_LAB_HOST $MINE; ip -br addr show eth0"]
+    assert done.stdout.startswith("in shop-web mine\\neth0") and port25_lab.resources["shop-web"][0] in done.stdout
+    with pytest.raises(subprocess.CalledProcessError) as e:
+        port25_lab.run("shop-web", ["false"], check=True)
+    assert e.value.cmd == ["false"]
+    with pytest.raises(FileNotFoundError):
+        port25_lab.run("shop-web", ["no-such-command"])
+    with pytest.raises(subprocess.TimeoutExpired):
+        port25_lab.run("shop-web", ["sleep", "5"], timeout=0.5)
+
+def test_a_wrong_change_is_the_enforcers_one_line(port25_lab):
+    with pytest.raises(CommandFailed) as e:
+        port25_lab.change("vm", "restart", "nope")
+    assert e.value.returncode == 2
+    assert e.value.line == "enforcer: error: no resource 'nope'; list them with: enforcer vm list"
 
 def test_uses_the_lab_then_fails(port25_lab):
     assert port25_lab.run("shop-web", [sys.executable, "-c", "print(1)"], capture_output=True).stdout == b"1\\n"
@@ -159,7 +182,7 @@ def test_the_lab_comes_down_when_the_users_tests_fail(project):
     (project.path / "test_failing.py").write_text(FAILING)
     done = project.pytest(f"--port25-lab={project.write_lab({'ea-vm', 'shop-web'})}", "test_failing.py")
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "2 failed" in done.stdout and "the user's test fails" in done.stdout
+    assert "2 failed, 2 passed" in done.stdout and "the user's test fails" in done.stdout
     assert "port25_lab: removed 4 namespace(s); kept for you: " in done.stdout
     assert not project.namespaces()
     assert (project.lab_dir / "daemon.log").exists(), "a failed session keeps the lab's logs for its author"
