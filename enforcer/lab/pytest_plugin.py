@@ -222,19 +222,17 @@ class Lab:
     def _argv(self, host: str, argv: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
               kwargs: dict[str, Any]) -> tuple[list[str], list[str], dict[str, Any]]:
         """(the command as given, as run inside the namespace, the keywords for subprocess)."""
-        if kwargs.pop("shell", False):
-            command = ["/bin/sh", "-c", os.fspath(argv)]  # type: ignore[arg-type]
-        elif isinstance(argv, (str, os.PathLike)):
-            command = [os.fspath(argv)]
-        else:
-            command = [os.fspath(a) for a in argv]
+        namespace = self.namespace(host)  # an unknown host first: the mistake to hear of
+        given = [os.fspath(argv)] if isinstance(argv, (str, os.PathLike)) else [os.fspath(a) for a in argv]
+        # shell=True as subprocess has it: the first item is the script, the rest its $0, $1...
+        command = ["/bin/sh", "-c", *given] if kwargs.pop("shell", False) else given
         env = self.env(host, kwargs.pop("env", None))
         # as subprocess says it, rather than `ip netns exec`'s own words and status 255
         if not command or shutil.which(command[0], path=env.get("PATH")) is None:
             name = command[0] if command else ""
             raise FileNotFoundError(errno.ENOENT, f"No such file or directory: {name!r}", name)
         # `ip netns exec`, as `enforcer lab exec` does: the namespace's resolv.conf (the lab's DNS) over /etc's
-        return command, ["ip", "netns", "exec", self.namespace(host), *command], {**kwargs, "env": env}
+        return command, ["ip", "netns", "exec", namespace, *command], {**kwargs, "env": env}
 
     def run(self, host: str, argv: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
             **kwargs: Any) -> subprocess.CompletedProcess[Any]:

@@ -190,7 +190,8 @@ def test_the_lab_comes_down_when_the_users_tests_fail(project):
 
 @needs_lab
 def test_an_unknown_host_is_one_line_and_exit_status_2(project):
-    (project.path / "test_typo.py").write_text("def test_typo(port25_lab):\n    port25_lab.run('shop-wbe', ['true'])\n")
+    (project.path / "test_typo.py").write_text(
+        "def test_typo(port25_lab):\n    port25_lab.run('shop-wbe', ['no-such-command'])\n")
     done = project.pytest(f"--port25-lab={project.write_lab({'shop-web'})}", "test_typo.py")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "port25_lab: no lab host 'shop-wbe'; use one of: shop-web, gateway, internet" in done.stdout
