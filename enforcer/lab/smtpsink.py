@@ -57,7 +57,8 @@ class Sink:
 
 
 def received(maildir: Path) -> list[dict[str, Any]]:
-    """What the sink kept in `maildir`, oldest first: each message's envelope, port and family, as it wrote them."""
+    """What the sink kept in `maildir`, oldest first: each message's envelope, port, family and whether its client
+    authenticated (AUTH on a relay port), as it wrote them."""
     out = []
     for path in sorted(maildir.glob("*.eml")) if maildir.is_dir() else ():
         with path.open("rb") as f:
@@ -65,8 +66,8 @@ def received(maildir: Path) -> list[dict[str, Any]]:
         out.append({"file": str(path), "port": int(h.get("X-Lab-Port", "0")), "family": h.get("X-Lab-Family"),
                     "from": str(h.get("X-Lab-Envelope-From", "")).strip("<>"),
                     "to": [r.strip().strip("<>") for r in str(h.get("X-Lab-Envelope-To", "")).split(",") if r.strip()],
-                    "subject": h.get("Subject"), "received": h.get("Received"),
-                    "authenticated": h.get("X-Lab-Authenticated") == "yes"})
+                    "subject": h.get("Subject"), "authenticated": h.get("X-Lab-Authenticated") == "yes",
+                    "received": h.get("Received")})
     return out
 
 

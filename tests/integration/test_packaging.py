@@ -168,3 +168,27 @@ def test_slow_30s_as_root_the_installed_demo_runs_from_elsewhere_and_matches_the
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "every outcome matches the spec" in out
+
+
+def test_as_root_the_installed_pytest_plugin_runs_a_users_project_against_the_installed_lab(installed):
+    """A mail project's tests (examples/mail-app, copied elsewhere) find port25_lab through the wheel's pytest11
+    entry point, and its lab is the installed lab file."""
+    from enforcer.lab.manage import lab_down, netns_names, tag_for
+    from enforcer.lab.netns import can_build_namespaces
+    why_not = can_build_namespaces()
+    if why_not:
+        pytest.skip(why_not)
+    project = installed.elsewhere / "mail-app"
+    shutil.copytree(ROOT / "examples" / "mail-app", project)
+    basetemp = installed.elsewhere / "pytest-tmp"
+    lab_dir = basetemp / "port25-lab0" / "lab"  # where the plugin puts its lab under that basetemp
+    try:
+        proc = subprocess.run([str(installed.venv / "bin" / "python"), "-m", "pytest", "-p", "no:cacheprovider",
+                               f"--basetemp={basetemp}", "-k", "falls_back"], cwd=project, env=installed.env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "1 passed" in proc.stdout
+        assert f"port25_lab: the lab of {installed.share / 'vagrant' / 'lab.yml'} was up" in proc.stdout
+    finally:
+        lab_down(lab_dir, purge=True)
+    assert not [n for n in netns_names() if n.startswith(tag_for(lab_dir) + "-")]
