@@ -13,12 +13,14 @@ imports nothing of the lab (pyroute2, the state, YAML) until a test asks for the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "write --port25-lab=FILE: pytest picks its rootdir before it knows this option takes a value")
     group.addoption("--port25-profile", dest="port25_profile", metavar="NAME", default=None,
                     help="the lab of a provider's profile instead: vagrant/labs/NAME.yml (see: enforcer profile list)")
+    group.addoption("--port25-dir", dest="port25_dir", metavar="DIR", default=None,
+                    help="where the lab keeps its state, mail and logs (default: a new /tmp/port25-lab-*/lab); "
+                         "every directory above it must let others through (the lab's Postfix runs as postfix)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -113,7 +118,7 @@ def kernel_has(module: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def port25_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def port25_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """The namespace lab, built once for the session and removed after it (see Lab)."""
     why = why_not()
     if why is not None:
@@ -121,8 +126,15 @@ def port25_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     from .manage import lab_down, lab_up
     from .netns import guard_lab_ranges
     config = request.config
-    # a directory of its own (so a namespace tag of its own): never the one of a person's `enforcer lab up`
-    directory = tmp_path_factory.mktemp("port25-lab") / "lab"
+    # a directory of its own (so a namespace tag of its own): never the one of a person's `enforcer lab up`; not
+    # under pytest's basetemp, which lets no other user through (a lab's Postfix runs as the postfix user)
+    given = config.getoption("port25_dir")
+    top = None if given else Path(tempfile.mkdtemp(prefix="port25-lab-"))
+    if top is None:
+        directory = config.invocation_params.dir / given
+    else:
+        top.chmod(0o711)
+        directory = top / "lab"
     previous = on_sigterm_interrupt()
     try:
         guard_lab_ranges()  # before anything is up: nothing addressed to the lab leaves this machine
@@ -139,6 +151,9 @@ def port25_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         gone, kept = lab_down(directory, purge=not failed)  # also after a half-built lab: it works from the tag
         config.stash[REPORT].append(f"removed {len(gone)} namespace(s)" +
                                     (f"; kept for you: {', '.join(kept)}" if kept else ""))
+        with contextlib.suppress(OSError):
+            if top is not None:
+                top.rmdir()  # only when the lab's removal left nothing in it
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -266,6 +281,20 @@ class Lab:
             raise RuntimeError(f"smtptry on {host} failed: {done.stderr.strip() or done.returncode}")
         outcome: dict[str, Any] = json.loads(done.stdout)
         return outcome
+
+    def postfix(self, host: str, relay: bool = False) -> str:
+        """Start Debian's Postfix on a lab resource, an instance of its own (as `enforcer lab mta start` does): it
+        takes mail on the host's 127.0.0.1:25 and delivers by MX on port 25, or with `relay` through the lab's relay
+        (SASL over required TLS); on one that runs, the new config applies and its queue is retried. Returns
+        "started" or "reloaded". `postqueue`, `mailq` and `sendmail` run by run() on the host use it."""
+        from .manage import start_postfix
+        return start_postfix(self.directory, host, relay)
+
+    def postfix_queue(self, host: str) -> list[dict[str, Any]]:
+        """The host's Postfix queue (postqueue -j): one dict per message, its recipients with their delay_reason."""
+        from . import mta
+        from .manage import postfix_of
+        return mta.queue(*postfix_of(self.directory, host))
 
     @property
     def mail(self) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -34,15 +35,19 @@ class Project:
         self.path = tmp_path / "mail-app"
         shutil.copytree(EXAMPLE, self.path)
         self.basetemp = tmp_path / "basetemp"
-        # where the plugin puts the lab: tmp_path_factory.mktemp("port25-lab") / "lab" under the basetemp given
-        self.lab_dir = self.basetemp / "port25-lab0" / "lab"
+        # where the plugin puts the lab (--port25-dir): outside tmp_path, whose parents let no other user through
+        # (the lab's Postfix runs as postfix)
+        self.top = Path(tempfile.mkdtemp(prefix="port25-test-"))
+        self.top.chmod(0o711)
+        self.lab_dir = self.top / "lab"
         self.tag = tag_for(self.lab_dir)
 
     def pytest(self, *args: str, prefix: tuple[str, ...] = (), timeout: float = 240) -> subprocess.CompletedProcess:
         # nothing of this session's pytest settings reaches the user's run
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
         return subprocess.run([*prefix, sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                               f"--basetemp={self.basetemp}", *args], cwd=self.path, env=env, capture_output=True,
+                               f"--basetemp={self.basetemp}", f"--port25-dir={self.lab_dir}", *args], cwd=self.path,
+                              env=env, capture_output=True,
                               text=True, timeout=timeout)
 
     def write_lab(self, keep: set[str]) -> str:
@@ -63,6 +68,7 @@ def project(tmp_path):
     yield p
     if WHY_NOT is None:  # whatever a test found, nothing of its lab stays
         lab_down(p.lab_dir, purge=True)
+    shutil.rmtree(p.top, ignore_errors=True)
 
 
 def test_the_plugin_is_registered_under_pytest11():
@@ -102,7 +108,7 @@ def test_without_root_every_lab_test_is_skipped_with_one_reason(project):
     if "unshare:" in done.stderr:
         pytest.skip(f"no user namespaces here: {done.stderr.strip()}")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "5 skipped" in done.stdout
+    assert "6 skipped" in done.stdout
     reasons = set(re.findall(r"SKIPPED \[\d+\] \S+: (.*)", done.stdout))
     assert reasons == {"port25_lab: needs root to build network namespaces; run pytest as root "
                        "(sudo -E python -m pytest)"}, done.stdout
@@ -133,7 +139,8 @@ def test_the_users_tests_pass_in_the_lab(project):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "test_my_app_falls_back_to_the_relay_when_port_25_is_blocked PASSED" in done.stdout
     assert "test_after_the_exemption_and_a_restart_port_25_works PASSED" in done.stdout
-    assert "5 passed" in done.stdout
+    assert "test_postfix_defers_on_port_25_then_delivers_through_the_relay PASSED" in done.stdout
+    assert "6 passed" in done.stdout
     hosts = len(yaml.safe_load(LAB.read_text())["resources"]) + 2  # and the gateway, the internet host
     assert f"(namespaces {project.tag}-*)" in done.stdout and f"port25_lab: removed {hosts} namespace(s)" in done.stdout
     assert not project.namespaces()
@@ -205,7 +212,8 @@ def test_a_sigterm_takes_the_lab_down(project):
         "import time\n\ndef test_slow(port25_lab):\n    print('lab up', flush=True)\n    time.sleep(120)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s",
-                             f"--basetemp={project.basetemp}", f"--port25-lab={project.write_lab({'shop-web'})}",
+                             f"--basetemp={project.basetemp}", f"--port25-dir={project.lab_dir}",
+                             f"--port25-lab={project.write_lab({'shop-web'})}",
                              "test_slow.py"], cwd=project.path, env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
