@@ -236,14 +236,18 @@ class EtcdClient:
             given = f"--etcd-cacert {o.cacert}" if o.cacert else "the system's CAs (no --etcd-cacert given)"
             return UserError(f"{where}: TLS: the server's certificate is not signed by a CA of {given}, or has "
                              "expired; give the CA that signed it")
-        if "Handshake failed" in details or "handshake" in details.lower() or "TSI_" in details:
-            if o.cert is None and (o.cacert is not None):
-                return UserError(f"{where}: TLS: the server refused the connection; it may ask for a client "
+        tls = bool(o.cacert or o.cert)
+        if tls and "Handshake read failed" in details:  # the member closed the connection at our ClientHello
+            return UserError(f"{where}: TLS: the member does not speak TLS here (a plain http:// member?); leave "
+                             "out --etcd-cacert, --etcd-cert and --etcd-key")
+        if not tls and details.endswith("Socket closed"):  # a TLS member closes a plain connection at once
+            return UserError(f"{where}: the member closed a plain connection: a TLS member? give --etcd-cacert "
+                             "(and --etcd-cert, --etcd-key if it asks for a client certificate)")
+        if tls and ("handshake" in details.lower() or "TSI_" in details):
+            if o.cert is None:
+                return UserError(f"{where}: TLS: the member refused the connection; it asks for a client "
                                  "certificate: give --etcd-cert and --etcd-key")
-            if o.cacert is None:
-                return UserError(f"{where}: TLS handshake failed: a plain connection to a TLS member? give "
-                                 "--etcd-cacert")
-            return UserError(f"{where}: TLS: the server refused our client certificate (--etcd-cert {o.cert}): "
+            return UserError(f"{where}: TLS: the member refused our client certificate (--etcd-cert {o.cert}): "
                              "not signed by a CA it trusts, or expired")
         reason = details.rpartition(": ")[2] or details
         return Failure(f"{where}: no etcd member answered ({reason})")

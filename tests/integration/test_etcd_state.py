@@ -144,6 +144,16 @@ def test_a_bad_etcd_location_is_one_line(capsys, location, says):
     assert err.count("\n") == 1 and says in err
 
 
+def test_plain_and_tls_mismatched_and_the_daemon_are_one_line(etcd, secure, capsys):
+    to_tls, to_plain = Cli(secure.url("fleet"), capsys), Cli(etcd.url("x"), capsys)  # type: ignore[arg-type]
+    plain_to_tls = to_tls("vm", "list", expect=2)
+    assert plain_to_tls.count("\n") == 1 and "give --etcd-cacert" in plain_to_tls
+    tls_to_plain = to_plain("--etcd-cacert", str(secure.pki.ca), "vm", "list", expect=2)
+    assert tls_to_plain.count("\n") == 1 and "does not speak TLS" in tls_to_plain
+    daemon = to_plain("run", expect=2)
+    assert daemon.count("\n") == 1 and "enforcer state copy" in daemon
+
+
 def test_the_state_follows_the_first_member_that_answers(etcd, capsys):
     url = f"etcd://127.0.0.1:{free_port()},{etcd.endpoint}/t/{uuid.uuid4().hex[:12]}"
     cli = Cli(url, capsys)  # type: ignore[arg-type]
