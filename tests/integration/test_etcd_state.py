@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from enforcer.state.store import Store
 from support.cli import Cli
 from support.etcd import Etcd, free_port, running_etcd
 from support.paths import LAB, ROOT
@@ -39,6 +40,14 @@ def same_audit(rows: list[dict]) -> list[tuple]:
     """An audit log without what differs by design: the row ids (etcd: the change's revision), the time, the
     command line (its --state)."""
     return [(r["uid"], r["kind"], r["name"], r["before"], r["after"]) for r in rows]
+
+
+def judged_table(path: Path) -> list[tuple]:
+    store = Store(path)
+    try:
+        return sorted(store.address_rows(), key=repr)
+    finally:
+        store.close()
 
 
 def test_commands_against_etcd_say_what_they_say_against_sqlite(tmp_path, url, capsys):
@@ -84,6 +93,7 @@ def test_state_copy_round_trip_keeps_every_listing(tmp_path, url, capsys):
     for listing in LISTINGS:
         assert back.json(*listing) == first.json(*listing) == etcd.json(*listing), listing
     assert "ok (" in back("state", "check") and "ok (" in etcd("state", "check")
+    assert judged_table(back.state) == judged_table(first.state) != []  # what the daemon compiles its table from
     # a non-empty target is refused, in one line, unless --replace
     err = first("state", "copy", str(back.state), url, expect=2)
     assert err.count("\n") == 1 and "--replace" in err and "already holds a state" in err
@@ -226,3 +236,19 @@ def test_tls_and_auth_mistakes_are_one_line_and_exit_2(secure, capsys, monkeypat
                                                     client_cert=False)}[case]()
     err = cli("subscription", "list", expect=2)
     assert err.count("\n") == 1 and says in err, err
+
+
+def test_shell_completion_reads_names_from_etcd(tmp_path, url, capsys):
+    from click.shell_completion import BashComplete
+
+    from enforcer.cli.main import cli as command
+    sqlite = Cli(tmp_path / "state.db", capsys)
+    sqlite("apply", str(LAB))
+    sqlite("state", "copy", str(sqlite.state), url)
+
+    def complete(state: str, *words: str) -> list[str]:
+        shell = BashComplete(command, {}, "enforcer", "_ENFORCER_COMPLETE")
+        return [c.value for c in shell.get_completions(["--state", state, *words[:-1]], words[-1])]
+    for words in (("vm", "show", "shop-"), ("diagnose", "devtest"), ("vnet", "subnet-add", ""), ("vm", "show", "zz")):
+        assert complete(url, *words) == complete(str(sqlite.state), *words), words
+    assert complete(url, "vm", "show", "shop-") == ["shop-blob", "shop-mx", "shop-relay", "shop-web"]
