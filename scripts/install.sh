@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what port25-enforcer needs on Debian 12, as root, idempotently: the system packages (kernel tools, the
 # libnetfilter_queue headers that the netfilterqueue binding compiles against) and a virtual environment in .venv
-# holding the project in editable mode. That is all the daemon and `enforcer lab demo` need (unbound: the lab's DNS).
+# holding the project in editable mode, with the [etcd] extra (an etcd state: --state etcd://...). That is all the daemon and `enforcer lab demo` need (unbound: the lab's DNS).
 # --test adds what the tests need: Vagrant, its libvirt plugin, libvirt and qemu (the Vagrant lab boots real VMs),
 # mmdebstrap and e2fsprogs (they build the VMs' box from Debian packages), rsync and ssh (the synced folder, the
 # tests' commands), the shell linter, systemd (systemd-analyze verifies the unit), prometheus (with promtool: the
 # metrics and the alert rules are checked by the real ones), lintian and libyaml-dev (the Debian package is built
-# and checked), bind9-dnsutils (dig: the lab's DNS is asked from inside its VMs) and the [test,dev] extras (pytest,
-# the build backend, the linters); and what --mta adds.
+# and checked), bind9-dnsutils (dig: the lab's DNS is asked from inside its VMs), etcd-server and etcd-client (the
+# etcd state's tests start their own etcd processes on loopback; nothing is enabled: no systemd runs them here) and
+# the [test,dev] extras (pytest, the build backend, the linters); and what --mta adds.
 # --mta adds Debian's Postfix and swaks, for `enforcer lab mta` and `lab demo --mta` (a real MTA inside lab hosts).
 # Postfix comes preseeded as "No configuration": no system mail server is set up or started on this machine; the lab
 # runs instances of its own. (On a machine with another MTA, apt replaces it: the reason this is not the default.)
@@ -36,12 +37,12 @@ packages=(
     libnetfilter-queue-dev libnfnetlink-dev
     iproute2 iptables ipset nftables conntrack procps openssl unbound
 )
-extras=""
+extras="[etcd]"
 if [ "$with_tests" -eq 1 ]; then
     packages+=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
                qemu-system-x86 qemu-utils dnsmasq-base mmdebstrap e2fsprogs rsync openssh-client shellcheck systemd
-               prometheus lintian libyaml-dev bind9-dnsutils)
-    extras="[test,dev]"
+               prometheus lintian libyaml-dev bind9-dnsutils etcd-server etcd-client)
+    extras="[test,dev,etcd]"
 fi
 if [ "$with_mta" -eq 1 ]; then
     # libsasl2-modules: Postfix's SASL client (PLAIN, LOGIN); the Perl modules: swaks's --tls, --auth and MX lookups

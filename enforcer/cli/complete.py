@@ -21,10 +21,12 @@ def state_names(table: str) -> Completer:
     """A shell_complete= for an argument or option naming a row of `table` (subscriptions, vnets, resources)."""
     def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
         # the group's callback (which makes the Context object) does not run while completing: read --state here
-        state = ctx.find_root().params.get("state_path") or DEFAULT_STATE
+        params = ctx.find_root().params
+        state = params.get("state_path") or DEFAULT_STATE
         try:
-            from ..state.store import Store
-            store = Store(state)
+            from ..state.backend import open_state
+            from .context import etcd_options
+            store = open_state(state, etcd_options(params))
             try:
                 return [CompletionItem(name) for name in store.names(table, incomplete)]
             finally:

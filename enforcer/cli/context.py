@@ -1,35 +1,49 @@
-"""What every command shares: the state path, loaded profiles, the state for the command's length, and the
+"""What every command shares: the state's location, loaded profiles, the state for the command's length, and the
 transaction seam."""
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import click
 
 from ..core.inventory import Inventory
 from ..core.profile import Profile
+from ..state.backend import StateBackend, open_state
+from ..state.etcd_client import EtcdOptions
 from ..state.profiles import load_profile
-from ..state.store import Store
 
 T = TypeVar("T")
 Operation = Callable[..., tuple[Inventory, T]]
 
 
+def etcd_options(values: Mapping[str, str | None]) -> EtcdOptions:
+    """The --etcd-* options (and their environment variables); the password only from the environment: a command
+    line is visible to every user of the machine."""
+    return EtcdOptions(cacert=values.get("etcd_cacert"), cert=values.get("etcd_cert"), key=values.get("etcd_key"),
+                       user=values.get("etcd_user"), password=os.environ.get("ENFORCER_ETCD_PASSWORD"))
+
+
 class Context:
-    def __init__(self, state_path: str, argv: list[str]):
+    def __init__(self, state_path: str, argv: list[str], etcd: EtcdOptions | None = None):
         self.state_path = state_path
+        self.etcd = etcd or EtcdOptions()
         self._profiles: dict[str, Profile] = {}
-        self._store: Store | None = None
+        self._store: StateBackend | None = None
         self.command = " ".join(["enforcer", *argv])  # recorded in the audit log
 
     @property
-    def store(self) -> Store:
+    def store(self) -> StateBackend:
         """The state, open until the command is done (close(): SQLite then folds its -wal back into the file)."""
         if self._store is None:
-            self._store = Store(self.state_path)
+            self._store = open_state(self.state_path, self.etcd)
         return self._store
+
+    def open(self, location: str) -> StateBackend:
+        """Another state than --state's (enforcer state copy), with the same etcd options."""
+        return open_state(location, self.etcd)
 
     def close(self) -> None:
         if self._store is not None:
@@ -37,7 +51,7 @@ class Context:
             self._store = None
 
     @contextmanager
-    def opened(self) -> Iterator[Store]:
+    def opened(self) -> Iterator[StateBackend]:
         """The state for a block of the command: closed after it."""
         try:
             yield self.store

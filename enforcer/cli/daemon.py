@@ -11,6 +11,7 @@ import click
 from click.core import ParameterSource
 
 from ..errors import UserError
+from ..state.etcd_client import is_etcd
 from ..state.settings import DEFAULT_CONFIG, SETTINGS, Settings, read_settings_file
 from .context import Context
 
@@ -56,6 +57,9 @@ def run(ctx: click.Context, /, config_path: str | None, **options: Any) -> None:
     """Run the enforcer daemon: judge forwarded port 25 SYNs through NFQUEUE."""
     from ..dataplane.daemon import Daemon
     settings = merged_settings(ctx, config_path, options)
+    if is_etcd(settings.state):
+        raise UserError(f"enforcer run: {settings.state}: the daemon follows an SQLite state only, for now (following "
+                        "etcd by watch is issue 21's next step); copy it: enforcer state copy FROM PATH")
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     code = Daemon(settings).run()
     if code:

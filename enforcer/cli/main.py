@@ -14,7 +14,7 @@ import click
 from .. import __version__
 from ..errors import Failure, UserError
 from ..state.settings import DEFAULT_STATE
-from .context import Context
+from .context import Context, etcd_options
 
 # Each command's module, imported only when the command runs (or help lists it), so that a plain command does
 # not pay for the YAML reader, the lab or the daemon.
@@ -42,12 +42,19 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--state", "state_path", envvar="ENFORCER_STATE", default=DEFAULT_STATE, show_default=True,
-              metavar="PATH", help="The state database (also $ENFORCER_STATE).")
+              metavar="PATH|etcd://HOST:PORT[,...]/PREFIX",
+              help="The state: an SQLite file, or a prefix in etcd (also $ENFORCER_STATE).")
+@click.option("--etcd-cacert", envvar="ENFORCER_ETCD_CACERT", metavar="PEM",
+              help="etcd: the CA that signed the members' certificates (TLS).")
+@click.option("--etcd-cert", envvar="ENFORCER_ETCD_CERT", metavar="PEM", help="etcd: our client certificate.")
+@click.option("--etcd-key", envvar="ENFORCER_ETCD_KEY", metavar="PEM", help="etcd: our client certificate's key.")
+@click.option("--etcd-user", envvar="ENFORCER_ETCD_USER", metavar="NAME",
+              help="etcd: the user to authenticate as; its password in $ENFORCER_ETCD_PASSWORD.")
 @click.version_option(__version__, prog_name="port25-enforcer")
 @click.pass_context
-def cli(ctx: click.Context, state_path: str) -> None:
+def cli(ctx: click.Context, /, state_path: str, **etcd: str | None) -> None:
     """Make a Linux lab gateway block outbound SMTP (TCP 25) the way Azure's platform does."""
-    ctx.obj = Context(state_path, ctx.obj or [])
+    ctx.obj = Context(state_path, ctx.obj or [], etcd_options(etcd))
     ctx.call_on_close(ctx.obj.close)
 
 

@@ -16,6 +16,7 @@ from ..core.validate import check_row
 from ..core.verdicts import Judged, judged_alike
 from ..dataplane.control import ask
 from ..errors import UserError
+from ..state.backend import copy_rows
 from ..state.settings import DEFAULT_SOCKET
 from .complete import resource_names
 from .context import Context, json_option, pass_ctx
@@ -105,7 +106,7 @@ def status(c: Context, socket_path: str, as_json: bool) -> None:
 
 @click.group()
 def state() -> None:
-    """The state file itself."""
+    """The state itself: checked whole, or copied to another backend."""
 
 
 @state.command("check")
@@ -115,6 +116,31 @@ def state_check(c: Context) -> None:
     (A command checks what it reads; past 16 MiB a change does not check the whole file first.)"""
     counts = c.store.verify(c.profile)
     click.echo(f"{c.store.path}: ok (" + ", ".join(f"{n:,} {what}" for what, n in counts.items()) + ")")
+
+
+@state.command("copy")
+@click.argument("source", metavar="FROM")
+@click.argument("target", metavar="TO")
+@click.option("--replace", is_flag=True, help="Overwrite a target that already holds a state.")
+@pass_ctx
+def state_copy(c: Context, source: str, target: str, replace: bool) -> None:
+    """Copy a whole state (rows and settings) to another: an SQLite file or etcd://HOST:PORT/PREFIX, either way.
+    The target's audit log records the copy, one row per row written."""
+    if source == target:
+        raise UserError(f"state copy: {source} is both FROM and TO; name two states")
+    origin = c.open(source)
+    try:
+        if not origin.exists:
+            raise UserError(f"state copy: no state at {source}")
+        inv, _ = origin.read()
+    finally:
+        origin.close()
+    destination = c.open(target)
+    try:
+        counts = destination.change(c.command, copy_rows(inv, replace, target))
+    finally:
+        destination.close()
+    click.echo(f"copied {source} to {target} (" + ", ".join(f"{n:,} {what}" for what, n in counts.items()) + ")")
 
 
 def _judged(inv: Inventory, profile: Profile, sub: str, kind: str, egress: str | None,

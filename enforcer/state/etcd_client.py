@@ -1,0 +1,253 @@
+"""The edge to etcd v3: an etcd:// location, one gRPC channel (TLS, user and password), ranges read at a revision,
+transactions; every gRPC error told as one line a person can act on.
+
+aetcd provides the compiled etcd v3 API (its `rpc` module: protobuf messages and gRPC stubs built for today's
+protobuf); we call the stubs directly, synchronously, because aetcd's Client connects without TLS and reads at the
+current revision only (docs/architecture.md, "Why this etcd client"). Nothing here knows what the state holds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import Failure, UserError
+
+SCHEME = "etcd://"
+DEFAULT_PORT = 2379
+TIMEOUT = 10.0  # seconds a call may take: a member that does not answer is told, not waited for
+PREFIX_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+
+
+def is_etcd(location: str) -> bool:
+    return location.startswith(SCHEME)
+
+
+@dataclass(frozen=True)
+class EtcdUrl:
+    """etcd://HOST:PORT[,HOST:PORT...]/PREFIX: the members to ask and the prefix the state's keys live under."""
+    endpoints: tuple[tuple[str, int], ...]
+    prefix: str  # without slashes at either end: "lab" holds its keys under "/lab/"
+
+    def __str__(self) -> str:
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.endpoints)
+        return f"{SCHEME}{hosts}/{self.prefix}"
+
+
+def parse_url(text: str) -> EtcdUrl:
+    """Pure: the URL's endpoints (port 2379 unless given) and prefix, or one line saying what is wrong."""
+    form = "write etcd://HOST:PORT[,HOST:PORT...]/PREFIX"
+    if not is_etcd(text):
+        raise UserError(f"{text!r}: not an etcd:// location; {form}")
+    hosts, slash, prefix = text[len(SCHEME):].partition("/")
+    prefix = prefix.strip("/")
+    if not slash or not prefix:
+        raise UserError(f"{text!r}: name the prefix the state lives under (etcd://HOST:PORT/enforcer); {form}")
+    if not PREFIX_RE.fullmatch(prefix):
+        raise UserError(f"{text!r}: the prefix may hold letters, digits, '.', '_', '-' and '/' between them; {form}")
+    if not hosts:
+        raise UserError(f"{text!r}: no member named; {form}")
+    return EtcdUrl(tuple(_endpoint(text, part, form) for part in hosts.split(",")), prefix)
+
+
+def _endpoint(text: str, part: str, form: str) -> tuple[str, int]:
+    if part.startswith("["):
+        host, _, rest = part[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ("" if not rest else "?")
+    elif part.count(":") == 1:
+        host, port = part.split(":")
+    elif ":" in part:
+        raise UserError(f"{text!r}: write an IPv6 member in brackets, [{part}]:{DEFAULT_PORT}; {form}")
+    else:
+        host, port = part, str(DEFAULT_PORT)
+    if not host or not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
+        raise UserError(f"{text!r}: {part!r} is not a HOST:PORT; {form}")
+    if not re.fullmatch(r"[0-9]{1,5}", port or str(DEFAULT_PORT)) or not 1 <= int(port or DEFAULT_PORT) <= 65535:
+        raise UserError(f"{text!r}: the port of {part!r} must be a number from 1 to 65535")
+    return host, int(port or DEFAULT_PORT)
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    """How to reach the members: TLS files (PEM) and an etcd user (its password from $ENFORCER_ETCD_PASSWORD)."""
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+
+def _read_pem(option: str, path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20)
+    except OSError as e:
+        raise UserError(f"{option} {path}: cannot read it ({e.strerror}); give a PEM file this user can read") from None
+
+
+def _target(url: EtcdUrl) -> str:
+    """gRPC's name for the members: one HOST:PORT as is; several as the addresses they resolve to (gRPC's ipv4: or
+    ipv6: lists), so that the channel moves to the next when one is down."""
+    if len(url.endpoints) == 1:
+        host, port = url.endpoints[0]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    addresses = []
+    for host, port in url.endpoints:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                address = ipaddress.ip_address(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
+            except (OSError, IndexError) as e:
+                raise UserError(f"{url}: member {host!r} does not resolve ({e}); fix the name") from None
+        addresses.append((address, port))
+    families = {a.version for a, _ in addresses}
+    if len(families) > 1:
+        raise UserError(f"{url}: name the members all by IPv4 or all by IPv6 addresses")
+    if families == {4}:
+        return "ipv4:" + ",".join(f"{a}:{p}" for a, p in addresses)
+    return "ipv6:" + ",".join(f"[{a}]:{p}" for a, p in addresses)
+
+
+class Compacted(Exception):
+    """A read at a revision etcd has compacted away: the reader starts again from the current one."""
+
+
+class EtcdClient:
+    """One channel to the members, authenticated once. Synchronous: a command makes a few calls in a row."""
+
+    def __init__(self, url: EtcdUrl, options: EtcdOptions):
+        # gRPC's C core logs handshake failures to stderr itself: we tell each failure in one line instead
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+        try:
+            import grpc
+            from aetcd import rpc
+            from aetcd.rpc import rpc_pb2_grpc
+        except ImportError as e:
+            raise UserError(f"an etcd state needs the etcd extra ({e.name} is missing): "
+                            "pip install 'port25-enforcer[etcd]', or run scripts/install.sh") from None
+        self.url, self.options, self.grpc, self.rpc = url, options, grpc, rpc
+        if options.user is not None and options.password is None:
+            raise UserError(f"--etcd-user {options.user}: set its password in $ENFORCER_ETCD_PASSWORD")
+        target = _target(url)
+        channel_options = [("grpc.default_authority", url.endpoints[0][0])] if target.startswith("ipv") else []
+        if options.cacert or options.cert or options.key:
+            if bool(options.cert) != bool(options.key):
+                raise UserError("--etcd-cert and --etcd-key go together: give both, or neither")
+            creds = grpc.ssl_channel_credentials(_read_pem("--etcd-cacert", options.cacert),
+                                                 _read_pem("--etcd-key", options.key),
+                                                 _read_pem("--etcd-cert", options.cert))
+            self.channel = grpc.secure_channel(target, creds, options=channel_options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=channel_options)
+        self.kv = rpc_pb2_grpc.KVStub(self.channel)
+        self.metadata: tuple[tuple[str, str], ...] | None = None
+        if options.user is not None:
+            auth = rpc_pb2_grpc.AuthStub(self.channel)
+            reply = self._call(auth.Authenticate, rpc.AuthenticateRequest(name=options.user, password=options.password))
+            self.metadata = (("token", reply.token),)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # ------------------------------------------------------------ calls
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=TIMEOUT, metadata=self.metadata)
+        except self.grpc.RpcError as e:
+            raise self.trouble(e.code(), e.details() or "") from None
+
+    def range(self, key: bytes, end: bytes | None = None, *, revision: int = 0, keys_only: bool = False,
+              count_only: bool = False, limit: int = 0, newest_first: bool = False) -> Any:
+        """The keys in [key, end) (or `key` alone) as of `revision` (0: now); newest_first sorts by creation."""
+        rpc = self.rpc
+        request = rpc.RangeRequest(key=key, range_end=end or b"", revision=revision, keys_only=keys_only,
+                                   count_only=count_only, limit=limit)
+        if newest_first:
+            request.sort_target, request.sort_order = rpc.RangeRequest.CREATE, rpc.RangeRequest.DESCEND
+        return self._call(self.kv.Range, request)
+
+    def txn(self, compares: list[Any], ops: list[Any]) -> Any:
+        return self._call(self.kv.Txn, self.rpc.TxnRequest(compare=compares, success=ops))
+
+    # ------------------------------------------------------------ what a transaction is made of
+
+    def mod_is(self, key: bytes, revision: int) -> Any:
+        """True while `key` was last written at `revision` (0: while it does not exist)."""
+        rpc = self.rpc
+        return rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision)
+
+    def untouched_since(self, key: bytes, end: bytes, revision: int) -> Any:
+        """True while no key in [key, end) was written after `revision` (a key created there since would be)."""
+        rpc = self.rpc
+        return rpc.Compare(key=key, range_end=end, target=rpc.Compare.MOD, result=rpc.Compare.LESS,
+                           mod_revision=revision + 1)
+
+    def put(self, key: bytes, value: bytes) -> Any:
+        return self.rpc.RequestOp(request_put=self.rpc.PutRequest(key=key, value=value))
+
+    def delete(self, key: bytes) -> Any:
+        return self.rpc.RequestOp(request_delete_range=self.rpc.DeleteRangeRequest(key=key))
+
+    # ------------------------------------------------------------ what went wrong, as a person can fix it
+
+    def trouble(self, code: Any, details: str) -> Exception:
+        name = getattr(code, "name", str(code))
+        where, o = str(self.url), self.options
+        if name == "OUT_OF_RANGE" and "compacted" in details:
+            return Compacted(details)
+        if "authentication failed" in details:
+            return UserError(f"{where}: etcd user {o.user!r}: authentication failed (wrong user or password; "
+                             "the password comes from $ENFORCER_ETCD_PASSWORD)")
+        if (name == "PERMISSION_DENIED" or "permission denied" in details) and o.user is None:
+            return UserError(f"{where}: permission denied: give --etcd-user NAME (its password in "
+                             "$ENFORCER_ETCD_PASSWORD), or a client certificate whose CN is an etcd user with a role "
+                             f"under /{self.url.prefix}/")
+        if name == "PERMISSION_DENIED" or "permission denied" in details:
+            return UserError(f"{where}: etcd user {o.user!r} may not do this under /{self.url.prefix}/ "
+                             "(permission denied: a read-only role, such as a gateway's?)")
+        if "user name is empty" in details or "invalid auth token" in details or name == "UNAUTHENTICATED":
+            return UserError(f"{where}: etcd asks for a user: give --etcd-user NAME and $ENFORCER_ETCD_PASSWORD")
+        if "too many operations in txn request" in details:
+            return UserError(f"{where}: this change needs more operations in one transaction than the etcd server "
+                             "allows: start etcd with a larger --max-txn-ops (docs/architecture.md)")
+        if "request is too large" in details:
+            return UserError(f"{where}: this change is larger than the etcd server takes in one request: start etcd "
+                             "with a larger --max-request-bytes")
+        if name == "RESOURCE_EXHAUSTED" or "space exceeded" in details:
+            return Failure(f"{where}: etcd's space quota is reached ({details}); nothing was changed: compact and "
+                           "defragment it, or raise --quota-backend-bytes")
+        if name == "UNAVAILABLE":
+            return self._unavailable(where, details)
+        if name == "DEADLINE_EXCEEDED":
+            return Failure(f"{where}: etcd did not answer within {TIMEOUT:.0f} s")
+        return Failure(f"{where}: etcd: {name}: {details}")
+
+    def _unavailable(self, where: str, details: str) -> Exception:
+        o = self.options
+        if "CERTIFICATE_VERIFY_FAILED" in details or "certificate verify failed" in details:
+            given = f"--etcd-cacert {o.cacert}" if o.cacert else "the system's CAs (no --etcd-cacert given)"
+            return UserError(f"{where}: TLS: the server's certificate is not signed by a CA of {given}, or has "
+                             "expired; give the CA that signed it")
+        tls = bool(o.cacert or o.cert)
+        if tls and "Handshake read failed" in details:  # the member closed the connection at our ClientHello
+            return UserError(f"{where}: TLS: the member does not speak TLS here (a plain http:// member?); leave "
+                             "out --etcd-cacert, --etcd-cert and --etcd-key")
+        if not tls and details.endswith("Socket closed"):  # a TLS member closes a plain connection at once
+            return UserError(f"{where}: the member closed a plain connection: a TLS member? give --etcd-cacert "
+                             "(and --etcd-cert, --etcd-key if it asks for a client certificate)")
+        if tls and ("handshake" in details.lower() or "TSI_" in details):
+            if o.cert is None:
+                return UserError(f"{where}: TLS: the member refused the connection; it asks for a client "
+                                 "certificate: give --etcd-cert and --etcd-key")
+            return UserError(f"{where}: TLS: the member refused our client certificate (--etcd-cert {o.cert}): "
+                             "not signed by a CA it trusts, or expired")
+        reason = details.rpartition(": ")[2] or details
+        return Failure(f"{where}: no etcd member answered ({reason})")

@@ -1,0 +1,424 @@
+"""The state in etcd v3: the same rows as the SQLite store, one key each under a prefix, and a change as one etcd
+transaction that holds only if nothing the operation read has changed since (optimistic concurrency).
+
+Keys under PREFIX (docs/architecture.md, "The state in etcd"): meta/{format,profile,internal_prefixes,changed},
+{subscriptions,vnets,resources}/NAME (the row's JSON document, as state/rows.py encodes it), addresses/ADDRESS
+(its owner and what the table needs of it: the uniqueness of an address is one key), index/TABLE.COLUMN/VALUE/NAME
+and index/prefixed/NAME (what an operation asks by an indexed column), audit/ID (one key per change: its rows).
+
+Every read of a change is at one revision R (etcd's MVCC: a consistent snapshot, as SQLite's transaction is). The
+source records each key it read with its mod_revision (0: absent) and each index range it listed; the
+transaction then compares them all (a key created in a listed range since R fails its range's compare), and the
+keys it writes too. A conflict reruns the pure operation on a fresh snapshot. An operation that read a whole table
+compares meta/changed instead, which every change writes: it then holds only if no change at all came between.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from typing import Any, Callable, Iterable, TypeVar
+
+from ..core.inventory import Inventory, Resource
+from ..core.profile import Profile
+from ..core.rows import COUNTED_BY, INDEXED, TABLES, Counts, group_of
+from ..core.validate import check_row, validate
+from ..core.verdicts import Judged
+from ..errors import Failure, UserError
+from .etcd_client import Compacted, EtcdClient, EtcdOptions, EtcdUrl
+from .rows import Entity, from_doc, to_doc
+from .source import over
+
+T = TypeVar("T")
+FORMAT = "1"       # the key layout's version, in meta/format
+ATTEMPTS = 50      # a change rerun this often on conflicts gives up (one line, exit 1)
+MAX_COMPARES = 96  # past this many, one compare of meta/changed stands for them (etcd's default limit is 128)
+
+
+def _end(prefix: bytes) -> bytes:
+    """The end of the range of keys that begin with `prefix` (which ends in '/')."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+class Keys:
+    """The key layout under one prefix (pure)."""
+
+    def __init__(self, prefix: str):
+        self.root = f"/{prefix}/"
+
+    def _k(self, text: str) -> bytes:
+        return (self.root + text).encode()
+
+    def meta(self, name: str) -> bytes:
+        return self._k(f"meta/{name}")
+
+    def row(self, table: str, name: str) -> bytes:
+        return self._k(f"{table}/{name}")
+
+    def table(self, table: str) -> bytes:
+        return self._k(f"{table}/")
+
+    def address(self, address: str) -> bytes:
+        return self._k(f"addresses/{address}")
+
+    def index(self, table: str, column: str, value: str) -> bytes:
+        return self._k(f"index/{table}.{column}/{value}/")
+
+    def prefixed(self) -> bytes:
+        return self._k("index/prefixed/")
+
+    def audit(self) -> bytes:
+        return self._k("audit/")
+
+    def everything(self) -> bytes:
+        return self.root.encode()
+
+    def name_of(self, key: bytes, under: bytes) -> str:
+        return key[len(under):].decode()
+
+
+def row_keys(keys: Keys, table: str, row: Entity) -> dict[bytes, bytes]:
+    """What a row puts beside its document: its index keys, and for a resource its address keys (the address row
+    as SQLite's addresses table holds it: owner, prefix length, the Judged key, the binding)."""
+    out: dict[bytes, bytes] = {}
+    for t, column in sorted(INDEXED):
+        value = getattr(row, column) if t == table else None
+        if value is not None:
+            out[keys.index(t, column, value) + row.name.encode()] = b""
+    if isinstance(row, Resource):
+        judged = Judged.of(row).encode()
+        bound = None if (row.vnet, row.interface, row.mac) == (None, None, None) else \
+            json.dumps([row.vnet, row.interface, row.mac])
+        for a in row.addresses:
+            prefix_len = int(a.partition("/")[2]) if "/" in a else None
+            out[keys.address(a)] = json.dumps([row.name, prefix_len, judged, bound]).encode()
+        if any("/" in a for a in row.addresses):
+            out[keys.prefixed() + row.name.encode()] = b""
+    return out
+
+
+class EtcdSource:
+    """An inventory's rows read from etcd at one revision, each as it is asked for; what was read is recorded
+    (key -> mod_revision, 0 for absent; ranges listed; whether a whole table was) for the transaction's compares."""
+
+    def __init__(self, client: EtcdClient, keys: Keys, revision: int, where: str,
+                 check: Callable[[str, Entity], None] | None = None):
+        self.client, self.keys, self.revision, self.where_, self.check = client, keys, revision, where, check
+        self.seen: dict[bytes, int] = {}
+        self.ranges: list[tuple[bytes, bytes]] = []
+        self.whole = False
+        self.cache: dict[str, dict[str, Entity | None]] = {t: {} for t in TABLES}
+
+    def _range(self, key: bytes, end: bytes | None = None, **kw: Any) -> Any:
+        return self.client.range(key, end, revision=self.revision, **kw)
+
+    def get(self, key: bytes) -> bytes | None:
+        kvs = self._range(key).kvs
+        self.seen[key] = kvs[0].mod_revision if kvs else 0
+        return bytes(kvs[0].value) if kvs else None
+
+    def _parse(self, table: str, name: str, doc: bytes, keep: bool = True) -> Entity:
+        cached = self.cache[table].get(name)
+        if cached is not None:
+            return cached
+        try:
+            row = from_doc(table, doc.decode())
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise UserError(f"{self.where_}: {table} row {name!r} does not parse: {type(e).__name__}: {e}; "
+                            "the state is damaged") from None
+        if self.check is not None:
+            self.check(table, row)
+        if keep:
+            self.cache[table][name] = row
+        return row
+
+    def row(self, table: str, name: str) -> Entity | None:
+        rows = self.cache[table]
+        if name in rows:
+            return rows[name]
+        doc = self.get(self.keys.row(table, name))
+        if doc is None:
+            rows[name] = None
+            return None
+        return self._parse(table, name, doc)
+
+    def _listed(self, under: bytes) -> list[str]:
+        """The names of the keys under `under`, recorded as a range read (a key created there since fails it)."""
+        self.ranges.append((under, _end(under)))
+        return [self.keys.name_of(kv.key, under) for kv in self._range(under, _end(under), keys_only=True).kvs]
+
+    def names(self, table: str) -> Iterable[str]:
+        self.whole = True
+        under = self.keys.table(table)
+        return [self.keys.name_of(kv.key, under) for kv in self._range(under, _end(under), keys_only=True).kvs]
+
+    def rows(self, table: str) -> Iterable[Entity]:
+        self.whole = True
+        under = self.keys.table(table)
+        for kv in self._range(under, _end(under)).kvs:
+            yield self._parse(table, self.keys.name_of(kv.key, under), kv.value, keep=False)
+
+    def count(self, table: str) -> int:
+        self.whole = True
+        under = self.keys.table(table)
+        return int(self._range(under, _end(under), count_only=True).count)
+
+    def where(self, table: str, column: str, value: str) -> Iterable[Entity]:
+        if (table, column) not in INDEXED:
+            raise ValueError(f"{table}.{column} has no index")
+        rows = (self.row(table, name) for name in self._listed(self.keys.index(table, column, value)))
+        return [row for row in rows if row is not None]
+
+    def owner(self, address: str) -> str | None:
+        value = self.get(self.keys.address(address))
+        if value is None:
+            return None
+        try:
+            return str(json.loads(value)[0])
+        except (ValueError, TypeError, IndexError) as e:
+            raise UserError(f"{self.where_}: the address row of {address} does not parse ({e}); the state is "
+                            "damaged") from None
+
+    def prefixed(self) -> Iterable[Entity]:
+        rows = (self.row("resources", name) for name in self._listed(self.keys.prefixed()))
+        return [row for row in rows if row is not None]
+
+    def _resources(self, subscription: str | None) -> Iterable[Resource]:
+        rows = self.rows("resources") if subscription is None else self.where("resources", "subscription", subscription)
+        return (r for r in rows if isinstance(r, Resource))
+
+    def running(self, by: tuple[str, ...], subscription: str | None = None) -> Counts:
+        if not set(by) <= set(COUNTED_BY):
+            raise ValueError(f"running resources are not counted by {by}")
+        counts: Counts = {}
+        for r in self._resources(subscription):
+            if r.state == "running":
+                key = group_of(r, by)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def running_names(self, subscription: str, where: dict[str, Any], limit: int | None) -> list[str]:
+        key = tuple(where.values())
+        return sorted(r.name for r in self._resources(subscription)
+                      if r.state == "running" and group_of(r, tuple(where)) == key)[:limit]
+
+
+def _doc(row: Entity | None) -> str | None:
+    return to_doc(row) if row is not None else None
+
+
+def planned(keys: Keys, old: Inventory, new: Inventory, exists: bool) -> tuple[dict[bytes, bytes | None], list[Any]]:
+    """What a change writes (key -> value, None to delete) and its audit rows (kind, name, before, after as JSON
+    documents): the rows `new` changed over its source, each with its index and address keys. Deletes first and
+    puts over them: etcd refuses a key twice in one transaction, and an address may pass between two resources."""
+    deletes: dict[bytes, bytes | None] = {}
+    puts: dict[bytes, bytes | None] = {}
+    audit: list[Any] = []
+    for table in TABLES:
+        for name, after in sorted(new.changes.tables[table].items()):
+            before = new.source.row(table, name)
+            if before == after:
+                continue
+            key = keys.row(table, name)
+            if before is not None:
+                deletes[key] = None
+                deletes.update(dict.fromkeys(row_keys(keys, table, before)))
+            if after is not None:
+                puts[key] = to_doc(after).encode()
+                puts.update(row_keys(keys, table, after))
+            audit.append([table[:-1], name, _doc(before), _doc(after)])
+    for setting in ("profile", "internal_prefixes"):
+        b, a = getattr(old, setting), getattr(new, setting)
+        if b != a or (not exists and audit):
+            puts[keys.meta(setting)] = json.dumps(list(a) if isinstance(a, tuple) else a).encode()
+        if b != a:
+            audit.append(["setting", setting, json.dumps(b if isinstance(b, str) else list(b)),
+                          json.dumps(a if isinstance(a, str) else list(a))])
+    return {**deletes, **puts}, audit
+
+
+class EtcdStore:
+    """The state under one prefix of an etcd cluster: what the CLI asks of a state (state/backend.py)."""
+
+    def __init__(self, url: EtcdUrl, options: EtcdOptions | None = None):
+        self.url, self.options = url, options or EtcdOptions()
+        self.path = str(url)
+        self.keys = Keys(url.prefix)
+        self._client: EtcdClient | None = None
+
+    @property
+    def client(self) -> EtcdClient:
+        if self._client is None:
+            self._client = EtcdClient(self.url, self.options)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def end_snapshot(self) -> None:
+        """A snapshot is a revision, not a transaction held open: nothing to end."""
+
+    # ------------------------------------------------------------ reading
+
+    def _meta(self, revision: int = 0) -> tuple[int, dict[str, Any]]:
+        """(revision, {name: (value, mod_revision)}) of meta/, read at `revision` (0: now)."""
+        under = self.keys.meta("")
+        reply = self.client.range(under, _end(under), revision=revision)
+        meta = {self.keys.name_of(kv.key, under): (bytes(kv.value), kv.mod_revision) for kv in reply.kvs}
+        return revision or int(reply.header.revision), meta
+
+    def _settings(self, meta: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+        try:
+            profile = json.loads(meta["profile"][0]) if "profile" in meta else "azure"
+            prefixes = tuple(json.loads(meta["internal_prefixes"][0])) if "internal_prefixes" in meta else ()
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{self.path}: a setting does not parse ({e}); the state is damaged") from None
+        if "format" in meta and meta["format"][0].decode() != FORMAT:
+            raise UserError(f"{self.path}: was written by another port25-enforcer (key layout "
+                            f"{meta['format'][0].decode()}, this one knows {FORMAT}); upgrade port25-enforcer")
+        return profile, prefixes
+
+    @property
+    def exists(self) -> bool:
+        return "format" in self._meta()[1]
+
+    def generation(self) -> int:
+        """The revision of the state's last change (0: none yet): etcd's revision numbers, not a count."""
+        meta = self._meta()[1]
+        return int(meta["changed"][1]) if "changed" in meta else 0
+
+    def _source(self, profiles: Callable[[str], Profile] | None) -> tuple[Inventory, dict[str, Any]]:
+        revision, meta = self._meta()
+        profile, prefixes = self._settings(meta)
+        check = None
+        if profiles is not None:
+            loaded = profiles(profile)
+            check = lambda table, row: check_row(loaded, table, row)  # noqa: E731
+        source = EtcdSource(self.client, self.keys, revision, self.path, check)
+        for name in ("profile", "internal_prefixes"):  # read by every operation: a concurrent edit is a conflict
+            source.seen[self.keys.meta(name)] = int(meta[name][1]) if name in meta else 0
+        return Inventory(profile, internal_prefixes=prefixes, source=source), meta
+
+    def snapshot(self, profiles: Callable[[str], Profile] | None = None) -> Inventory:
+        """The state as of now (one revision), read as it is asked for."""
+        while True:
+            try:
+                return self._source(profiles)[0]
+            except Compacted:  # compacted between our two reads: take the newer revision
+                continue
+
+    def read(self) -> tuple[Inventory, int]:
+        """The whole state at one revision, in memory: (inventory, generation)."""
+        while True:
+            try:
+                revision, meta = self._meta()
+                profile, prefixes = self._settings(meta)
+                source = EtcdSource(self.client, self.keys, revision, self.path)
+                tables: dict[str, Any] = {t: {r.name: r for r in source.rows(t)} for t in TABLES}
+                generation = int(meta["changed"][1]) if "changed" in meta else 0
+                return Inventory(profile, internal_prefixes=prefixes, **tables), generation
+            except Compacted:
+                continue
+
+    def names(self, table: str, prefix: str = "", limit: int = 100) -> list[str]:
+        if table not in TABLES:
+            raise ValueError(f"no names table {table!r}")
+        under = self.keys.table(table)
+        reply = self.client.range(under + prefix.encode(), _end(under + prefix.encode()) if prefix else _end(under),
+                                  keys_only=True, limit=limit)
+        return [self.keys.name_of(kv.key, under) for kv in reply.kvs]
+
+    def audit(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest `limit` audit rows, oldest first, as SQLite's store gives them; `id` is the revision of the
+        change that wrote the row (the rows of one change share it)."""
+        under = self.keys.audit()
+        reply = self.client.range(under, _end(under), limit=limit, newest_first=True)
+        out: list[dict[str, Any]] = []
+        for kv in reply.kvs:
+            try:
+                change = json.loads(kv.value)
+                rows = [{"id": kv.create_revision, "at": change["at"], "uid": change["uid"],
+                         "command": change["command"], "kind": kind, "name": name,
+                         "before": json.loads(before) if before else None,
+                         "after": json.loads(after) if after else None}
+                        for kind, name, before, after in change["rows"]]
+            except (ValueError, TypeError, KeyError) as e:
+                raise UserError(f"{self.path}: an audit entry does not parse ({e}); the state is damaged") from None
+            out[:0] = rows
+            if len(out) >= limit:
+                break
+        return out[-limit:]
+
+    def verify(self, profiles: Callable[[str], Profile]) -> dict[str, int]:
+        """The whole state checked at one revision: every row parsed, the inventory validated against its profile,
+        the address and index keys against the resources."""
+        if not self.exists:
+            raise UserError(f"no state at {self.path}")
+        inv, _ = self.read()
+        validate(inv, profiles(inv.profile))
+        expected: dict[bytes, bytes] = {}
+        for table in TABLES:
+            for row in getattr(inv, table).values():
+                expected.update(row_keys(self.keys, table, row))
+        held: dict[bytes, bytes] = {}
+        for under in (self.keys._k("addresses/"), self.keys._k("index/")):
+            held.update({bytes(kv.key): bytes(kv.value) for kv in self.client.range(under, _end(under)).kvs})
+        if held != expected:
+            wrong = sorted(set(held) ^ {k for k in expected} | {k for k in held if held[k] != expected.get(k)})
+            raise UserError(f"{self.path}: {len(wrong)} address or index keys do not match the resources (first: "
+                            f"{wrong[0].decode()}); the state is damaged")
+        under = self.keys.audit()
+        audit = int(self.client.range(under, _end(under), count_only=True).count)
+        addresses = sum(1 for k in held if k.startswith(self.keys._k("addresses/")))
+        return {"subscriptions": len(inv.subscriptions), "vnets": len(inv.vnets), "resources": len(inv.resources),
+                "addresses": addresses, "audit entries": audit}
+
+    # ------------------------------------------------------------ changing
+
+    def change(self, command: str, operation: Callable[[Inventory], tuple[Inventory, T]],
+               profiles: Callable[[str], Profile] | None = None) -> T:
+        """Run `operation` on a snapshot and write what it changed in one transaction that holds only if nothing
+        it read has changed since; else run it again on a newer snapshot. If it raises, nothing is written."""
+        for attempt in range(ATTEMPTS):
+            try:
+                outcome = self._attempt(command, operation, profiles)
+            except Compacted:
+                outcome = None
+            if outcome is not None:
+                return outcome[0]
+            time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))  # concurrent writers fall out of step
+        raise Failure(f"{self.path}: the change conflicted with others {ATTEMPTS} times in a row; nothing was "
+                      "changed: try again")
+
+    def _attempt(self, command: str, operation: Callable[[Inventory], tuple[Inventory, T]],
+                 profiles: Callable[[str], Profile] | None) -> tuple[T] | None:
+        """(what the operation returned,) once written; None when the transaction met a conflict."""
+        old, meta = self._source(profiles)
+        source = old.source
+        assert isinstance(source, EtcdSource)
+        new, result = operation(old)
+        if new.source is not old.source:
+            new = over(old, new)
+        writes, rows = planned(self.keys, old, new, "format" in meta)
+        if not rows:
+            return (result,)
+        client = self.client
+        for key in writes:  # a key written is one read: its writer must not have raced another (lost updates)
+            if key not in source.seen and not key.startswith(self.keys._k("index/")):
+                source.get(key)
+        changed = self.keys.meta("changed")
+        if source.whole or len(source.seen) + len(source.ranges) > MAX_COMPARES:
+            compares = [client.mod_is(changed, meta["changed"][1] if "changed" in meta else 0)]
+        else:
+            compares = [client.mod_is(key, revision) for key, revision in sorted(source.seen.items())]
+            compares += [client.untouched_since(start, end, source.revision) for start, end in source.ranges]
+        audit_key = self.keys.audit() + f"{time.time_ns():020d}-{os.getpid()}-{random.getrandbits(32):08x}".encode()
+        entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "uid": os.getuid(), "command": command, "rows": rows}
+        ops = [client.delete(k) if v is None else client.put(k, v) for k, v in sorted(writes.items())]
+        ops += [client.put(audit_key, json.dumps(entry, separators=(",", ":")).encode()),
+                client.put(changed, audit_key), client.put(self.keys.meta("format"), FORMAT.encode())]
+        return (result,) if client.txn(compares, ops).succeeded else None
