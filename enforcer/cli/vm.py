@@ -120,8 +120,11 @@ def machine_command(name: str, operation: Callable[[Inventory, Profile, str], An
         record = None if keep_processes else lab_of_state(c.state_path)
         if record is not None:
             from ..lab.manage import reboot
-            for host in reboot(record, [resource], end=ends, boot=boots):
+            ended, booted = reboot(record, [resource], end=ends, boot=boots)
+            for host in ended:
                 click.echo(f"lab: the processes of '{host}' ended, as in a shutdown (--keep-processes keeps them)")
+            for host in booted:
+                click.echo(f"lab: the Postfix of '{host}' (lab mta) started again with its queue, as at a boot")
 
 
 machine_command("start", lifecycle.start, "Start; from deallocated it pulls the current policy.", False, True)

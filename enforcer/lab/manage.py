@@ -154,16 +154,17 @@ def account_type(directory: Path, host: str, profile: Profile) -> SubscriptionTy
         store.close()
 
 
-def reboot(record: dict[str, Any], hosts: list[str], end: bool = True, boot: bool = False) -> list[str]:
+def reboot(record: dict[str, Any], hosts: list[str], end: bool = True,
+           boot: bool = False) -> tuple[list[str], list[str]]:
     """A stop of these lab hosts, as the platform's stop or restart is one: every process in their namespaces
-    ends (their files, and so a mail queue on disk, stay); returns the hosts that had any. `boot`: then they
-    start, and with them what starts at a boot (the Postfix the lab made for a host)."""
+    ends (their files, and so a mail queue on disk, stay). `boot`: then they start, and with them what starts at a
+    boot (the Postfix the lab made for a host). Returns (the hosts that had processes, those whose Postfix
+    started)."""
     ended = [h for h in hosts if end and h in record["hosts"] and end_processes([record["hosts"][h]])]
-    if boot:
-        directory = Path(record["state"]).parent
-        for h in (h for h in hosts if h in record["hosts"]):
-            mta.boot(record["hosts"][h], mta.Instance(directory, h))
-    return ended
+    directory = Path(record["state"]).parent
+    booted = [h for h in hosts if boot and h in record["hosts"]
+              and mta.boot(record["hosts"][h], mta.Instance(directory, h))]
+    return ended, booted
 
 
 def postfix_of(directory: Path, host: str) -> tuple[str, mta.Instance]:

@@ -274,10 +274,12 @@ def start(namespace: str, instance: Instance, families: set[int], relay: RelayHo
     return "started"
 
 
-def boot(namespace: str, instance: Instance) -> None:
-    """Start the instance as the host's boot would, with the config it has."""
-    if instance.exists() and not running(instance):
-        postfix(namespace, instance, "start")
+def boot(namespace: str, instance: Instance) -> bool:
+    """Start the instance as the host's boot would, with the config it has; whether it started."""
+    if not instance.exists() or running(instance):
+        return False
+    postfix(namespace, instance, "start")
+    return True
 
 
 def stop(namespace: str, instance: Instance) -> bool:
