@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -112,13 +113,31 @@ def own_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-P", "-m", module, *args]
 
 
-def sysctl(namespace: str, settings: dict[str, str]) -> None:
-    """Write /proc/sys entries as seen from inside the namespace."""
-    code = "import sys\nfor k, v in zip(sys.argv[1::2], sys.argv[2::2]):\n open('/proc/sys/' + k, 'w').write(v)"
-    args = [x for kv in settings.items() for x in kv]
-    proc = run_in(namespace, [sys.executable, "-c", code, *args])
-    if proc.wait(30) != 0:
-        raise RuntimeError(f"sysctl in {namespace} failed: {settings}")
+# one process for every namespace (a process per host would cost a Python start each): it enters each in turn
+# (setns(2); /proc/sys/net shows the namespace of the process that opens it) and writes its entries
+SYSCTL = """import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for namespace, settings in json.loads(sys.argv[1]).items():
+    fd = os.open('/run/netns/' + namespace, os.O_RDONLY)
+    if libc.setns(fd, 0x40000000) != 0:
+        sys.exit(f'setns {namespace}: ' + os.strerror(ctypes.get_errno()))
+    os.close(fd)
+    for key, value in settings.items():
+        with open('/proc/sys/' + key, 'w') as f:
+            f.write(value)
+"""
+# IPv6 without duplicate address detection on the lab's links: a link-local address is tentative for about a
+# second after its link comes up, and a VM's first IPv6 exchange in that second was lost (a lab just up, a DNS
+# query to the internet host's IPv6 address: timed out, now and then). The lab's addresses are unique by design.
+NO_DAD = {"net/ipv6/conf/default/accept_dad": "0", "net/ipv6/conf/all/accept_dad": "0"}
+
+
+def sysctl(settings: dict[str, dict[str, str]]) -> None:
+    """Write /proc/sys entries as seen from inside each namespace: {namespace: {key: value}}."""
+    proc = subprocess.run([sys.executable, "-c", SYSCTL, json.dumps(settings)], capture_output=True, text=True,
+                          timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"sysctl failed: {proc.stderr.strip()} ({settings})")
 
 
 class Topology:
@@ -140,12 +159,13 @@ class Topology:
     def up(self) -> None:
         guard_lab_ranges(self.internet.addresses + [a for h in self.vms.values() for a in h.addresses])
         try:
-            for name in (self.gateway.namespace, self.internet.namespace):
-                self._create(name)
-            sysctl(self.gateway.namespace, {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
+            hosts = [self.internet, *self.vms.values()]
+            for host in (self.gateway, *hosts):
+                self._create(host.namespace)
+            sysctl({self.gateway.namespace: {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1",
+                                             **NO_DAD}, **{h.namespace: NO_DAD for h in hosts}})
             self._wire_internet()
             for host in self.vms.values():
-                self._create(host.namespace)
                 self._wire_vm(host)
         except BaseException:
             self.down()
@@ -155,6 +175,7 @@ class Topology:
         """Add a VM to a topology that is up already."""
         host = self.add_vm(name, addresses, mac)
         self._create(host.namespace)
+        sysctl({host.namespace: NO_DAD})
         self._wire_vm(host)
         return host
 
@@ -171,6 +192,7 @@ class Topology:
             for name, (addresses, mac) in hosts.items():
                 host = self.add_vm(name, addresses, mac)
                 self._create(host.namespace)
+                sysctl({host.namespace: NO_DAD})
                 g.link("add", ifname=host.link, kind="veth", peer={"ifname": "eth0", "net_ns_fd": host.namespace})
                 gi = g.link_lookup(ifname=host.link)[0]
                 g.link("set", index=gi, master=bi, state="up")
