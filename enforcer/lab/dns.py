@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .files import RELAY_NAME, Record, is_dns_name
+from .files import RELAY_NAME, Record, dns_of, is_dns_name
 
 MX_NAME = "mx.lab"
 LAB_ZONE = "lab"
@@ -37,11 +37,12 @@ def local_data(name: str, record: Record) -> str:
 
 def unbound_config(directory: Path, listen: list[str], internet: list[str], resources: dict[str, list[str]],
                    records: list[Record]) -> str:
-    """unbound.conf: listen on `listen` (53, UDP and TCP), answer only from local zones (nothing is ever looked
-    up beyond this machine), run in the foreground as root without a chroot (its files are the lab's)."""
+    """unbound.conf: listen on `listen` (53, UDP and TCP; freebind: an address a Vagrant VM adds after unbound
+    started), answer only from local zones (nothing is ever looked up beyond this machine), run in the foreground as
+    root without a chroot (its files are the lab's)."""
     lines = ["server:", f'    directory: "{directory}"', '    chroot: ""', '    username: ""', "    do-daemonize: no",
              f'    pidfile: "{directory / "unbound.pid"}"', "    use-syslog: no", '    logfile: ""', "    verbosity: 1",
-             '    module-config: "iterator"', "    port: 53", "    do-ip4: yes", "    do-ip6: yes", "    do-udp: yes",
+             '    module-config: "iterator"', "    port: 53", "    ip-freebind: yes", "    do-ip4: yes", "    do-ip6: yes", "    do-udp: yes",
              "    do-tcp: yes", "    access-control: 0.0.0.0/0 allow", "    access-control: ::/0 allow",
              *(f"    interface: {a}" for a in listen)]
     # "." redirect: every name in the world answers with the root's data (the catch-all), and so nothing is ever
@@ -61,5 +62,35 @@ def unbound_config(directory: Path, listen: list[str], internet: list[str], reso
     return "\n".join(lines) + "\n"
 
 
+def main(argv: list[str] | None = None) -> None:
+    """Write the unbound.conf of a lab file's DNS: what the Vagrant lab's internet host serves (provision/
+    internet.sh), the same answers as the namespace lab's.
+
+    python3 -m enforcer.lab.dns --lab vagrant/lab.yml --directory /etc/p25-dns
+    """
+    import argparse
+    import sys
+
+    from ..errors import UserError
+    from .files import host_address, read_lab, resources_of
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0] if main.__doc__ else None)
+    parser.add_argument("--lab", type=Path, required=True, help="the lab file")
+    parser.add_argument("--directory", type=Path, required=True, help="where unbound.conf and unbound's pid go")
+    args = parser.parse_args(argv)
+    try:
+        path, doc, internet, _ = read_lab(args.lab)
+        records = dns_of(path, doc)
+    except UserError as e:
+        sys.exit(f"enforcer.lab.dns: {e}")
+    resources = {name: [host_address(a) for a in addresses] for name, addresses in resources_of(doc).items()}
+    args.directory.mkdir(parents=True, exist_ok=True)
+    (args.directory / "unbound.conf").write_text(unbound_config(args.directory, internet, internet, resources,
+                                                                records))
+
+
 def unbound_binary() -> str | None:
     return shutil.which(UNBOUND) or next((p for p in ("/usr/sbin/unbound",) if Path(p).exists()), None)
+
+
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,14 @@ TXT_VALUE = re.compile(r"[\x20-\x7e]{1,255}")
 DNS_TYPES = ("A", "AAAA", "MX", "TXT")
 
 
+def host_address(address: str) -> str:
+    """A prefix (a scale set) is represented by its first host address."""
+    net = ipaddress.ip_network(address, strict=False)
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(next(net.hosts()))
+
+
 @dataclass(frozen=True)
 class Relay:
     """The account the lab's relay ports want (lab.relay in a lab file; this default where it says none)."""

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from pyroute2 import IPRoute, NetNS, netns
+
+from .files import host_address
 from pyroute2.netlink.exceptions import NetlinkError
 
 GATEWAY4 = "198.18.0.1"   # the gateway's address on every VM link (the VMs' default route)
@@ -64,14 +66,6 @@ class Host:
     namespace: str = ""
     link: str = ""           # the gateway-side interface
     mac: str | None = None   # the host's own interface's MAC (as the inventory registers it), else the kernel's
-
-
-def host_address(address: str) -> str:
-    """A prefix (a scale set) is represented by its first host address."""
-    net = ipaddress.ip_network(address, strict=False)
-    if net.prefixlen == net.max_prefixlen:
-        return str(net.network_address)
-    return str(next(net.hosts()))
 
 
 def gateway_side(address: str) -> tuple[str, int]:

@@ -75,10 +75,11 @@ class Lab:
     def gateway(self, command: str, check: bool = True) -> str:
         return self.ssh("gateway", f"sudo {command}", check=check).stdout
 
-    def smtp(self, name: str, port: int, family: int = 4) -> str:
-        """One real SMTP delivery from a resource VM to the internet host: delivered, timeout or refused."""
-        out = self.ssh(name, f"PYTHONPATH=/vagrant-project python3 -m enforcer.lab.smtptry {INTERNET[family]} {port} "
-                             f"--timeout 6 --source-name {name}").stdout
+    def smtp(self, name: str, port: int, family: int = 4, to: str | None = None) -> str:
+        """One real SMTP delivery from a resource VM to the internet host (or to a name it resolves, `to`):
+        delivered, timeout or refused."""
+        out = self.ssh(name, f"PYTHONPATH=/vagrant-project python3 -m enforcer.lab.smtptry {to or INTERNET[family]} "
+                             f"{port} --timeout 6 --source-name {name}").stdout
         return json.loads(out.strip().splitlines()[-1])["outcome"]
 
     def state(self, name: str) -> str:
@@ -148,6 +149,17 @@ def test_real_smtp_from_each_vm_meets_its_subscriptions_block(lab, name):
     assert lab.smtp(name, 25, family=6) == PORT25_OUTCOME[name]
     assert lab.smtp(name, 587) == "delivered"
     assert lab.smtp(name, 465) == "delivered"
+
+
+@pytest.mark.parametrize("name", RESOURCES)
+def test_the_vms_resolve_through_the_labs_dns_and_mail_by_name(lab, name):
+    """The internet host's unbound (provision/internet.sh) answers as the namespace lab's: any domain leads to it,
+    the lab's names too; each VM's resolv.conf (provision/vm.sh) points at it, so a mail server's lookups work."""
+    for host in ("gmail.com", "mx.lab", "relay.lab"):
+        found = set(lab.ssh(name, f"getent ahosts {host} | awk '{{print $1}}'").stdout.split())
+        assert found == set(INTERNET.values()), (host, found)
+    assert lab.ssh(name, "getent hosts shop-web.lab").stdout.split()[0] in ("198.18.2.10", "2001:db8:2::10")
+    assert lab.smtp(name, 25, to="mx.lab") == PORT25_OUTCOME[name]
 
 
 def test_the_journal_holds_the_structured_drop_lines(lab):

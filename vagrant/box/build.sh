@@ -36,12 +36,13 @@ if [ "$force" -eq 0 ] && vagrant box list --machine-readable 2>/dev/null | grep 
 fi
 
 # What the three roles run: the gateway (the enforcer: netfilterqueue's library, iptables, conntrack, a venv),
-# the internet host (the SMTP sink: aiosmtpd) and the resources (the probe: scapy). Vagrant needs ssh, sudo
-# and rsync (the synced folder).
+# the internet host (the SMTP sink: aiosmtpd; the lab's DNS: unbound, its config written by enforcer.lab.dns, which
+# reads the lab file: python3-yaml) and the resources (the probe: scapy). Vagrant needs ssh, sudo and rsync (the
+# synced folder).
 packages=(
     systemd-sysv udev dbus kmod openssh-server sudo rsync iproute2 iputils-ping procps less
     linux-image-amd64 initramfs-tools
-    python3 python3-venv python3-aiosmtpd python3-scapy
+    python3 python3-venv python3-aiosmtpd python3-scapy python3-yaml unbound
     iptables nftables ipset conntrack libnetfilter-queue1 libnfnetlink0
 )
 key=$(dpkg -L vagrant | grep '/keys/vagrant.pub$' | head -n 1)

@@ -29,6 +29,9 @@ NET
 chroot "$root" systemctl enable --quiet systemd-networkd ssh
 # Nothing to download from in the lab; and a boot must not wait for a network that is Vagrant's to configure.
 chroot "$root" systemctl mask --quiet apt-daily.timer apt-daily-upgrade.timer systemd-networkd-wait-online.service
+# Debian's own unbound would resolve recursively from the real root (its trust anchor fetched from the internet);
+# the internet host runs the lab's instead (provision/internet.sh: p25-dns.service), nothing else runs one
+chroot "$root" systemctl mask --quiet unbound.service unbound-resolvconf.service
 rm -f "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*_Packages
 
 newest() { find "$root/boot" -name "$1" | sort -V | tail -n 1; }

@@ -2,7 +2,9 @@
 # The lab's "internet" host: the SMTP server every resource tries to reach. Run as root by the Vagrantfile at
 # every `vagrant up` (Vagrant's own network setup drops what it did not configure); idempotent.
 #   internet.sh setup    install python3-aiosmtpd and run enforcer/lab/smtpsink.py from /vagrant-project as
-#                        p25-smtpsink.service on ports 25, 465 and 587 (mail lands in /var/lib/p25-smtpsink)
+#                        p25-smtpsink.service on ports 25, 465 and 587 (mail lands in /var/lib/p25-smtpsink);
+#                        and the lab's DNS, unbound as p25-dns.service on port 53, answering as the namespace
+#                        lab's does (enforcer/lab/dns.py writes its config from lab.yml)
 #   internet.sh network  add the IPv6 address and route the lab's ranges back through the gateway
 #   internet.sh [all]    both
 # Facts from the Vagrantfile, in the environment:
@@ -14,6 +16,7 @@ set -euo pipefail
 
 ME=internet.sh
 PROJECT=/vagrant-project
+LAB="$PROJECT/vagrant/lab.yml"
 : "${P25_NAME:?set by the Vagrantfile}" "${P25_LINKS:?set by the Vagrantfile}"
 : "${P25_VIA4:?set by the Vagrantfile}" "${P25_VIA6=}"
 : "${P25_ROUTES4:?set by the Vagrantfile}" "${P25_ROUTES6=}"
@@ -76,6 +79,46 @@ UNIT
         exit 1
     fi
     log "SMTP sink listening on 25, 465, 587 and 2525 (mail in /var/lib/p25-smtpsink/mail)"
+    dns
+}
+
+# The lab's DNS: any domain's MX and addresses lead to this host, NAME.lab names the lab's machines, the lab
+# file's lab.dns.records; the config from the same code as the namespace lab's.
+dns() {
+    if ! command -v unbound >/dev/null && [ ! -x /usr/sbin/unbound ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update
+        apt-get install -y --no-install-recommends unbound python3-yaml
+        systemctl mask --now --quiet unbound.service
+    fi
+    PYTHONPATH=$PROJECT python3 -P -m enforcer.lab.dns --lab "$LAB" --directory /etc/p25-dns
+    CHANGED=""
+    write_if_changed /etc/systemd/system/p25-dns.service <<UNIT
+[Unit]
+Description=port25-enforcer lab: the lab's DNS on the internet host (port 53; any domain's MX leads here)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+ExecStart=/usr/sbin/unbound -d -c /etc/p25-dns/unbound.conf
+Restart=on-failure
+RestartSec=2s
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    if [ -n "$CHANGED" ]; then
+        systemctl daemon-reload
+    fi
+    systemctl enable --quiet p25-dns.service
+    systemctl restart p25-dns.service
+    sleep 1
+    if ! systemctl is-active --quiet p25-dns.service; then
+        journalctl -u p25-dns -n 30 --no-pager >&2 || true
+        echo "$ME: the lab's DNS did not start (its log is above)" >&2
+        exit 1
+    fi
+    log "the lab's DNS answering on port 53 ($P25_INTERNET)"
 }
 
 network() {

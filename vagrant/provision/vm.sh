@@ -33,6 +33,13 @@ add_addresses
 add_routes
 if [ -z "${P25_AT_BOOT:-}" ]; then
     persist
+    # the lab's DNS on the internet host (provision/internet.sh), as the namespace lab's resolv.conf says it
+    read -ra internet <<<"$P25_INTERNET"
+    if [ -L /etc/resolv.conf ]; then
+        rm -f /etc/resolv.conf # a resolver's link (systemd-resolved's): this file replaces it
+    fi
+    { echo "# the lab's DNS on its internet host (provision/vm.sh)"; printf 'nameserver %s\n' "${internet[@]}"; } |
+        write_if_changed /etc/resolv.conf
     # scapy, for `python3 -m enforcer.lab.probe` from the synced folder
     if ! dpkg-query -W -f='${Status}' python3-scapy 2>/dev/null | grep -q "install ok installed"; then
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-scapy >/dev/null; } \
