@@ -42,6 +42,22 @@ def group_of(r: Row, by: tuple[str, ...]) -> tuple[Any, ...]:
     return tuple(getattr(r, column) for column in by)
 
 
+def count_running(rows: Iterable[Row], by: tuple[str, ...]) -> Counts:
+    """How many of `rows` run, per group of the columns `by` (a source that holds its rows answers running())."""
+    counts: Counts = {}
+    for r in rows:
+        if r.state == "running":
+            key = group_of(r, by)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def running_named(rows: Iterable[Row], where: dict[str, Any], limit: int | None) -> list[str]:
+    """The names of the running `rows` whose columns hold `where`'s values, sorted, at most `limit`."""
+    key = tuple(where.values())
+    return sorted(r.name for r in rows if r.state == "running" and group_of(r, tuple(where)) == key)[:limit]
+
+
 class MemorySource:
     """Rows held in dicts. Its indexes are built on the first question that needs them (the rows never change:
     changes go to Changes), so a question costs a lookup after one pass."""
@@ -85,17 +101,10 @@ class MemorySource:
     def running(self, by: tuple[str, ...], subscription: str | None = None) -> Counts:
         rows = self.tables["resources"].values() if subscription is None else \
             self.where("resources", "subscription", subscription)
-        counts: Counts = {}
-        for r in rows:
-            if r.state == "running":
-                key = group_of(r, by)
-                counts[key] = counts.get(key, 0) + 1
-        return counts
+        return count_running(rows, by)
 
     def running_names(self, subscription: str, where: dict[str, Any], limit: int | None) -> list[str]:
-        key = tuple(where.values())
-        return sorted(r.name for r in self.where("resources", "subscription", subscription)
-                      if r.state == "running" and group_of(r, tuple(where)) == key)[:limit]
+        return running_named(self.where("resources", "subscription", subscription), where, limit)
 
 
 class Changes:

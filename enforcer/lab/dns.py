@@ -42,8 +42,9 @@ def unbound_config(directory: Path, listen: list[str], internet: list[str], reso
     root without a chroot (its files are the lab's)."""
     lines = ["server:", f'    directory: "{directory}"', '    chroot: ""', '    username: ""', "    do-daemonize: no",
              f'    pidfile: "{directory / "unbound.pid"}"', "    use-syslog: no", '    logfile: ""', "    verbosity: 1",
-             '    module-config: "iterator"', "    port: 53", "    ip-freebind: yes", "    do-ip4: yes", "    do-ip6: yes", "    do-udp: yes",
-             "    do-tcp: yes", "    access-control: 0.0.0.0/0 allow", "    access-control: ::/0 allow",
+             '    module-config: "iterator"', "    port: 53", "    ip-freebind: yes", "    do-ip4: yes",
+             "    do-ip6: yes", "    do-udp: yes", "    do-tcp: yes", "    access-control: 0.0.0.0/0 allow",
+             "    access-control: ::/0 allow",
              *(f"    interface: {a}" for a in listen)]
     # "." redirect: every name in the world answers with the root's data (the catch-all), and so nothing is ever
     # resolved by recursion; more specific zones below win over it

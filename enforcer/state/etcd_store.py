@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from ..core.inventory import Inventory, Resource
 from ..core.profile import Profile
-from ..core.rows import COUNTED_BY, INDEXED, TABLES, Counts, group_of
+from ..core.rows import COUNTED_BY, INDEXED, TABLES, Counts, count_running, running_named
 from ..core.validate import check_row, validate
 from ..core.verdicts import Judged
 from ..errors import Failure, UserError
@@ -192,17 +192,10 @@ class EtcdSource:
     def running(self, by: tuple[str, ...], subscription: str | None = None) -> Counts:
         if not set(by) <= set(COUNTED_BY):
             raise ValueError(f"running resources are not counted by {by}")
-        counts: Counts = {}
-        for r in self._resources(subscription):
-            if r.state == "running":
-                key = group_of(r, by)
-                counts[key] = counts.get(key, 0) + 1
-        return counts
+        return count_running(self._resources(subscription), by)
 
     def running_names(self, subscription: str, where: dict[str, Any], limit: int | None) -> list[str]:
-        key = tuple(where.values())
-        return sorted(r.name for r in self._resources(subscription)
-                      if r.state == "running" and group_of(r, tuple(where)) == key)[:limit]
+        return running_named(self._resources(subscription), where, limit)
 
 
 def _doc(row: Entity | None) -> str | None:

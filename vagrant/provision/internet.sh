@@ -28,6 +28,22 @@ COMMON="$(dirname "$0")/common.sh"
 # shellcheck source=vagrant/provision/common.sh
 . "$COMMON"
 
+# (Re)starts the unit $1 (its file just written: CHANGED says whether it changed) and checks that it runs; $2 names
+# it in the error.
+start_unit() {
+    if [ -n "$CHANGED" ]; then
+        systemctl daemon-reload
+    fi
+    systemctl enable --quiet "$1.service"
+    systemctl restart "$1.service"
+    sleep 2
+    if ! systemctl is-active --quiet "$1.service"; then
+        journalctl -u "$1" -n 30 --no-pager >&2 || true
+        echo "$ME: $2 did not start (its log is above)" >&2
+        exit 1
+    fi
+}
+
 setup() {
     local mta
     if [ ! -f "$PROJECT/enforcer/lab/smtpsink.py" ]; then
@@ -66,18 +82,8 @@ PrivateTmp=yes
 [Install]
 WantedBy=multi-user.target
 UNIT
-    if [ -n "$CHANGED" ]; then
-        systemctl daemon-reload
-    fi
-    systemctl enable --quiet p25-smtpsink.service
     # restarted at every run: a `vagrant rsync` may have brought a new smtpsink.py
-    systemctl restart p25-smtpsink.service
-    sleep 2
-    if ! systemctl is-active --quiet p25-smtpsink.service; then
-        journalctl -u p25-smtpsink -n 30 --no-pager >&2 || true
-        echo "$ME: the SMTP sink did not start (its log is above)" >&2
-        exit 1
-    fi
+    start_unit p25-smtpsink "the SMTP sink"
     log "SMTP sink listening on 25, 465, 587 and 2525 (mail in /var/lib/p25-smtpsink/mail)"
     dns
 }
@@ -107,17 +113,7 @@ RestartSec=2s
 [Install]
 WantedBy=multi-user.target
 UNIT
-    if [ -n "$CHANGED" ]; then
-        systemctl daemon-reload
-    fi
-    systemctl enable --quiet p25-dns.service
-    systemctl restart p25-dns.service
-    sleep 1
-    if ! systemctl is-active --quiet p25-dns.service; then
-        journalctl -u p25-dns -n 30 --no-pager >&2 || true
-        echo "$ME: the lab's DNS did not start (its log is above)" >&2
-        exit 1
-    fi
+    start_unit p25-dns "the lab's DNS"
     log "the lab's DNS answering on port 53 ($P25_INTERNET)"
 }
 
