@@ -30,8 +30,13 @@ fi
 for tool in mmdebstrap mkfs.ext4 qemu-img vagrant; do
     command -v "$tool" >/dev/null || { echo "build.sh: $tool is missing; run: scripts/install.sh --test" >&2; exit 2; }
 done
-if [ "$force" -eq 0 ] && vagrant box list --machine-readable 2>/dev/null | grep -q ",box-name,$name\$"; then
-    echo "build.sh: box $name is already added (rebuild: $0 --force)"
+# The recipe's digest (this script and customize.sh): a box added by an older recipe (without a package the lab now
+# needs, say) is built again, as the lab's machines can install nothing themselves.
+recipe=$(cat "$here/build.sh" "$here/customize.sh" | sha256sum | cut -c1-16)
+stamp="/var/lib/p25-box/${name//\//-}.recipe"
+if [ "$force" -eq 0 ] && vagrant box list --machine-readable 2>/dev/null | grep -q ",box-name,$name\$" \
+    && [ "$(cat "$stamp" 2>/dev/null)" = "$recipe" ]; then
+    echo "build.sh: box $name is already added, from this recipe (rebuild: $0 --force)"
     exit 0
 fi
 
@@ -91,4 +96,6 @@ RUBY
 rm -rf "$boot"  # a rebuilt box brings its own kernel
 tar -C "$work" -cf "$work/p25.box" metadata.json Vagrantfile box.img vmlinuz initrd.img
 vagrant box add --force --name "$name" "$work/p25.box"
+mkdir -p "$(dirname "$stamp")"
+echo "$recipe" >"$stamp"
 echo "build.sh: added box $name ($(du -h "$work/box.img" | cut -f1) qcow2)"

@@ -93,8 +93,11 @@ UNIT
 dns() {
     if ! command -v unbound >/dev/null && [ ! -x /usr/sbin/unbound ]; then
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update
-        apt-get install -y --no-install-recommends unbound python3-yaml
+        if ! { apt-get update && apt-get install -y --no-install-recommends unbound python3-yaml; }; then
+            echo "$ME: unbound is missing and could not be installed (a box of an older recipe, with no package" \
+                "mirror to reach? rebuild it: vagrant/box/build.sh --force)" >&2
+            exit 1
+        fi
         systemctl mask --now --quiet unbound.service
     fi
     PYTHONPATH=$PROJECT python3 -P -m enforcer.lab.dns --lab "$LAB" --directory /etc/p25-dns
