@@ -35,7 +35,8 @@ from ..core.verdicts import Verdict
 from ..errors import UserError
 from ..state.profiles import load_profile
 from ..state.settings import QueueFull, Settings
-from ..state.store import Store
+from ..state.backend import StateBackend, open_state
+from ..state.etcd_client import EtcdOptions
 from ._fastpath import Judge, Table, View
 from .counters import Counters
 from .droplog import DropLog
@@ -70,7 +71,8 @@ SWITCH_INTERVAL = 0.0005
 DRAIN_PAUSE = 0.05  # seconds between two drains of the drop log while drops keep coming
 
 
-def worker_main(queue_num: int, conn: Connection, settings: Settings, backend: str, parent_pid: int) -> None:
+def worker_main(queue_num: int, conn: Connection, settings: Settings, backend: str, parent_pid: int,
+                etcd: EtcdOptions | None = None) -> None:
     die_with_parent(parent_pid)
     sys.setswitchinterval(SWITCH_INTERVAL)
     drops: collections.deque[Drop] = collections.deque(maxlen=4096)  # for the drop log, drained by the control
@@ -85,7 +87,7 @@ def worker_main(queue_num: int, conn: Connection, settings: Settings, backend: s
         conn.send(("error", str(e)))
         return
     conn.send(("bound", queue_num))
-    control = WorkerControl(queue_num, judge, drops, conn, Explainer(settings.state), filler)
+    control = WorkerControl(queue_num, judge, drops, conn, Explainer(settings.state, etcd), filler)
     threading.Thread(target=control.serve, name=f"queue-{queue_num}-control", daemon=True).start()
     if filler is not None:
         threading.Thread(target=filler.serve, args=(control.stop,), name=f"queue-{queue_num}-cache",
@@ -130,15 +132,15 @@ class Explainer:
     """Names the resource behind a blocked source and says why, from the state: read when a drop-log line is
     written (the drop log keeps the answer until the next table)."""
 
-    def __init__(self, state: str):
-        self.state = state
-        self.store: Store | None = None
+    def __init__(self, state: str, etcd: EtcdOptions | None = None):
+        self.state, self.etcd = state, etcd
+        self.store: StateBackend | None = None
 
     def __call__(self, key: bytes) -> tuple[str | None, str]:
         address = socket.inet_ntop(socket.AF_INET6 if len(key) == 16 else socket.AF_INET, key)
         try:
             if self.store is None:
-                self.store = Store(self.state)
+                self.store = open_state(self.state, self.etcd)
             inv = self.store.snapshot(load_profile)
             try:
                 r = find_source(inv, address)
