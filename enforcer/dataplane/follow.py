@@ -1,7 +1,8 @@
 """How the daemon follows its state, whichever backend holds it: a Follower compiles the first table, says which
 generation the state is at, and patches the table with what changed since (Keeper.patch, the incremental path).
 
-SqliteFollower polls the SQLite store's generation and reads its audit log (what the daemon always did).
+SqliteFollower polls the SQLite store's generation and reads its audit log (what the daemon always did);
+EtcdFollower (etcd_follow.py) watches an etcd prefix in a thread and turns its events into the same Changed rows.
 The daemon's loop asks `newest()` every round and calls `patch()` when it differs from the table's generation.
 """
 
@@ -126,4 +127,8 @@ class SqliteFollower:
 
 
 def follower_for(settings: Settings, etcd: EtcdOptions | None = None) -> Follower:
+    from ..state.etcd_client import is_etcd
+    if is_etcd(settings.state):
+        from .etcd_follow import EtcdFollower
+        return EtcdFollower(settings, etcd)
     return SqliteFollower(settings.state)

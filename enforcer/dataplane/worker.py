@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..core.policy import find_source, verdict_for
 from ..core.verdicts import Verdict
-from ..errors import UserError
+from ..errors import Failure, UserError
 from ..state.profiles import load_profile
 from ..state.settings import QueueFull, Settings
 from ..state.backend import StateBackend, open_state
 from ..state.etcd_client import EtcdOptions
+from ..state.etcd_store import EtcdStore
 from ._fastpath import Judge, Table, View
 from .counters import Counters
 from .droplog import DropLog
@@ -68,6 +69,7 @@ def die_with_parent(parent_pid: int | None = None) -> None:
 # pause, and the control thread (a new table, a status) waits up to this long at each of the dozen calls that
 # release the GIL on its way: 5 ms (Python's default) made a hand-over take 4x as long under a flood.
 SWITCH_INTERVAL = 0.0005
+EXPLAIN_TIMEOUT = 1.0  # seconds the drop log waits for an etcd state to explain a blocked source
 DRAIN_PAUSE = 0.05  # seconds between two drains of the drop log while drops keep coming
 
 
@@ -141,6 +143,8 @@ class Explainer:
         try:
             if self.store is None:
                 self.store = open_state(self.state, self.etcd)
+                if isinstance(self.store, EtcdStore):  # the drop log waits for no partitioned etcd
+                    self.store.client.timeout = EXPLAIN_TIMEOUT
             inv = self.store.snapshot(load_profile)
             try:
                 r = find_source(inv, address)
@@ -149,7 +153,7 @@ class Explainer:
                 return r.name, verdict_for(inv, load_profile(inv.profile), r).reason
             finally:
                 self.store.end_snapshot()
-        except UserError as e:
+        except (UserError, Failure) as e:
             return None, f"(the state could not be read: {e})"
 
 
