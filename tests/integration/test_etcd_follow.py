@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from enforcer.lab.netns import can_build_namespaces, own_module, run_in
+from enforcer.lab.netns import can_build_namespaces, own_module
 from support.paths import LAB
 from support.etcd import ETCD, ETCDCTL, MAX_TXN_OPS, need_etcd
 from support.netlab import NetLab, example_lab, wait_for
@@ -25,6 +25,12 @@ from support.netlab import NetLab, example_lab, wait_for
 WHY_NOT = can_build_namespaces()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 V4 = yaml.safe_load(LAB.read_text())["lab"]["internet"]["addresses"][0]
+
+
+def run_in(namespace: str, argv: list[str], **kwargs) -> subprocess.Popen:
+    """`ip netns exec`: no Python code runs between fork and exec (the lab's run_in enters the namespace in a
+    preexec function, which gRPC's fork handlers disturb once grpc is loaded in this process)."""
+    return subprocess.Popen(["ip", "netns", "exec", namespace, *argv], **kwargs)
 
 
 class NsEtcd:
