@@ -11,7 +11,7 @@ import click
 from click.core import ParameterSource
 
 from ..errors import UserError
-from ..state.etcd_client import is_etcd
+from ..state.etcd_client import is_etcd, parse_url
 from ..state.settings import DEFAULT_CONFIG, SETTINGS, Settings, read_settings_file
 from .context import Context
 
@@ -57,10 +57,10 @@ def run(ctx: click.Context, /, config_path: str | None, **options: Any) -> None:
     """Run the enforcer daemon: judge forwarded port 25 SYNs through NFQUEUE."""
     from ..dataplane.daemon import Daemon
     settings = merged_settings(ctx, config_path, options)
-    if is_etcd(settings.state):
-        raise UserError(f"enforcer run: {settings.state}: the daemon follows an SQLite state only, for now (following "
-                        "etcd by watch is issue 21's next step); copy it: enforcer state copy FROM PATH")
+    etcd = is_etcd(settings.state)
+    if etcd:
+        parse_url(settings.state)  # a malformed location is one line before anything else
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    code = Daemon(settings).run()
+    code = (Daemon(settings, ctx.obj.etcd) if etcd else Daemon(settings)).run()
     if code:
         raise SystemExit(code)

@@ -47,6 +47,10 @@ def show_daemon(live: dict[str, Any]) -> None:
     for q, d in live["kernel_queues"].items():
         click.echo(f"{'queue ' + q:17} waiting {d.get('waiting', '?')}, dropped when full "
                    f"{d.get('queue_dropped', '?')}, failed to send {d.get('user_dropped', '?')}")
+    if "connected" in live:
+        click.echo(f"{'state':17} etcd, gateway {live['gateway_name']}: connected={str(live['connected']).lower()}, "
+                   f"applied revision {live['applied_revision']}, stale {live['stale_seconds']} s; "
+                   f"{live['compiles']} compile(s), {live['patches']} patch(es), {live['relists']} relist(s)")
     click.echo(f"{'malformed':17} {live['malformed']}; rules put back {live['rule_repairs']} time(s)")
     summarised = live.get("drop_log", {}).get("summarised", 0)
     if summarised:  # a flood of new sources: most of its attempts are in the drop log's summary lines

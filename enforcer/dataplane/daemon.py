@@ -28,7 +28,6 @@ from ..core.profile import Profile
 from ..errors import UserError
 from ..state.profiles import load_profile
 from ..state.settings import Settings, WhenDown
-from ..state.store import Store
 from .control import ControlServer, ask
 from .notify import notify
 from .queue import kernel_queue_stats
@@ -36,10 +35,12 @@ from .kernelcache import KernelCache
 from .rules.base import CacheError
 from .rules import RuleBackend, RuleSpec, choose_backend
 from .rules.base import CacheSpec
-from .keeper import PATCH_LIMIT, Keeper, Patch
+from .follow import Follower, follower_for
+from .keeper import Keeper
 from .worker import worker_main
 
 if TYPE_CHECKING:  # for annotations only: nothing more to import at run time
+    from ..state.etcd_client import EtcdOptions
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
@@ -104,14 +105,15 @@ def hand_table(workers: list[WorkerHandle], fd: int, generation: int, verdicts: 
 
 class Daemon:
     backend: RuleBackend
-    store: Store
     keeper: Keeper   # the table and what its indexes mean
     spec: RuleSpec   # the rules in place (once the first table is handed over)
     spec_wanted: RuleSpec
     changed_keys: set[bytes] | None  # the addresses the last reload touched (None: all of them)
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, etcd: EtcdOptions | None = None):
         self.settings = settings
+        self.etcd = etcd
+        self.follower: Follower = follower_for(settings, etcd)  # SQLite's generation polled, or etcd watched
         self.started = time.monotonic()
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -141,11 +143,7 @@ class Daemon:
         if ask(self.settings.socket, {"cmd": "status"}, timeout=2) is not None:
             raise UserError(f"another enforcer daemon answers on {self.settings.socket}; stop it or pass "
                             "--socket PATH")
-        store = Store(self.settings.state)
-        if not store.exists:
-            raise UserError(f"no state at {self.settings.state}; create it first: enforcer --state "
-                            f"{self.settings.state} apply FILE")
-        self.store = store
+        self.follower.check()
 
     def load_state(self) -> None:
         """The first table, handed to the workers. A state that cannot be compiled stops the daemon, failing
@@ -163,12 +161,10 @@ class Daemon:
 
     def _fail_closed_spec(self) -> RuleSpec:
         try:
-            profile = load_profile(self.store.snapshot().profile)
+            profile = load_profile(self.follower.profile_name())
             ports, dropped = tuple(sorted(profile.restricted_ports)), profile.dropped_protocol_numbers
         except UserError:
             ports, dropped = (25,), ()
-        finally:
-            self.store.end_snapshot()
         s = self.settings
         return RuleSpec(s.queue, s.queues, ports, (), bypass=False, dropped_protocols=dropped)
 
@@ -187,10 +183,11 @@ class Daemon:
         """One process per queue, forked before the table exists (so that no worker holds a copy of it); each
         binds its queue and judges nothing until its first table (an unknown source is dropped)."""
         ctx = multiprocessing.get_context("fork")
-        self.store.close()  # reopened after the fork: SQLite handles must not cross it
+        self.follower.before_fork()  # reopened after the fork: SQLite handles, gRPC channels must not cross it
         for q in self.queue_list():
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(q, child, self.settings, self.backend.name, os.getpid()),
+            proc = ctx.Process(target=worker_main,
+                               args=(q, child, self.settings, self.backend.name, os.getpid(), self.etcd),
                                name=f"enforcer-queue-{q}", daemon=True)
             proc.start()
             if not parent.poll(15):
@@ -199,43 +196,26 @@ class Daemon:
             if status == "error":
                 raise UserError(f"{detail}; pick another --queue or stop the other consumer")
             self.workers.append(WorkerHandle(q, proc, parent, -1))
-        self.store = Store(self.settings.state)
+        self.follower.after_fork()
 
     # ------------------------------------------------------------ the table
 
     def compile(self) -> None:
         """The whole table from the state (at start, on SIGHUP, after a change the audit log does not hold)."""
-        inv = self.store.snapshot(load_profile)  # the profile is read afresh: SIGHUP may follow an edit
-        try:
-            keeper = Keeper(load_profile(inv.profile))
-            generation, position = self.store.generation(), self.store.audit_position()
-            keeper.compile(self.store, inv)
-            keeper.generation, keeper.position = generation, position
-            spec = self._spec(inv, keeper.profile)
-        finally:
-            self.store.end_snapshot()
-        self.keeper, self.spec_wanted = keeper, spec
+        self.keeper, self.spec_wanted = self.follower.compile(self._spec)
         self.changed_keys = None  # everything may have changed
 
     def patch(self, generation: int) -> None:
-        """What the audit log says changed since the table's last generation, applied to it; the whole table
-        compiled afresh when the log does not cover the change (a write that left no audit row) or holds more
-        than a patch is worth."""
-        keeper = self.keeper
-        inv = self.store.snapshot(lambda _: keeper.profile)
-        try:
-            position = self.store.audit_position()
-            changes = self.store.changed_since(keeper.position, PATCH_LIMIT) if position != keeper.position else None
-            patch = keeper.patch(inv, changes) if changes else Patch(full=True)
-            if not patch.full:
-                if patch.rules:
-                    self.spec_wanted = self._spec(inv, keeper.profile)
-                keeper.generation, keeper.position = self.store.generation(), position
-                self.changed_keys = patch.keys
-        finally:
-            self.store.end_snapshot()
+        """What changed since the table's last generation, applied to it (the follower reads it: SQLite's audit
+        log, etcd's watch); the whole table compiled afresh when that does not cover the change (a write that
+        left no audit row) or holds more than a patch is worth."""
+        patch, spec = self.follower.patch(self.keeper, self._spec)
         if patch.full:
             self.compile()
+            return
+        if spec is not None:
+            self.spec_wanted = spec
+        self.changed_keys = patch.keys
 
     def hand_over(self) -> None:
         """The keeper's table to every worker, then the rules it needs."""
@@ -257,11 +237,12 @@ class Daemon:
             self.install(self.spec_wanted)
             self.spec = self.spec_wanted
         self.generation = keeper.generation
+        self.follower.handed_over(self.generation, self.changed_keys is None)
 
     # ------------------------------------------------------------ the loop
 
     def reload(self) -> None:
-        generation = self.store.generation()
+        generation = self.follower.newest()
         if generation == self.generation and not self.reload_requested:
             return
         forced, self.reload_requested = self.reload_requested, False
@@ -307,6 +288,7 @@ class Daemon:
             self.load_state()
         except BaseException:
             self.stop_workers()
+            self.follower.close()
             raise
         try:
             # the control socket and the metrics listener first: if either cannot start, no rule went in
@@ -369,6 +351,7 @@ class Daemon:
             log.error("stopping after a failure; our rules stay in place (--when-down %s)", self.settings.when_down)
         self.stop_workers()
         self.control.stop()
+        self.follower.close()
 
     def stop_workers(self) -> None:
         for w in self.workers:
@@ -410,6 +393,7 @@ class Daemon:
                          for (s, c, v), n in sorted(totals.items())],
             "malformed": malformed, "callback_errors": errors, "kernel_cache": cached, "drop_log": drop_log,
             "kernel_queues": {str(q): kernel[q].brief() if q in kernel else {} for q in self.queue_list()},
+            **self.follower.live(),
         }
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -14,15 +14,16 @@ import json
 import mmap
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..core.inventory import Inventory, Resource
 from ..core.profile import Profile
 from ..core.validate import check_row
 from ..core.verdicts import UNKNOWN, Judged, Verdict, Verdicts, hw_mac, judged, judged_alike, packed_address
 from ..errors import UserError
-from ..state.store import Changed, Store
+from ..state.store import Changed
 from ._fastpath import Table, View
 
 # What publish() puts on the memfd and mapped() requires: nobody can write, shrink or grow the image a worker
@@ -32,6 +33,11 @@ SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_S
 PATCH_LIMIT = 50_000
 # One write to the table: packed address, prefix length (None: a host), verdict (None: remove), interface, MAC
 Write = tuple[bytes, "int | None", "int | None", "str | None", "bytes | None"]
+
+
+class AddressRows(Protocol):
+    """Where a compile reads every address from: SQLite's Store, or an etcd state at one revision."""
+    def address_rows(self) -> Iterator[tuple[str, str, int | None, str, str | None]]: ...
 
 
 @dataclass
@@ -55,7 +61,7 @@ class Keeper:
 
     # ------------------------------------------------------------ whole
 
-    def compile(self, store: Store, inv: Inventory) -> Patch:
+    def compile(self, store: AddressRows, inv: Inventory) -> Patch:
         """Every address of the state, in one pass over its address rows (`inv`: the same snapshot, read lazily
         for the few rows the verdicts depend on: the appliances, the VNets' interfaces). Raises a UserError
         naming the resource whose row the table cannot hold."""

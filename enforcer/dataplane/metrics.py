@@ -53,6 +53,19 @@ class DaemonCollector:
         fail_open.add_metric(["queue_full"], 1 if s["queue_full"] == "accept" else 0)
         fail_open.add_metric(["when_down"], 1 if s["when_down"] == "allow" else 0)
         yield fail_open
+        if "connected" in s:  # a state followed by watch (etcd)
+            yield GaugeMetricFamily("enforcer_state_connected", "1 while the watch of the etcd state is connected "
+                                    "and answering", value=1 if s["connected"] else 0)
+            yield GaugeMetricFamily("enforcer_state_applied_revision", "The etcd revision the table is current to",
+                                    value=s["applied_revision"])
+            yield GaugeMetricFamily("enforcer_state_stale_seconds", "Seconds since the daemon last knew its table "
+                                    "was current with the etcd state (0 while connected)", value=s["stale_seconds"])
+            follow = CounterMetricFamily("enforcer_state_loads", "Tables loaded from the etcd state, by how: "
+                                         "compile (whole), patch (incremental), relist (after a compaction)",
+                                         labels=["how"])
+            for how, key in (("compile", "compiles"), ("patch", "patches"), ("relist", "relists")):
+                follow.add_metric([how], s[key])
+            yield follow
         yield GaugeMetricFamily("enforcer_state_error", "1 while the state's newest generation cannot be loaded "
                                 "(the daemon judges with its last good table)", value=1 if s["state_error"] else 0)
 

@@ -32,10 +32,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..core.policy import find_source, verdict_for
 from ..core.verdicts import Verdict
-from ..errors import UserError
+from ..errors import Failure, UserError
 from ..state.profiles import load_profile
 from ..state.settings import QueueFull, Settings
-from ..state.store import Store
+from ..state.backend import StateBackend, open_state
+from ..state.etcd_client import EtcdOptions
+from ..state.etcd_store import EtcdStore
 from ._fastpath import Judge, Table, View
 from .counters import Counters
 from .droplog import DropLog
@@ -67,10 +69,12 @@ def die_with_parent(parent_pid: int | None = None) -> None:
 # pause, and the control thread (a new table, a status) waits up to this long at each of the dozen calls that
 # release the GIL on its way: 5 ms (Python's default) made a hand-over take 4x as long under a flood.
 SWITCH_INTERVAL = 0.0005
+EXPLAIN_TIMEOUT = 1.0  # seconds the drop log waits for an etcd state to explain a blocked source
 DRAIN_PAUSE = 0.05  # seconds between two drains of the drop log while drops keep coming
 
 
-def worker_main(queue_num: int, conn: Connection, settings: Settings, backend: str, parent_pid: int) -> None:
+def worker_main(queue_num: int, conn: Connection, settings: Settings, backend: str, parent_pid: int,
+                etcd: EtcdOptions | None = None) -> None:
     die_with_parent(parent_pid)
     sys.setswitchinterval(SWITCH_INTERVAL)
     drops: collections.deque[Drop] = collections.deque(maxlen=4096)  # for the drop log, drained by the control
@@ -85,7 +89,7 @@ def worker_main(queue_num: int, conn: Connection, settings: Settings, backend: s
         conn.send(("error", str(e)))
         return
     conn.send(("bound", queue_num))
-    control = WorkerControl(queue_num, judge, drops, conn, Explainer(settings.state), filler)
+    control = WorkerControl(queue_num, judge, drops, conn, Explainer(settings.state, etcd), filler)
     threading.Thread(target=control.serve, name=f"queue-{queue_num}-control", daemon=True).start()
     if filler is not None:
         threading.Thread(target=filler.serve, args=(control.stop,), name=f"queue-{queue_num}-cache",
@@ -130,15 +134,17 @@ class Explainer:
     """Names the resource behind a blocked source and says why, from the state: read when a drop-log line is
     written (the drop log keeps the answer until the next table)."""
 
-    def __init__(self, state: str):
-        self.state = state
-        self.store: Store | None = None
+    def __init__(self, state: str, etcd: EtcdOptions | None = None):
+        self.state, self.etcd = state, etcd
+        self.store: StateBackend | None = None
 
     def __call__(self, key: bytes) -> tuple[str | None, str]:
         address = socket.inet_ntop(socket.AF_INET6 if len(key) == 16 else socket.AF_INET, key)
         try:
             if self.store is None:
-                self.store = Store(self.state)
+                self.store = open_state(self.state, self.etcd)
+                if isinstance(self.store, EtcdStore):  # the drop log waits for no partitioned etcd
+                    self.store.client.timeout = EXPLAIN_TIMEOUT
             inv = self.store.snapshot(load_profile)
             try:
                 r = find_source(inv, address)
@@ -147,7 +153,7 @@ class Explainer:
                 return r.name, verdict_for(inv, load_profile(inv.profile), r).reason
             finally:
                 self.store.end_snapshot()
-        except UserError as e:
+        except (UserError, Failure) as e:
             return None, f"(the state could not be read: {e})"
 
 

@@ -20,6 +20,10 @@ from ..errors import Failure, UserError
 SCHEME = "etcd://"
 DEFAULT_PORT = 2379
 TIMEOUT = 10.0  # seconds a call may take: a member that does not answer is told, not waited for
+# gRPC keepalive for a long-lived stream (the daemon's watch): a ping every 6 s (etcd refuses pings more often than
+# every 5 s by default: --grpc-keepalive-min-time), the connection dropped when one is unanswered for 3 s
+KEEPALIVE = [("grpc.keepalive_time_ms", 6000), ("grpc.keepalive_timeout_ms", 3000),
+             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
 PREFIX_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 
 
@@ -122,7 +126,7 @@ class Compacted(Exception):
 class EtcdClient:
     """One channel to the members, authenticated once. Synchronous: a command makes a few calls in a row."""
 
-    def __init__(self, url: EtcdUrl, options: EtcdOptions):
+    def __init__(self, url: EtcdUrl, options: EtcdOptions, keepalive: bool = False):
         # gRPC's C core logs handshake failures to stderr itself: we tell each failure in one line instead
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         try:
@@ -133,10 +137,14 @@ class EtcdClient:
             raise UserError(f"an etcd state needs the etcd extra ({e.name} is missing): "
                             "pip install 'port25-enforcer[etcd]', or run scripts/install.sh") from None
         self.url, self.options, self.grpc, self.rpc = url, options, grpc, rpc
+        self.timeout = TIMEOUT
         if options.user is not None and options.password is None:
             raise UserError(f"--etcd-user {options.user}: set its password in $ENFORCER_ETCD_PASSWORD")
         target = _target(url)
-        channel_options = [("grpc.default_authority", url.endpoints[0][0])] if target.startswith("ipv") else []
+        channel_options: list[tuple[str, Any]] = \
+            [("grpc.default_authority", url.endpoints[0][0])] if target.startswith("ipv") else []
+        if keepalive:  # a long-lived watch: a member gone silent (a partition) ends the stream within seconds
+            channel_options += KEEPALIVE
         if options.cacert or options.cert or options.key:
             if bool(options.cert) != bool(options.key):
                 raise UserError("--etcd-cert and --etcd-key go together: give both, or neither")
@@ -148,9 +156,15 @@ class EtcdClient:
             self.channel = grpc.insecure_channel(target, options=channel_options)
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
         self.metadata: tuple[tuple[str, str], ...] | None = None
-        if options.user is not None:
+        self.authenticate()
+
+    def authenticate(self) -> None:
+        """A fresh token for --etcd-user (etcd's simple tokens expire when unused); nothing without a user."""
+        if self.options.user is not None:
+            from aetcd.rpc import rpc_pb2_grpc
             auth = rpc_pb2_grpc.AuthStub(self.channel)
-            reply = self._call(auth.Authenticate, rpc.AuthenticateRequest(name=options.user, password=options.password))
+            reply = self._call(auth.Authenticate, self.rpc.AuthenticateRequest(name=self.options.user,
+                                                                               password=self.options.password))
             self.metadata = (("token", reply.token),)
 
     def close(self) -> None:
@@ -160,7 +174,7 @@ class EtcdClient:
 
     def _call(self, method: Any, request: Any) -> Any:
         try:
-            return method(request, timeout=TIMEOUT, metadata=self.metadata)
+            return method(request, timeout=self.timeout, metadata=self.metadata)
         except self.grpc.RpcError as e:
             raise self.trouble(e.code(), e.details() or "") from None
 
@@ -173,6 +187,21 @@ class EtcdClient:
         if newest_first:
             request.sort_target, request.sort_order = rpc.RangeRequest.CREATE, rpc.RangeRequest.DESCEND
         return self._call(self.kv.Range, request)
+
+    def range_from(self, key: bytes, end: bytes, *, revision: int, min_create_revision: int = 0,
+                   min_mod_revision: int = 0, keys_only: bool = False, oldest_first: bool = False,
+                   limit: int = 0) -> Any:
+        """The keys in [key, end) at `revision` created (or written) at or after the given revisions."""
+        rpc = self.rpc
+        request = rpc.RangeRequest(key=key, range_end=end, revision=revision, keys_only=keys_only, limit=limit,
+                                   min_create_revision=min_create_revision, min_mod_revision=min_mod_revision)
+        if oldest_first:
+            request.sort_target, request.sort_order = rpc.RangeRequest.CREATE, rpc.RangeRequest.ASCEND
+        return self._call(self.kv.Range, request)
+
+    def put_now(self, key: bytes, value: bytes, lease: int = 0) -> Any:
+        """One key written at once (outside a transaction), under a lease if given."""
+        return self._call(self.kv.Put, self.rpc.PutRequest(key=key, value=value, lease=lease))
 
     def txn(self, compares: list[Any], ops: list[Any]) -> Any:
         return self._call(self.kv.Txn, self.rpc.TxnRequest(compare=compares, success=ops))

@@ -19,7 +19,7 @@ import json
 import os
 import random
 import time
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from ..core.inventory import Inventory, Resource
 from ..core.profile import Profile
@@ -30,6 +30,7 @@ from ..errors import Failure, UserError
 from .etcd_client import Compacted, EtcdClient, EtcdOptions, EtcdUrl
 from .rows import Entity, from_doc, to_doc
 from .source import over
+from .store import Changed, _audited
 
 T = TypeVar("T")
 FORMAT = "1"       # the key layout's version, in meta/format
@@ -284,8 +285,9 @@ class EtcdStore:
         meta = self._meta()[1]
         return int(meta["changed"][1]) if "changed" in meta else 0
 
-    def _source(self, profiles: Callable[[str], Profile] | None) -> tuple[Inventory, dict[str, Any]]:
-        revision, meta = self._meta()
+    def _source(self, profiles: Callable[[str], Profile] | None,
+                at: int = 0) -> tuple[Inventory, dict[str, Any]]:
+        revision, meta = self._meta(at)
         profile, prefixes = self._settings(meta)
         check = None
         if profiles is not None:
@@ -303,6 +305,70 @@ class EtcdStore:
                 return self._source(profiles)[0]
             except Compacted:  # compacted between our two reads: take the newer revision
                 continue
+
+    # ------------------------------------------------------------ what the daemon reads (dataplane/etcd_follow.py)
+
+    def head(self) -> tuple[int, int]:
+        """(the current revision, the state's generation at it: the revision of its last change)."""
+        return self.head_at(0)
+
+    def head_at(self, revision: int) -> tuple[int, int]:
+        """(`revision`, or the current one for 0; the state's generation at it)."""
+        revision, meta = self._meta(revision)
+        return revision, int(meta["changed"][1]) if "changed" in meta else 0
+
+    def snapshot_at(self, revision: int, profiles: Callable[[str], Profile] | None = None) -> Inventory:
+        """The state as of `revision`, read as it is asked for; raises Compacted if etcd no longer has it."""
+        return self._source(profiles, revision)[0]
+
+    def address_rows_at(self, revision: int,
+                        page: int = 10_000) -> Iterator[tuple[str, str, int | None, str, str | None]]:
+        """Every address key at `revision` as SQLite's address_rows() gives them (address, resource, prefix
+        length, judged, bound), read a page at a time (a million addresses do not fit one gRPC message)."""
+        under = self.keys._k("addresses/")
+        start, end = under, _end(under)
+        while True:
+            reply = self.client.range(start, end, revision=revision, limit=page)
+            for kv in reply.kvs:
+                address = self.keys.name_of(kv.key, under)
+                try:
+                    name, plen, judged, bound = json.loads(kv.value)
+                except (ValueError, TypeError) as e:
+                    raise UserError(f"{self.path}: the address row of {address} does not parse ({e}); the state "
+                                    "is damaged") from None
+                yield address, name, plen, judged, bound
+            if not reply.more or not reply.kvs:
+                return
+            start = bytes(reply.kvs[-1].key) + b"\0"
+
+    def changed_between(self, after: int, revision: int, limit: int) -> list[Changed] | None:
+        """What the audit log says changed after revision `after` up to `revision` (read at it), oldest first, as
+        SQLite's changed_since() gives it; None when more than `limit` rows did. The audit keys outlive a
+        compaction (they are never deleted), so that a follower that missed the events catches up from them."""
+        under = self.keys.audit()
+        reply = self.client.range_from(under, _end(under), revision=revision, min_create_revision=after + 1,
+                                       oldest_first=True, limit=limit + 1)
+        out: list[Changed] = []
+        for kv in reply.kvs:
+            try:
+                out += [Changed(kind, name, _audited(kind, before), _audited(kind, after_))
+                        for kind, name, before, after_ in json.loads(kv.value)["rows"]]
+            except (ValueError, TypeError, KeyError) as e:
+                raise UserError(f"{self.path}: an audit entry does not parse ({e}); the state is damaged") from None
+            if len(out) > limit:
+                return None
+        return out
+
+    def written_between(self, after: int, revision: int) -> set[tuple[str, str]]:
+        """The rows (kind, name) whose key was written after revision `after`, as of `revision`: a follower
+        compares them with what the audit log says, to find a write that left no audit entry."""
+        out: set[tuple[str, str]] = set()
+        for table in TABLES:
+            under = self.keys.table(table)
+            reply = self.client.range_from(under, _end(under), revision=revision, min_mod_revision=after + 1,
+                                           keys_only=True)
+            out |= {(table[:-1], self.keys.name_of(kv.key, under)) for kv in reply.kvs}
+        return out
 
     def read(self) -> tuple[Inventory, int]:
         """The whole state at one revision, in memory: (inventory, generation)."""

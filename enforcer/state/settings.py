@@ -53,6 +53,7 @@ class Settings:
     check_interval: float = 2.0      # seconds between checks that the rules are in place
     kernel_cache: bool = False       # judged sources' later SYNs decided in the kernel (sets the worker fills)
     kernel_cache_timeout: int = 300  # seconds a source stays in the kernel cache
+    gateway_name: str | None = None  # an etcd state: the name this gateway publishes (default: the host name)
 
     @classmethod
     def of(cls, values: dict[str, Any]) -> Settings:
@@ -107,6 +108,9 @@ SETTINGS: tuple[Setting, ...] = (
             "generation is still queued); sources bound to an interface or MAC are always queued."),
     Setting("kernel_cache_timeout", click.IntRange(1, 86400),
             "Seconds a judged source stays in the kernel cache.", metavar="S"),
+    Setting("gateway_name", click.STRING,
+            "An etcd state: the name this gateway publishes its applied revision under (default: the host name).",
+            metavar="NAME"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
