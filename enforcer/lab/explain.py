@@ -13,9 +13,9 @@ from typing import Any
 from ..core.policy import decide
 from ..core.preflight import judge
 from ..state.profiles import load_profile
-from ..state.store import Store
 from . import mta
 from .manage import lab_record, postfix_of
+from .namespace_lab import read_inventory
 
 PORT = 25
 
@@ -36,11 +36,7 @@ def drops(daemon_log: Path, resource: str) -> list[dict[str, Any]]:
 def explain(directory: Path, host: str) -> dict[str, Any]:
     namespace, instance = postfix_of(directory, host)  # an unknown host: one line naming the known ones
     record = lab_record(directory)
-    store = Store(record["state"])
-    try:
-        inv, _ = store.read()
-    finally:
-        store.close()
+    inv = read_inventory(record["state"])
     profile = load_profile(inv.profile)
     resource = inv.resources.get(host)
     if resource is None:

@@ -19,7 +19,7 @@ from ..state.store import Store
 from .files import LAB_DIR, dns_of, read_lab, relay_of, resources_of
 from . import mta
 from .index import labs_up, note, record_path
-from .namespace_lab import NamespaceLab
+from .namespace_lab import NamespaceLab, read_inventory
 from .netns import end_processes, exec_in, remove_tagged
 from .story import open_port
 
@@ -190,12 +190,7 @@ def start_postfix(directory: Path, host: str, relay: bool) -> str:
 
 
 def lab_profile(directory: Path) -> Profile:
-    store = Store(lab_record(directory)["state"])
-    try:
-        inv, _ = store.read()
-    finally:
-        store.close()
-    return load_profile(inv.profile)
+    return load_profile(read_inventory(lab_record(directory)["state"]).profile)
 
 
 def relay_env(directory: Path) -> dict[str, str]:
@@ -205,15 +200,22 @@ def relay_env(directory: Path) -> dict[str, str]:
             "ENFORCER_LAB_CA": relay.get("ca", "")}
 
 
+def host_env(directory: Path, host: str) -> dict[str, str]:
+    """The environment of a command run on a lab host (`lab exec`, the pytest plugin's run()): this process's,
+    the host's name (smtptry's HELO reads it, as a VM knows its hostname), the relay's account and certificate, and
+    MAIL_CONFIG where the lab made the host a Postfix (postqueue, mailq, sendmail use it, as on the VM)."""
+    env = {**os.environ, "ENFORCER_LAB_HOST": host, **relay_env(directory)}
+    instance = mta.Instance(directory, host)
+    if instance.exists():
+        env["MAIL_CONFIG"] = str(instance.config)
+    return env
+
+
 def lab_exec(directory: Path, host: str, argv: list[str]) -> int:
     namespace = host_namespace(directory, host)
     if not argv:
         raise UserError("give the command after --: enforcer lab exec VM -- COMMAND")
-    # the tools read the host's name from the environment (smtptry's HELO), as a VM knows its hostname
-    env = {**os.environ, "ENFORCER_LAB_HOST": host, **relay_env(directory)}
-    instance = mta.Instance(directory, host)
-    if instance.exists():  # postqueue, mailq, sendmail: the host's own Postfix, as on the VM
-        env["MAIL_CONFIG"] = str(instance.config)
+    env = host_env(directory, host)
     if shutil.which(argv[0], path=env.get("PATH")) is None:  # said here: ip netns exec's own words are longer
         raise UserError(f"command not found: {argv[0]}")
     # as `ip netns exec` runs it: the namespace's resolv.conf (the lab's DNS) over /etc/resolv.conf

@@ -289,22 +289,23 @@ def stop(namespace: str, instance: Instance) -> bool:
     return True
 
 
+def postqueue(namespace: str, instance: Instance, flag: str) -> str:
+    """`postqueue -c CONFIG FLAG` in the host's namespace; what it printed."""
+    proc = exec_in(namespace, ["postqueue", "-c", str(instance.config), flag], stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode != 0:
+        raise LabError(f"postqueue {flag} failed for {instance.host}: {err.strip() or 'no output'}")
+    return str(out)
+
+
 def flush(namespace: str, instance: Instance) -> None:
     """Retry every queued message now (`postqueue -f`)."""
-    done = exec_in(namespace, ["postqueue", "-c", str(instance.config), "-f"], stdout=subprocess.PIPE,
-                   stderr=subprocess.PIPE, text=True)
-    _, err = done.communicate(timeout=60)
-    if done.returncode != 0:
-        raise LabError(f"postqueue -f failed for {instance.host}: {err.strip() or 'no output'}")
+    postqueue(namespace, instance, "-f")
 
 
 def queue(namespace: str, instance: Instance) -> list[dict[str, Any]]:
     """The instance's queue (`postqueue -j`): one dict per message, with its recipients and their reasons."""
     if not running(instance):
         raise UserError(f"no Postfix runs on {instance.host}; start it: enforcer lab mta start {instance.host}")
-    proc = exec_in(namespace, ["postqueue", "-c", str(instance.config), "-j"], stdout=subprocess.PIPE,
-                   stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate(timeout=60)
-    if proc.returncode != 0:
-        raise LabError(f"postqueue -j failed for {instance.host}: {err.strip() or 'no output'}")
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [json.loads(line) for line in postqueue(namespace, instance, "-j").splitlines() if line.strip()]

@@ -24,7 +24,7 @@ from ..core.policy import verdict_for
 from ..core.preflight import judge
 from . import mta, story
 from .demo import Demo
-from .namespace_lab import LabError, NamespaceLab
+from .namespace_lab import LabError, NamespaceLab, read_inventory
 from .netns import end_processes, exec_in
 from .smtpsink import received
 
@@ -47,7 +47,7 @@ class MtaDemo(Demo):
     def show(self, lab: NamespaceLab) -> None:
         today = datetime.date.today()
         inv, _ = converge(Inventory(profile=self.profile.id), self.profile, self.doc, self.path, today=today)
-        self.inv = lab_inventory(lab)  # the lab's own state, as the enforcer judges it (explain() reads it)
+        self.inv = read_inventory(lab.state)  # the lab's own state, as the enforcer judges it (explain() reads it)
         candidate, never = story.cast(self.profile, inv, self.expect)
         sending = next((r for r in inv.resources.values() if r.kind == "vm" and r.name in lab.topology.vms
                         and self.expect[r.name][25] == "allowed"), None)
@@ -57,11 +57,11 @@ class MtaDemo(Demo):
                            f"{', '.join(r.name for r in cast)}; swaks hands each a message to {RECIPIENT}")
         self.senders = {r.name: self.start(lab, r) for r in cast}
         if sending is not None:
-            self.expect_attempt(lab, sending.name, f"{sending.name}, its account lets it send", "delivered")
+            self.expect_attempt(sending.name, f"{sending.name}, its account lets it send", "delivered")
         steps = story.plan(self.profile, inv, self.expect, today)
         for step in steps:
             if isinstance(step, story.Try) and step.vm in self.senders and 25 in step.ports:
-                self.expect_attempt(lab, step.vm, step.text, step.expected)
+                self.expect_attempt(step.vm, step.text, step.expected)
             elif isinstance(step, story.Run):
                 self.command(lab, step)
                 if step.operation is lifecycle.restart:
@@ -106,7 +106,7 @@ class MtaDemo(Demo):
         log = sender.instance.log
         return len(mta.deliveries(log.read_text(errors="replace"), sender.queue_id)) if log.exists() else 0
 
-    def expect_attempt(self, lab: NamespaceLab, name: str, text: str, expected: str, port: int = 25) -> None:
+    def expect_attempt(self, name: str, text: str, expected: str, port: int = 25) -> None:
         """The next attempt of `name`'s message must end as `expected` (delivered: sent on `port`; timeout:
         deferred by a connect time-out on port 25, explained)."""
         sender = self.senders[name]
@@ -136,7 +136,7 @@ class MtaDemo(Demo):
 
     def command(self, lab: NamespaceLab, run: story.Run) -> None:
         super().command(lab, run)
-        self.inv = lab_inventory(lab)
+        self.inv = read_inventory(lab.state)
 
     def reboot(self, name: str) -> None:
         """The platform's restart of a resource: its processes end, it boots, and its Postfix starts again (the
@@ -157,18 +157,9 @@ class MtaDemo(Demo):
         self.console.print(f"  [bold]{name}: relayhost = {escape(via.nexthop)}[/] with SASL ({via.user}) and TLS "
                            "required, as the advice says; postfix reload; postqueue -f")
         mta.start(sender.namespace, sender.instance, families, via)
-        self.expect_attempt(lab, name, f"{name}'s deferred message, through the relay", "delivered", port)
+        self.expect_attempt(name, f"{name}'s deferred message, through the relay", "delivered", port)
         arrived = [m for m in received(lab.maildir) if m["subject"] == f"lab demo --mta from {name}"]
         if arrived:
             self.console.print(f"    [dim]arrived on port {arrived[-1]['port']} over {arrived[-1]['family']}, "
                                f"authenticated: {'yes' if arrived[-1]['authenticated'] else 'no'}[/]", highlight=False)
 
-
-def lab_inventory(lab: NamespaceLab) -> Inventory:
-    from ..state.store import Store
-    store = Store(lab.state)
-    try:
-        inv, _ = store.read()
-    finally:
-        store.close()
-    return inv

@@ -42,6 +42,16 @@ def last_line(log: Path) -> str:
     return lines[-1] if lines else "it said nothing"
 
 
+def read_inventory(state: str | os.PathLike[str]) -> Inventory:
+    """What a lab's state holds now (one read, the store closed again)."""
+    store = Store(state)
+    try:
+        inv, _ = store.read()
+    finally:
+        store.close()
+    return inv
+
+
 class LabError(Failure):
     """The lab could not be built or does not answer (not a user mistake, not an enforcer verdict)."""
 
@@ -106,12 +116,7 @@ class NamespaceLab:
     def registered_macs(self) -> dict[str, str]:
         if not self.state.exists():
             return {}
-        store = Store(self.state)
-        try:
-            inv, _ = store.read()
-        finally:
-            store.close()
-        return {r.name: r.mac for r in inv.resources.values() if r.mac}
+        return {r.name: r.mac for r in read_inventory(self.state).resources.values() if r.mac}
 
     def bind_links(self) -> None:
         """Each registered resource's interface: its own link to the gateway."""

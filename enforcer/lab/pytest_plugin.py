@@ -229,10 +229,11 @@ class Lab:
         return self._namespaces[host]
 
     def env(self, host: str, env: dict[str, str] | None = None) -> dict[str, str]:
-        """The environment run() gives a command on `host`: this process's, the lab's (ENFORCER_LAB_HOST, the
-        relay's account and certificate in ENFORCER_LAB_RELAY_USER, _PASSWORD and ENFORCER_LAB_CA), then `env`."""
-        from .manage import relay_env
-        return {**os.environ, "ENFORCER_LAB_HOST": host, **relay_env(self.directory), **(env or {})}
+        """The environment run() gives a command on `host`: `enforcer lab exec`'s (this process's, ENFORCER_LAB_HOST,
+        the relay's account and certificate in ENFORCER_LAB_RELAY_USER, _PASSWORD and ENFORCER_LAB_CA, MAIL_CONFIG
+        where postfix() made the host a Postfix), then `env`."""
+        from .manage import host_env
+        return {**host_env(self.directory, host), **(env or {})}
 
     def _argv(self, host: str, argv: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
               kwargs: dict[str, Any]) -> tuple[list[str], list[str], dict[str, Any]]:
