@@ -30,6 +30,8 @@ def test_postfix_defers_on_port_25_then_delivers_through_the_relay(port25_lab):
                 if "delay_reason" in r]
     [reason] = wait_for(deferred)
     assert ":25: Connection timed out" in reason  # what the mail log says in production
+    mailq = port25_lab.run("shop-web", ["mailq"], capture_output=True, text=True, timeout=60).stdout
+    assert "frank@gmail.com" in mailq and "Connection timed out" in mailq  # the host's own Postfix, as on the VM
 
     port25_lab.postfix("shop-web", relay=True)  # relayhost = [relay.lab]:587, SASL, TLS required; retried at once
     [mail] = wait_for(lambda: [m for m in port25_lab.mail if "frank@gmail.com" in m["to"]])
