@@ -109,6 +109,8 @@ def test_a_profile_names_its_lab_file(tmp_path, capsys):
     assert out.count("\n") == 1 and "no lab file for profile 'nosuch'; use one of: azure, alibaba" in out
     out = cli("lab", "demo", "--profile", "gcp", "--all", expect=2)
     assert out.count("\n") == 1 and "give one of --lab FILE, --profile NAME or --all" in out
+    out = cli("lab", "demo", "--all", "--mta", expect=2)
+    assert out.count("\n") == 1 and "--mta tells one provider's story: give --profile NAME or --lab FILE" in out
 
 
 def test_profile_show_points_a_newcomer_to_the_demo_and_the_preflight(tmp_path, capsys):
