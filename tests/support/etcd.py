@@ -7,11 +7,7 @@ No mock of etcd anywhere: a test that needs etcd and finds no binary is skipped,
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,21 +15,16 @@ from typing import Iterator
 
 import pytest
 
-ETCD, ETCDCTL = shutil.which("etcd"), shutil.which("etcdctl")
-# enough for a change of the example lab in one transaction (etcd's default is 128 operations)
-MAX_TXN_OPS = 10_000
+from enforcer.errors import Failure
+from enforcer.lab.etcd_cluster import ETCD, ETCDCTL, MAX_TXN_OPS, EtcdCluster, Member, Tls, free_port
+
+__all__ = ["ETCD", "ETCDCTL", "MAX_TXN_OPS", "free_port"]  # what the tests take from here
 
 
 def need_etcd() -> None:
     if ETCD is None or ETCDCTL is None:
         pytest.skip("the etcd binaries are missing (apt-get install etcd-server etcd-client; scripts/install.sh "
                     "--test installs them)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -65,39 +56,43 @@ class Pki:
 
 @dataclass
 class Etcd:
-    """One running member: its client endpoint, and etcdctl against it (as root once auth is on)."""
+    """One running member (a cluster of one, enforcer.lab.etcd_cluster): its client endpoint, and etcdctl against it
+    (as root once auth is on)."""
     dir: Path
-    port: int
-    process: subprocess.Popen[bytes]
+    cluster: EtcdCluster
     pki: Pki | None = None
     root_password: str | None = None
 
     @property
+    def member(self) -> Member:
+        return self.cluster.members[0]
+
+    @property
+    def port(self) -> int:
+        return self.member.client_port
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        assert self.member.process is not None
+        return self.member.process
+
+    @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.member.endpoint
 
     def url(self, prefix: str) -> str:
-        return f"etcd://{self.endpoint}/{prefix}"
+        return self.cluster.url(prefix)
 
     def ctl(self, *args: str) -> str:
-        cmd = [str(ETCDCTL), "--endpoints", self.endpoint, "--dial-timeout", "3s", "--command-timeout", "5s"]
-        if self.pki is not None:
-            d = self.pki.dir
-            cmd += ["--cacert", str(d / "ca.pem"), "--cert", str(d / "client.pem"), "--key", str(d / "client.key")]
         if self.root_password is not None:
-            cmd += ["--user", f"root:{self.root_password}"]
-        done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=15,
-                              env={**os.environ, "ETCDCTL_API": "3"})
-        if done.returncode:
-            raise AssertionError(f"etcdctl {' '.join(args)}: {done.stderr.strip()}")
-        return done.stdout
+            args = ("--user", f"root:{self.root_password}", *args)
+        try:
+            return self.cluster.ctl(*args)
+        except Failure as e:
+            raise AssertionError(str(e)) from None
 
     def healthy(self) -> bool:
-        try:
-            self.ctl("endpoint", "health")
-        except (AssertionError, subprocess.TimeoutExpired):
-            return False
-        return True
+        return self.cluster.healthy(self.member)
 
     def enable_auth(self, password: str) -> None:
         """A root user (etcd's own superuser) and authentication on."""
@@ -107,37 +102,32 @@ class Etcd:
 
 
 @contextmanager
-def running_etcd(dir: Path, tls: bool = False) -> Iterator[Etcd]:
-    """An etcd member in `dir`, healthy; always killed and its directory removed afterwards."""
+def running_cluster(dir: Path, size: int, pki: Pki | None = None,
+                    options: tuple[str, ...] = ()) -> Iterator[EtcdCluster]:
+    """`size` members on loopback in `dir`, healthy with a leader; always killed and their data removed afterwards.
+    A port taken between our look and etcd's bind: tried again on others."""
     need_etcd()
     dir.mkdir(parents=True, exist_ok=True)
-    pki = Pki(dir / "pki") if tls else None
-    for _ in range(5):  # a free port can be taken between our look and etcd's bind: try others
-        client, peer = free_port(), free_port()
-        scheme = "https" if pki else "http"
-        args = [str(ETCD), "--name", "test", "--data-dir", str(dir / "data"),
-                "--listen-client-urls", f"{scheme}://127.0.0.1:{client}",
-                "--advertise-client-urls", f"{scheme}://127.0.0.1:{client}",
-                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-cluster", f"test=http://127.0.0.1:{peer}",
-                "--max-txn-ops", str(MAX_TXN_OPS), "--logger", "zap", "--log-level", "warn"]
-        if pki is not None:
-            d = pki.dir
-            args += ["--cert-file", str(d / "server.pem"), "--key-file", str(d / "server.key"),
-                     "--client-cert-auth", "--trusted-ca-file", str(d / "ca.pem")]
-        with open(dir / "etcd.log", "ab") as log:
-            process = subprocess.Popen(args, stdout=log, stderr=log)
-        member = Etcd(dir, client, process, pki)
+    tls_files = Tls(pki.dir / "server.pem", pki.dir / "server.key", pki.ca) if pki else None
+    for attempt in range(5):
+        cluster = EtcdCluster.on_loopback(dir, size, tls=tls_files, options=options)
         try:
-            deadline = time.monotonic() + 20
-            while process.poll() is None and time.monotonic() < deadline and not member.healthy():
-                time.sleep(0.05)
-            if process.poll() is None and member.healthy():
-                yield member
-                return
+            cluster.start(timeout=30)
+        except Failure:
+            if attempt == 4:
+                raise
+            continue
+        try:
+            yield cluster
         finally:
-            process.kill()
-            process.wait()
-            shutil.rmtree(dir / "data", ignore_errors=True)
-    raise AssertionError(f"etcd did not become healthy; see {dir / 'etcd.log'}")
+            cluster.close()
+        return
+
+
+@contextmanager
+def running_etcd(dir: Path, tls: bool = False) -> Iterator[Etcd]:
+    """An etcd member in `dir`, healthy; always killed and its data removed afterwards."""
+    need_etcd()
+    pki = Pki(dir / "pki") if tls else None
+    with running_cluster(dir, 1, pki) as cluster:
+        yield Etcd(dir, cluster, pki)
