@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import logging
 import os
@@ -11,8 +12,8 @@ import click
 from click.core import ParameterSource
 
 from ..errors import UserError
-from ..state.etcd_client import is_etcd, parse_url
-from ..state.settings import DEFAULT_CONFIG, SETTINGS, Settings, read_settings_file
+from ..state.etcd_client import EtcdOptions, is_etcd, parse_url
+from ..state.settings import DEFAULT_CONFIG, ETCD_KEYS, SETTINGS, Settings, read_settings_file
 from .context import Context
 
 
@@ -24,20 +25,26 @@ def settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def merged_settings(ctx: click.Context, config_path: str | None, options: dict[str, Any]) -> Settings:
-    """The command line's settings over the config file's over the defaults."""
+def merged_settings(ctx: click.Context, config_path: str | None,
+                    options: dict[str, Any]) -> tuple[Settings, EtcdOptions]:
+    """The command line's settings (and the global --state, --etcd-*) over the config file's over the defaults."""
     c: Context = ctx.obj
     values = {"state": c.state_path, **options}
+    etcd = dataclasses.asdict(c.etcd)
     if config_path is None and os.path.exists(DEFAULT_CONFIG):
         config_path = DEFAULT_CONFIG
     from_file = read_settings_file(config_path) if config_path else {}
+    assert ctx.parent is not None
     for name, value in from_file.items():
-        if name == "state":
-            assert ctx.parent is not None
-            given = ctx.parent.get_parameter_source("state_path")
+        if name == "state" or name in ETCD_KEYS:  # the CLI's global options
+            given = ctx.parent.get_parameter_source("state_path" if name == "state" else name)
         else:
             given = ctx.get_parameter_source(name)
-        if given == ParameterSource.DEFAULT:
+        if given not in (ParameterSource.DEFAULT, None):
+            continue
+        if name in ETCD_KEYS:
+            etcd[name.removeprefix("etcd_")] = value
+        else:
             values[name] = value
     if values["socket_group"]:
         try:
@@ -45,7 +52,7 @@ def merged_settings(ctx: click.Context, config_path: str | None, options: dict[s
         except KeyError:
             raise UserError(f"socket group {values['socket_group']!r}: no such group; create it "
                             "(groupadd) or leave it out") from None
-    return Settings.of(values)
+    return Settings.of(values), EtcdOptions(**etcd)
 
 
 @click.command()
@@ -56,11 +63,11 @@ def merged_settings(ctx: click.Context, config_path: str | None, options: dict[s
 def run(ctx: click.Context, /, config_path: str | None, **options: Any) -> None:
     """Run the enforcer daemon: judge forwarded port 25 SYNs through NFQUEUE."""
     from ..dataplane.daemon import Daemon
-    settings = merged_settings(ctx, config_path, options)
+    settings, etcd_options = merged_settings(ctx, config_path, options)
     etcd = is_etcd(settings.state)
     if etcd:
         parse_url(settings.state)  # a malformed location is one line before anything else
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    code = (Daemon(settings, ctx.obj.etcd) if etcd else Daemon(settings)).run()
+    code = (Daemon(settings, etcd_options) if etcd else Daemon(settings)).run()
     if code:
         raise SystemExit(code)

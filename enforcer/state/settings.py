@@ -113,6 +113,10 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="NAME"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
+# How the daemon reaches an etcd state: the CLI's global --etcd-* options (or their variables), or these keys. No
+# password key: a config file is read by more than the daemon; the password comes from $ENFORCER_ETCD_PASSWORD (the
+# unit's EnvironmentFile, readable by root alone).
+ETCD_KEYS = ("etcd_cacert", "etcd_cert", "etcd_key", "etcd_user")
 
 
 def read_settings_file(path: str) -> dict[str, Any]:
@@ -131,9 +135,15 @@ def read_settings_file(path: str) -> dict[str, Any]:
                 raise UserError(f"{path}: state: expected a path; write state = \"{DEFAULT_STATE}\"")
             values["state"] = value
             continue
+        if key in ETCD_KEYS:
+            if not isinstance(value, str) or not value:
+                example = "gateway" if key == "etcd_user" else f"/etc/enforcer/etcd/{key[5:]}.pem"
+                raise UserError(f"{path}: {key}: expected a string; write {key} = \"{example}\"")
+            values[key] = value
+            continue
         setting = BY_NAME.get(key)
         if setting is None:
-            raise UserError(f"{path}: unknown key '{key}'; use one of: state, {', '.join(BY_NAME)}")
+            raise UserError(f"{path}: unknown key '{key}'; use one of: state, {', '.join([*BY_NAME, *ETCD_KEYS])}")
         try:
             values[key] = setting.type.convert(value, None, None)
         except click.BadParameter as e:

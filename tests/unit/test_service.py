@@ -54,9 +54,9 @@ def test_install_refuses_to_replace_a_changed_unit_without_force(tmp_path, capsy
 
 def test_shipped_config_documents_every_key_and_loads(tmp_path, capsys):
     """Every key `enforcer run` reads is in the shipped file, and the file itself passes validation."""
-    from enforcer.state.settings import BY_NAME
+    from enforcer.state.settings import BY_NAME, ETCD_KEYS
     text = (ROOT / "systemd/enforcer.toml").read_text()
-    for key in ["state", *BY_NAME]:
+    for key in ["state", *BY_NAME, *ETCD_KEYS]:
         assert f"\n{key} = " in text or f"\n# {key} = " in text, key
     # the daemon's preflight stops it later (no state here); the config itself must pass
     code = main(["--state", str(tmp_path / "none.db"), "run", "--config", str(ROOT / "systemd/enforcer.toml")])
@@ -74,6 +74,7 @@ def test_shipped_config_documents_every_key_and_loads(tmp_path, capsys):
     ("kernel_cache_timeout = 86401\n", "kernel_cache_timeout: 86401 is not in the range 1<=x<=86400"),
     ('kernel_cache_timeout = "soon"\n', "kernel_cache_timeout: 'soon' is not a valid integer"),
     ("state = 5\n", "state: expected a path"),
+    ("etcd_user = 7\n", "etcd_user: expected a string"),
     ("queue = \n", "not valid TOML"),
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys, text, message):
@@ -139,3 +140,35 @@ def check_private_part(tmp_path):
     private.chmod(0o755)
     assert private_part(str(exe)) is None
     assert private_part(str(tmp_path / "missing")) == tmp_path / "missing"
+
+
+@pytest.mark.parametrize("config, options, expected", [
+    ('etcd_cacert = "/etc/enforcer/etcd/ca.pem"\netcd_user = "gateway"\n', [],
+     ("/etc/enforcer/etcd/ca.pem", None, "gateway")),
+    ('etcd_cacert = "/from/file.pem"\netcd_cert = "/c.pem"\n', ["--etcd-cacert", "/from/option.pem"],
+     ("/from/option.pem", "/c.pem", None)),
+    ("", [], (None, None, None)),
+])
+def test_etcd_settings_from_the_option_over_the_file(tmp_path, monkeypatch, config, options, expected):
+    """The config file's etcd_* keys reach the daemon's etcd options; a global --etcd-* option over the key."""
+    seen = []
+
+    class Daemon:
+        def __init__(self, settings, etcd=None):
+            seen.append(etcd)
+
+        def run(self):
+            return 0
+    monkeypatch.setattr("enforcer.dataplane.daemon.Daemon", Daemon)
+    path = tmp_path / "enforcer.toml"
+    path.write_text(config)
+    assert main([*options, "--state", "etcd://127.0.0.1:2379/lab", "run", "--config", str(path)]) == 0
+    assert (seen[0].cacert, seen[0].cert, seen[0].user) == expected
+
+
+def test_an_etcd_password_in_the_config_is_refused(tmp_path, capsys):
+    path = tmp_path / "enforcer.toml"
+    path.write_text('etcd_password = "secret"\n')
+    assert main(["--state", "etcd://127.0.0.1:2379/lab", "run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'etcd_password'" in err and "etcd_user" in err and err.count("\n") == 1
