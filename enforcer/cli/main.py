@@ -21,7 +21,7 @@ from .context import Context, etcd_options
 COMMANDS = {
     "apply": "apply", "subscription": "subscription", "vnet": "vnet", "vm": "vm", "diagnose": "exemption",
     "exemption": "exemption", "check": "queries", "audit": "queries", "status": "queries", "state": "queries",
-    "profile": "profile",
+    "profile": "profile", "gateway": "queries",
     "probe": "lab", "lab": "lab", "run": "daemon", "service": "service",
     # the providers' words for a subscription: the same commands
     "account": "subscription", "project": "subscription", "tenancy": "subscription", "organization": "subscription",
