@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import click
 
+from ..errors import Failure, UserError
 from ..state.etcd_client import is_etcd
 from ..state.etcd_store import Gateway, behind, gateways_of
 from .context import Context
@@ -66,12 +67,17 @@ def wait_for_gateways(c: Context | None, seconds: float) -> None:
         return
     location, generation = c.committed
     started = time.monotonic()
-    if is_etcd(location):
-        late, live = _wait_etcd(c, location, generation, started + seconds)
-        who = f"{len(live)} live gateway(s)"
-    else:
-        late, live = _wait_daemon(location, generation, started + seconds)
-        who = "the daemon"
+    try:
+        if is_etcd(location):
+            late, live = _wait_etcd(c, location, generation, started + seconds)
+            who = f"{len(live)} live gateway(s)"
+        else:
+            late, live = _wait_daemon(location, generation, started + seconds)
+            who = "the daemon"
+    except (UserError, Failure) as e:  # etcd lost meanwhile: whether the gateways have it is unknown
+        click.echo(f"enforcer: --wait: cannot tell whether the gateways applied generation {generation}: {e}; the "
+                   "change is committed and stays", err=True)
+        raise SystemExit(LATE) from None
     if not live:
         click.echo(f"enforcer: --wait: {'no live gateway follows' if is_etcd(location) else 'no daemon follows'} "
                    f"{location}{'' if is_etcd(location) else ' here'}: nothing to wait for (the change is committed)",
@@ -89,7 +95,7 @@ def _wait_etcd(c: Context, location: str, generation: int, until: float) -> tupl
     """(the live gateways still behind `generation` at `until` or once none is, the live gateways then)."""
     from ..state.etcd_client import Compacted
     from ..state.etcd_store import EtcdStore
-    store = c.open(location)
+    store = c.store if location == c.state_path else c.open(location)  # the command's channel, when it is one
     assert isinstance(store, EtcdStore)
     try:
         while True:
@@ -115,7 +121,8 @@ def _wait_etcd(c: Context, location: str, generation: int, until: float) -> tupl
             if time.monotonic() >= until:
                 return late, _alive(fleet)
     finally:
-        store.close()
+        if store is not c.store:
+            store.close()
 
 
 def _alive(fleet: list[Gateway]) -> list[str]:

@@ -297,10 +297,12 @@ class EtcdFollower:
 
     def live(self) -> dict[str, Any]:
         now = time.monotonic()
+        with self.lock:  # one histogram: its buckets and count of the same observations
+            delays = self.delays.view()
         return {"state_backend": "etcd", "gateway_name": self.name, "connected": self.connected(now),
                 "applied_revision": self.applied, "stale_seconds": round(max(0.0, now - self.current_at), 1),
                 "published_revision": self.published_revision, "publish_error": self.lease_error,
-                "apply_delay": self.delays.view(), **self.counts}
+                "apply_delay": delays, **self.counts}
 
     # ------------------------------------------------------------ the watch thread
 

@@ -570,7 +570,8 @@ class EtcdStore:
                     yield [(self.keys.name_of(e.kv.key, under), None if e.type == 1 else bytes(e.kv.value))
                            for e in reply.events]
         except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            # our deadline: gRPC's DEADLINE_EXCEEDED, or the member's "context deadline exceeded" when it ends first
+            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED and "deadline exceeded" not in (e.details() or ""):
                 raise client.trouble(e.code(), e.details() or "") from None
         finally:
             done.set()
