@@ -4,10 +4,10 @@ gateway's table holds it (exit 0), or say which did not in time (exit 3; the cha
 On an etcd state the gateways are those whose leased key /PREFIX/gateways/NAME is there (alive), and one holds the
 change once the generation it publishes is at least the change's commit revision; the keys are read once, then
 watched from the next revision (no polling). On an SQLite state the one gateway is the daemon answering on the
-control socket (a namespace lab's over its state, else the default one), asked every 50 ms. What the wait says is
-one line on stderr (stdout stays the command's own: --json stays JSON). Nobody to wait for
-(no live gateway, no daemon answering) is said in one line and is exit 0: the change is in the state, and
-every gateway that starts or comes back compiles it (docs/architecture.md, "Several gateways").
+control socket (a namespace lab's over that state; the default socket for the default state), asked every 50 ms.
+What the wait says is one line on stderr (stdout stays the command's own: --json stays JSON). Nobody to wait for
+(no live gateway, no daemon answering) is said so and is exit 0: the change is in the state, and every gateway
+that starts or comes back compiles it (docs/architecture.md, "Several gateways").
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import time
 from typing import Any, Callable
 
@@ -131,18 +132,26 @@ def _alive(fleet: list[Gateway]) -> list[str]:
 
 def _wait_daemon(location: str, generation: int, until: float) -> tuple[list[str], list[str]]:
     """An SQLite state: (['the daemon on SOCKET'] while it is behind at `until`, [] once it holds `generation`;
-    the daemon following this state, [] for none)."""
+    the daemon following this state, [] for none). The daemon that follows it: a namespace lab's over it, or the
+    default socket's for the default state (its daemon does not say which file it follows)."""
     from ..dataplane.control import ask
     from ..lab.index import lab_of_state
-    from ..state.settings import DEFAULT_SOCKET
-    socket = (lab_of_state(location) or {}).get("socket", DEFAULT_SOCKET)
+    from ..state.settings import DEFAULT_SOCKET, DEFAULT_STATE
+    record = lab_of_state(location)
+    if record is not None:
+        socket = str(record["socket"])
+    elif os.path.realpath(location) == os.path.realpath(DEFAULT_STATE):
+        socket = DEFAULT_SOCKET
+    else:
+        return [], []
     name = f"the daemon on {socket}"
     while True:
-        live = ask(socket, {"cmd": "status"})
-        if not live or not live.get("ok") or live.get("state_backend", "sqlite") != "sqlite":
-            return [], []
-        if int(live.get("generation", 0)) >= generation:
+        live = ask(socket, {"cmd": "status"}, timeout=max(0.1, until - time.monotonic()))
+        if live is None or live.get("state_backend", "sqlite") != "sqlite":
+            return [], []  # nobody listens there, or a daemon of an etcd state
+        held = live.get("generation") if live.get("ok") else None  # a hung daemon: an error, not an answer
+        if held is not None and int(held) >= generation:
             return [], [name]
         if time.monotonic() >= until:
-            return [f"{name} (holds generation {live.get('generation')})"], [name]
+            return [f"{name} ({f'holds generation {held}' if held is not None else live.get('error')})"], [name]
         time.sleep(POLL)

@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import yaml
 
+from enforcer.cli.main import main
 from enforcer.dataplane.control import ask
 from enforcer.lab.netns import can_build_namespaces, own_module, remove_tagged
+from enforcer.state.store import Store
 from support.etcd import ETCD, ETCDCTL, MAX_TXN_OPS, need_etcd
 from support.netlab import wait_for
 from support.paths import LAB
@@ -234,3 +237,37 @@ def test_a_stopped_gateway_fails_the_wait_then_its_lease_expires_and_it_catches_
     assert forgot.returncode == 0 and "forgot gateway 'gw-b'" in forgot.stdout, forgot.stderr
     assert list(fleet.gateways()) == ["gw-a"]
     assert "Traceback" not in fleet.log("gw-a") + fleet.log("gw-b")
+
+
+def test_wait_on_an_sqlite_state_waits_for_the_lab_daemon_over_it(tmp_path, capsys):
+    """An SQLite state's one gateway: the daemon of the namespace lab that is up over it (a small lab: 3 VMs)."""
+    doc = yaml.safe_load(LAB.read_text())
+    doc["resources"] = [r for r in doc["resources"] if r["name"] in ("ea-vm", "shop-web", "devtest-vm")]
+    doc["lab"]["expect"] = {k: v for k, v in doc["lab"]["expect"].items() if k in ("ea-vm", "shop-web", "devtest-vm")}
+    (tmp_path / "small.yml").write_text(yaml.safe_dump(doc))
+    labdir = tmp_path / "lab"
+    try:
+        assert main(["lab", "up", "--lab", str(tmp_path / "small.yml"), "--dir", str(labdir)]) == 0
+        capsys.readouterr()
+        state = str(labdir / "state.db")
+        assert main(["--state", state, "diagnose", "devtest-lab", "--wait=10"]) == 0
+        out, err = capsys.readouterr()
+        generation = Store(state).generation()
+        assert err.strip().startswith("enforcer: --wait: applied by the daemon within") and \
+            f"(generation {generation})" in err, err
+
+        gateway = json.loads((labdir / "lab.json").read_text())["gateway"]
+        pids = subprocess.run(["ip", "netns", "pids", gateway], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            os.kill(int(pid), signal.SIGSTOP)
+        try:
+            assert main(["--state", state, "exemption", "revoke", "devtest-lab", "--wait=1"]) == 3
+        finally:
+            for pid in pids:
+                os.kill(int(pid), signal.SIGCONT)
+        out, err = capsys.readouterr()
+        assert err.count("\n") == 1 and f"the daemon on {labdir / 'control.sock'} (no answer" in err, err
+        assert f"did not apply generation {generation + 1} within 1 s" in err and "the change is committed" in err
+        assert Store(state).generation() == generation + 1
+    finally:
+        main(["lab", "down", "--dir", str(labdir)])

@@ -138,3 +138,8 @@ def test_every_command_that_changes_the_state_takes_wait():
 def test_an_unknown_option_elsewhere_is_still_told_as_such(lab):
     assert "No such option '-1'" in lab("vm", "list", "-1", expect=2)
     assert "No such option '--wait'" in lab("vm", "list", "--wait=-1", expect=2)   # a listing waits for nothing
+
+
+def test_gateway_forget_on_an_sqlite_state_is_one_line(lab):
+    said = lab("gateway", "forget", "gw-1", expect=2)
+    assert len(said.strip().splitlines()) == 1 and "SQLite state" in said and "etcd://" in said, said
