@@ -12,8 +12,8 @@ from ..core.profile import Profile
 from ..state.documents import read_document
 from ..state.files import shown
 from .context import Context, pass_ctx
-from .wait import wait_option
 from .output import echo_lines
+from .wait import wait_option
 
 
 @click.command()

@@ -13,9 +13,9 @@ import click
 from ..core import lifecycle
 from .complete import subscription_names
 from .context import Context, apply_now_option, json_option, pass_ctx
-from .wait import wait_option
 from .output import echo_lines, emit_json, show_table
 from .views import subscription_doc
+from .wait import wait_option
 
 
 @click.command()

@@ -22,10 +22,10 @@ from ..state.etcd_store import EtcdStore
 from ..state.settings import DEFAULT_SOCKET
 from .complete import resource_names
 from .context import Context, json_option, pass_ctx
-from .wait import wait_option
 from .output import emit_json, show_table
 from .params import parse_destination
 from .views import gateway_doc, show_daemon, show_gateways
+from .wait import wait_option
 
 
 @click.command()

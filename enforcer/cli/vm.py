@@ -11,9 +11,9 @@ from ..core.inventory import Inventory, State
 from ..core.profile import Profile
 from .complete import resource_names, subscription_names, vnet_names
 from .context import Context, json_option, pass_ctx
-from .wait import wait_option
 from .output import echo_lines, emit_json, show_fields, show_table
 from .views import one_doc, resource_doc
+from .wait import wait_option
 
 
 @click.group()

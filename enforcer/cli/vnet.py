@@ -9,8 +9,8 @@ import click
 from ..core import lifecycle
 from .complete import subscription_names, vnet_names
 from .context import Context, json_option, pass_ctx
-from .wait import wait_option
 from .output import echo_lines, emit_json, show_table
+from .wait import wait_option
 
 
 @click.group()

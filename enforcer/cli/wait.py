@@ -67,27 +67,27 @@ def wait_for_gateways(c: Context | None, seconds: float) -> None:
     if c is None or c.committed is None:
         return
     location, generation = c.committed
+    fleet = is_etcd(location)
     started = time.monotonic()
     try:
-        if is_etcd(location):
+        if fleet:
             late, live = _wait_etcd(c, location, generation, started + seconds)
-            who = f"{len(live)} live gateway(s)"
         else:
             late, live = _wait_daemon(location, generation, started + seconds)
-            who = "the daemon"
     except (UserError, Failure) as e:  # etcd lost meanwhile: whether the gateways have it is unknown
         click.echo(f"enforcer: --wait: cannot tell whether the gateways applied generation {generation}: {e}; the "
                    "change is committed and stays", err=True)
         raise SystemExit(LATE) from None
     if not live:
-        click.echo(f"enforcer: --wait: {'no live gateway follows' if is_etcd(location) else 'no daemon follows'} "
-                   f"{location}{'' if is_etcd(location) else ' here'}: nothing to wait for (the change is committed)",
-                   err=True)
+        nobody = f"no live gateway follows {location}" if fleet else f"no daemon follows {location} here"
+        click.echo(f"enforcer: --wait: {nobody}: nothing to wait for (the change is committed)", err=True)
         return
+    of = f" (of {len(live)} live gateway(s))" if fleet else ""
     if late:
-        click.echo(f"enforcer: --wait: {', '.join(late)} did not apply generation {generation} within {seconds:g} s "
-                   f"(of {who}); the change is committed and stays: enforcer status shows the fleet", err=True)
+        click.echo(f"enforcer: --wait: {', '.join(late)} did not apply generation {generation} within {seconds:g} s"
+                   f"{of}; the change is committed and stays: enforcer status shows the fleet", err=True)
         raise SystemExit(LATE)
+    who = f"{len(live)} live gateway(s)" if fleet else live[0]
     click.echo(f"enforcer: --wait: applied by {who} within {time.monotonic() - started:.2f} s (generation "
                f"{generation})", err=True)
 

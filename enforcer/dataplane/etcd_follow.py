@@ -82,7 +82,8 @@ class Delays:
         """`committed`, `applied`: wall clock (Unix s); `received`, `now_mono`: monotonic. Returns the delay."""
         delay = applied - committed if committed is not None else -1.0
         if delay < 0:
-            self.skewed += committed is not None
+            if committed is not None:
+                self.skewed += 1
             delay = max(0.0, now_mono - received)
         for i, bound in enumerate(DELAY_BUCKETS):
             if delay <= bound:
