@@ -253,8 +253,8 @@ def test_wait_on_an_sqlite_state_waits_for_the_lab_daemon_over_it(tmp_path, caps
         assert main(["--state", state, "diagnose", "devtest-lab", "--wait=10"]) == 0
         out, err = capsys.readouterr()
         generation = Store(state).generation()
-        assert err.strip().startswith("enforcer: --wait: applied by the daemon within") and \
-            f"(generation {generation})" in err, err
+        assert err.strip().startswith(f"enforcer: --wait: applied by the daemon on {labdir / 'control.sock'} "
+                                      "within") and f"(generation {generation})" in err, err
 
         gateway = json.loads((labdir / "lab.json").read_text())["gateway"]
         pids = subprocess.run(["ip", "netns", "pids", gateway], capture_output=True, text=True).stdout.split()
