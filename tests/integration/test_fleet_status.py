@@ -192,6 +192,7 @@ def test_a_bad_wait_is_one_line_and_changes_nothing(fleet):
 
 
 def test_a_stopped_gateway_fails_the_wait_then_its_lease_expires_and_it_catches_up(fleet):
+    """The module's last test of the fleet: it ends with etcd killed."""
     b = fleet.daemons["gw-b"]
     before = fleet.status()["generation"]
     b.send_signal(signal.SIGSTOP)   # its lease runs out 7 to 10 s from now: the wait below ends well before
@@ -237,6 +238,23 @@ def test_a_stopped_gateway_fails_the_wait_then_its_lease_expires_and_it_catches_
     assert forgot.returncode == 0 and "forgot gateway 'gw-b'" in forgot.stdout, forgot.stderr
     assert list(fleet.gateways()) == ["gw-a"]
     assert "Traceback" not in fleet.log("gw-a") + fleet.log("gw-b")
+
+    # etcd lost while a change waits (gw-a stopped, its lease still holding): one line, exit 3, committed
+    a = fleet.daemons["gw-a"]
+    generation = fleet.status()["generation"]
+    a.send_signal(signal.SIGSTOP)
+    try:
+        waiting = in_ns(fleet.a, own_module("enforcer.cli", "--state", fleet.url(), "diagnose", "devtest-lab",
+                                            "--wait=60"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert wait_for(lambda: int(json.loads(fleet.ctl("get", "/fleet/meta/changed", "-w", "json").stdout)
+                                    ["kvs"][0]["mod_revision"]) > generation, timeout=30, interval=0.2)
+        assert fleet.etcd is not None
+        fleet.etcd.kill()
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        a.send_signal(signal.SIGCONT)
+    assert waiting.returncode == 3, err
+    assert err.count("\n") == 1 and "cannot tell whether the gateways applied" in err and "committed" in err, err
 
 
 def test_wait_on_an_sqlite_state_waits_for_the_lab_daemon_over_it(tmp_path, capsys):
