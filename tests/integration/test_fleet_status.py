@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from enforcer.lab.netns import can_build_namespaces, own_module, remove_tagged
 from enforcer.state.store import Store
 from support.etcd import ETCD, ETCDCTL, MAX_TXN_OPS, need_etcd
 from support.netlab import wait_for
-from support.paths import LAB
+from support.paths import LAB, ROOT
 
 WHY_NOT = can_build_namespaces()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
@@ -47,6 +48,13 @@ def done(namespace: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
     p = in_ns(namespace, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = p.communicate(timeout=60)
     return subprocess.CompletedProcess(argv, p.returncode, out, err)
+
+
+def rule_metrics() -> set[str]:
+    """The daemon's metrics the shipped alert and recording rules read (a histogram by its _bucket series)."""
+    rules = yaml.safe_load((ROOT / "contrib" / "prometheus" / "alerts.yml").read_text())
+    return {name for group in rules["groups"] for rule in group["rules"]
+            for name in re.findall(r"\benforcer_[a-z0-9_]+", rule["expr"])}
 
 
 class Fleet:
@@ -177,6 +185,10 @@ def test_status_lists_both_gateways_current_and_wait_returns_once_both_applied(f
         assert float(samples["enforcer_state_apply_delay_seconds_count"]) >= 1
         assert 0 <= float(samples["enforcer_state_last_apply_delay_seconds"]) < 5, samples
         assert float(samples['enforcer_state_apply_delay_seconds_bucket{le="+Inf"}']) >= 1
+        exported = {line.split("{")[0].split(" ")[0] for line in metrics.splitlines() if not line.startswith("#")}
+        read = rule_metrics()   # what the shipped rules read, this daemon exports
+        assert {"enforcer_state_stale_seconds", "enforcer_state_apply_delay_seconds_bucket"} <= read
+        assert read - exported == set()
         if PROMTOOL is not None:
             lint = subprocess.run([PROMTOOL, "check", "metrics"], input=metrics, capture_output=True, text=True,
                                   timeout=30)
