@@ -13,12 +13,14 @@ from ..state.documents import read_document
 from ..state.files import shown
 from .context import Context, pass_ctx
 from .output import echo_lines
+from .wait import wait_option
 
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
 @click.option("--prune", is_flag=True, help="Also remove what the file does not name.")
+@wait_option
 @pass_ctx
 def apply(c: Context, file: str, dry_run: bool, prune: bool) -> None:
     """Converge the state onto a declarative YAML inventory (idempotent)."""

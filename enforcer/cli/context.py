@@ -33,6 +33,7 @@ class Context:
         self._profiles: dict[str, Profile] = {}
         self._store: StateBackend | None = None
         self.command = " ".join(["enforcer", *argv])  # recorded in the audit log
+        self.committed: tuple[str, int] | None = None  # (where, generation) of its change: what --wait waits for
 
     @property
     def store(self) -> StateBackend:
@@ -73,7 +74,15 @@ class Context:
         """Run operation(inv, profile, *args) in one transaction; returns what it says (the caller prints it)."""
         def run(inv: Inventory) -> tuple[Inventory, T]:
             return operation(inv, self.profile(inv.profile), *args, **kwargs)
-        return self.store.change(self.command, run, profiles=self.profile)
+        result = self.store.change(self.command, run, profiles=self.profile)
+        self.changed(self.state_path, self.store)
+        return result
+
+    def changed(self, location: str, store: StateBackend) -> None:
+        """Note the change a command just made in `store` (for --wait): the generation it committed (etcd says
+        which; SQLite's is the file's, read at once), or the state's generation when it changed nothing."""
+        committed = getattr(store, "committed", None)  # EtcdStore's: its own commit's revision
+        self.committed = (location, committed if committed is not None else store.generation())
 
 
 pass_ctx = click.make_pass_decorator(Context)

@@ -15,12 +15,14 @@ from .complete import subscription_names
 from .context import Context, apply_now_option, json_option, pass_ctx
 from .output import echo_lines, emit_json, show_table
 from .views import subscription_doc
+from .wait import wait_option
 
 
 @click.command()
 @click.argument("name", metavar="SUBSCRIPTION", shell_complete=subscription_names)
 @apply_now_option
 @json_option
+@wait_option
 @pass_ctx
 def diagnose(c: Context, name: str, apply_now: bool, as_json: bool) -> None:
     """Azure's "Cannot send email (SMTP-Port 25)" diagnostic: grants the exemption where the profile allows."""
@@ -55,6 +57,7 @@ def exemption_list(c: Context, as_json: bool) -> None:
 @exemption.command("revoke")
 @click.argument("name", metavar="SUBSCRIPTION", shell_complete=subscription_names)
 @apply_now_option
+@wait_option
 @pass_ctx
 def exemption_revoke(c: Context, name: str, apply_now: bool) -> None:
     """Revoke an exemption; running resources keep it until their next restart."""
@@ -65,6 +68,7 @@ def exemption_revoke(c: Context, name: str, apply_now: bool) -> None:
 @click.argument("name", metavar="ACCOUNT", shell_complete=subscription_names)
 @apply_now_option
 @json_option
+@wait_option
 @pass_ctx
 def exemption_request(c: Context, name: str, apply_now: bool, as_json: bool) -> None:
     """Take the provider's path for an account: the owner's own (a diagnostic, a switch, lifting a reactive block)
@@ -76,6 +80,7 @@ def exemption_request(c: Context, name: str, apply_now: bool, as_json: bool) -> 
 @click.argument("name", metavar="ACCOUNT", shell_complete=subscription_names)
 @click.option("--case", required=True, help="The support case, ticket or request that approved it.")
 @apply_now_option
+@wait_option
 @pass_ctx
 def exemption_grant(c: Context, name: str, case: str, apply_now: bool) -> None:
     """The operator grants a request the provider decides by hand (a support case or ticket, a request form, a

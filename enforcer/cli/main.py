@@ -21,7 +21,7 @@ from .context import Context, etcd_options
 COMMANDS = {
     "apply": "apply", "subscription": "subscription", "vnet": "vnet", "vm": "vm", "diagnose": "exemption",
     "exemption": "exemption", "check": "queries", "audit": "queries", "status": "queries", "state": "queries",
-    "profile": "profile",
+    "profile": "profile", "gateway": "queries",
     "probe": "lab", "lab": "lab", "run": "daemon", "service": "service",
     # the providers' words for a subscription: the same commands
     "account": "subscription", "project": "subscription", "tenancy": "subscription", "organization": "subscription",
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except click.UsageError as e:
         where = e.ctx.command_path if e.ctx else "enforcer"
-        click.echo(f"{where}: error: {e.format_message()} (see: {where} --help)", err=True)
+        click.echo(f"{where}: error: {_negative_wait(e) or e.format_message()} (see: {where} --help)", err=True)
         return 2
     except click.ClickException as e:
         click.echo(f"enforcer: error: {e.format_message()}", err=True)
@@ -83,3 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
     return 0
+
+
+def _negative_wait(e: click.UsageError) -> str | None:
+    """--wait's value is optional, so click's parser reads `--wait=-1` as a bare --wait and an option -1: say what
+    it is instead."""
+    if isinstance(e, click.NoSuchOption) and e.ctx is not None and e.option_name[1:2].isdigit() \
+            and any(p.name == "wait_seconds" for p in e.ctx.command.params):
+        return "Invalid value for '--wait': a negative number is not a number of seconds (0 or more): write " \
+               "--wait=SECONDS"
+    return None

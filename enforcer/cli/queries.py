@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -17,12 +18,14 @@ from ..core.verdicts import Judged, judged_alike
 from ..dataplane.control import ask
 from ..errors import UserError
 from ..state.backend import copy_rows
+from ..state.etcd_store import EtcdStore
 from ..state.settings import DEFAULT_SOCKET
 from .complete import resource_names
 from .context import Context, json_option, pass_ctx
 from .output import emit_json, show_table
 from .params import parse_destination
-from .views import show_daemon
+from .views import gateway_doc, show_daemon, show_gateways
+from .wait import wait_option
 
 
 @click.command()
@@ -91,6 +94,10 @@ def status(c: Context, socket_path: str, as_json: bool) -> None:
         "subscriptions": len(inv.subscriptions), "vnets": len(inv.vnets), "resources": len(inv.resources),
         "running": running, "port25_allowed": allowed, "port25_blocked": running - allowed,
         "pending_restart": sorted(pending), "internal_prefixes": list(inv.internal_prefixes)}
+    fleet = c.store.fleet() if isinstance(c.store, EtcdStore) else None
+    if fleet is not None:  # an etcd state: the gateways that follow it (generation read with them: one revision)
+        doc["generation"], gateways = fleet
+        doc["gateways"] = [gateway_doc(g, doc["generation"]) for g in gateways]
     live = ask(socket_path, {"cmd": "status"})
     doc["daemon"] = live if live is not None else {"ok": False, "error": f"not running (no answer on {socket_path})"}
     if as_json:
@@ -99,9 +106,28 @@ def status(c: Context, socket_path: str, as_json: bool) -> None:
         click.echo(f"state: {path} (none yet: start with enforcer apply FILE)")
     doc["pending_restart"] = listed(doc["pending_restart"], waiting)
     for key, value in doc.items():
-        if key != "daemon":
+        if key not in ("daemon", "gateways"):
             click.echo(f"{key:17} {', '.join(value) if isinstance(value, list) else value}")
+    if "gateways" in doc:
+        show_gateways(doc["gateways"], time.time())
     show_daemon(doc["daemon"])
+
+
+@click.group()
+def gateway() -> None:
+    """The gateways that follow an etcd state (enforcer status lists them)."""
+
+
+@gateway.command("forget")
+@click.argument("name")
+@pass_ctx
+def gateway_forget(c: Context, name: str) -> None:
+    """Forget a gateway that is gone for good: delete the record its lease left (status lists it until then)."""
+    if not isinstance(c.store, EtcdStore):
+        raise UserError(f"gateway forget: {c.store.path} is an SQLite state, followed by its own host's daemon; "
+                        "gateways are an etcd state's (--state etcd://HOST:PORT/PREFIX)")
+    gone = c.store.forget_gateway(name)
+    click.echo(f"forgot gateway {name!r} (last seen {gone.at}, holding generation {gone.revision})")
 
 
 @click.group()
@@ -122,6 +148,7 @@ def state_check(c: Context) -> None:
 @click.argument("source", metavar="FROM")
 @click.argument("target", metavar="TO")
 @click.option("--replace", is_flag=True, help="Overwrite a target that already holds a state.")
+@wait_option
 @pass_ctx
 def state_copy(c: Context, source: str, target: str, replace: bool) -> None:
     """Copy a whole state (rows and settings) to another: an SQLite file or etcd://HOST:PORT/PREFIX, either way.
@@ -138,6 +165,7 @@ def state_copy(c: Context, source: str, target: str, replace: bool) -> None:
     destination = c.open(target)
     try:
         counts = destination.change(c.command, copy_rows(inv, replace, target))
+        c.changed(target, destination)
     finally:
         destination.close()
     click.echo(f"copied {source} to {target} (" + ", ".join(f"{n:,} {what}" for what, n in counts.items()) + ")")

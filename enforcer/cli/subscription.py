@@ -13,6 +13,7 @@ from .complete import subscription_names
 from .context import Context, apply_now_option, json_option, pass_ctx
 from .output import echo_lines, emit_json, show_table
 from .views import one_doc, subscription_doc
+from .wait import wait_option
 
 
 @click.group()
@@ -51,6 +52,7 @@ def _given(created: str | None, verified: bool | None, first_invoice_paid: bool 
 @click.argument("name")
 @click.option("--type", "type_word", required=True, help="A subscription type id or alias (see: enforcer profile).")
 @attribute_options
+@wait_option
 @pass_ctx
 def subscription_add(c: Context, name: str, type_word: str, created: str | None, verified: bool | None,
                      first_invoice_paid: bool | None, flagged: bool | None) -> None:
@@ -63,6 +65,7 @@ def subscription_add(c: Context, name: str, type_word: str, created: str | None,
 @click.argument("name", shell_complete=subscription_names)
 @attribute_options
 @apply_now_option
+@wait_option
 @pass_ctx
 def subscription_set(c: Context, name: str, created: str | None, verified: bool | None,
                      first_invoice_paid: bool | None, flagged: bool | None, apply_now: bool) -> None:
@@ -108,6 +111,7 @@ def subscription_show(c: Context, name: str, as_json: bool) -> None:
 @click.argument("name", shell_complete=subscription_names)
 @click.argument("type_word", metavar="TYPE")
 @apply_now_option
+@wait_option
 @pass_ctx
 def subscription_set_type(c: Context, name: str, type_word: str, apply_now: bool) -> None:
     """Change a subscription's type; running resources keep their policy until restarted."""
@@ -116,6 +120,7 @@ def subscription_set_type(c: Context, name: str, type_word: str, apply_now: bool
 
 @subscription.command("remove")
 @click.argument("name", shell_complete=subscription_names)
+@wait_option
 @pass_ctx
 def subscription_remove(c: Context, name: str) -> None:
     """Remove an empty subscription."""

@@ -12,6 +12,7 @@ from ..core.inventory import Inventory, pull
 from ..core.lifecycle import pending_restart
 from ..core.policy import assess_pulled, verdict_for, verdict_word
 from ..core.profile import Profile
+from ..state.etcd_store import Gateway
 from .output import show_table
 
 
@@ -35,6 +36,31 @@ def resource_doc(inv: Inventory, profile: Profile, name: str) -> dict[str, Any]:
     r = inv.resources[name]
     v = verdict_for(inv, profile, r)
     return {**asdict(r), "port25": v.word, "code": v.code, "reason": v.reason}
+
+
+def gateway_doc(g: Gateway, generation: int) -> dict[str, Any]:
+    """A gateway of an etcd state as status shows it: what it holds, how far behind the state's generation."""
+    return {"name": g.name, "alive": g.alive, "status": "alive" if g.alive else "lease expired",
+            "revision": g.revision, "applied_revision": g.applied_revision, "lag": g.lag(generation),
+            "current": g.lag(generation) == 0, "last_seen": g.at, "last_seen_unix": g.seen, "pid": g.pid,
+            "version": g.version}
+
+
+def show_gateways(docs: list[dict[str, Any]], now: float) -> None:
+    """The gateways as a table; `now` (this host's clock) tells how long ago an expired one was last seen."""
+    if not docs:
+        click.echo(f"{'gateways':17} none follows this state (enforcer run --state ... on each gateway)")
+        return
+
+    def seen(d: dict[str, Any]) -> str:
+        if d["alive"]:
+            return "now (lease held)"
+        ago = f" ({max(0, now - d['last_seen_unix']):.0f} s ago)" if d["last_seen_unix"] is not None else ""
+        return f"{d['last_seen']}{ago}"
+    show_table("Gateways (lag: revisions behind the state's generation)",
+               ["name", "status", "holds", "lag", "last seen", "version"],
+               [[d["name"], d["status"], str(d["revision"]), "0 (current)" if d["current"] else f"{d['lag']} behind",
+                 seen(d), d["version"]] for d in docs])
 
 
 def show_daemon(live: dict[str, Any]) -> None:

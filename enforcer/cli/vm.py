@@ -13,6 +13,7 @@ from .complete import resource_names, subscription_names, vnet_names
 from .context import Context, json_option, pass_ctx
 from .output import echo_lines, emit_json, show_fields, show_table
 from .views import one_doc, resource_doc
+from .wait import wait_option
 
 
 @click.group()
@@ -33,6 +34,7 @@ def vm() -> None:
               help="The gateway interface its packets arrive on: its addresses are accepted only there.")
 @click.option("--egress", default=None, help="The appliance (azure-firewall) its internet traffic leaves through.")
 @click.option("--deallocated", is_flag=True, help="Create it without starting it.")
+@wait_option
 @pass_ctx
 def vm_add(c: Context, name: str, subscription: str, kind: str, addresses: tuple[str, ...], vnet: str | None,
            subnet: str | None, mac: str | None, interface: str | None, egress: str | None, deallocated: bool) -> None:
@@ -47,6 +49,7 @@ def vm_add(c: Context, name: str, subscription: str, kind: str, addresses: tuple
 @click.option("--interface", default=None, help="The gateway interface its packets arrive on.")
 @click.option("--mac", default=None, help="Its MAC address.")
 @click.option("--unbind", is_flag=True, help="Accept its addresses from anywhere again.")
+@wait_option
 @pass_ctx
 def vm_bind(c: Context, name: str, interface: str | None, mac: str | None, unbind: bool) -> None:
     """Accept a resource's addresses only from its interface and MAC (a spoofed source is dropped)."""
@@ -97,6 +100,7 @@ def vm_show(c: Context, name: str, as_json: bool) -> None:
 def lifecycle_command(name: str, operation: Callable[[Inventory, Profile, str], Any], doc: str) -> None:
     @vm.command(name, help=doc)
     @click.argument("resource", shell_complete=resource_names)
+    @wait_option
     @pass_ctx
     def command(c: Context, resource: str) -> None:
         echo_lines(c.change(operation, resource))
@@ -113,6 +117,7 @@ def machine_command(name: str, operation: Callable[[Inventory, Profile, str], An
     @vm.command(name, help=doc + said)
     @click.argument("resource", shell_complete=resource_names)
     @click.option("--keep-processes", is_flag=True, help="In a namespace lab, leave the VM's processes alone.")
+    @wait_option
     @pass_ctx
     def command(c: Context, resource: str, keep_processes: bool) -> None:
         echo_lines(c.change(operation, resource))

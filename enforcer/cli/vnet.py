@@ -10,6 +10,7 @@ from ..core import lifecycle
 from .complete import subscription_names, vnet_names
 from .context import Context, json_option, pass_ctx
 from .output import echo_lines, emit_json, show_table
+from .wait import wait_option
 
 
 @click.group()
@@ -23,6 +24,7 @@ def vnet() -> None:
 @click.option("--prefix", "prefixes", multiple=True, required=True, help="Address prefix; repeat for more.")
 @click.option("--interface", default=None,
               help="The gateway's interface on its segment: its resources' addresses are accepted only there.")
+@wait_option
 @pass_ctx
 def vnet_add(c: Context, name: str, subscription: str, prefixes: tuple[str, ...], interface: str | None) -> None:
     """Add a virtual network (destinations inside it are never blocked)."""
@@ -33,6 +35,7 @@ def vnet_add(c: Context, name: str, subscription: str, prefixes: tuple[str, ...]
 @click.argument("name", shell_complete=vnet_names)
 @click.option("--interface", default=None, help="The gateway's interface on its segment.")
 @click.option("--unbind", is_flag=True, help="Bind its resources to no interface.")
+@wait_option
 @pass_ctx
 def vnet_bind(c: Context, name: str, interface: str | None, unbind: bool) -> None:
     """Accept the addresses of a VNet's resources only from the gateway's interface on its segment."""
@@ -57,6 +60,7 @@ def vnet_list(c: Context, as_json: bool) -> None:
 
 @vnet.command("remove")
 @click.argument("name", shell_complete=vnet_names)
+@wait_option
 @pass_ctx
 def vnet_remove(c: Context, name: str) -> None:
     """Remove an empty virtual network."""
@@ -68,6 +72,7 @@ def vnet_remove(c: Context, name: str) -> None:
 @click.argument("name")
 @click.argument("prefix")
 @click.option("--delegated", is_flag=True, help="A subnet delegated to a service (an App Service Environment).")
+@wait_option
 @pass_ctx
 def vnet_subnet_add(c: Context, vnet_name: str, name: str, prefix: str, delegated: bool) -> None:
     """Add a subnet to a virtual network."""
@@ -77,6 +82,7 @@ def vnet_subnet_add(c: Context, vnet_name: str, name: str, prefix: str, delegate
 @vnet.command("subnet-remove")
 @click.argument("vnet_name", metavar="VNET", shell_complete=vnet_names)
 @click.argument("name")
+@wait_option
 @pass_ctx
 def vnet_subnet_remove(c: Context, vnet_name: str, name: str) -> None:
     """Remove a subnet; resources in the VNet's delegated subnets then pick up their policy."""
@@ -85,6 +91,7 @@ def vnet_subnet_remove(c: Context, vnet_name: str, name: str) -> None:
 
 @vnet.command("refresh-delegated")
 @click.argument("vnet_name", metavar="VNET", shell_complete=vnet_names)
+@wait_option
 @pass_ctx
 def vnet_refresh_delegated(c: Context, vnet_name: str) -> None:
     """Add and remove a temporary subnet, so delegated subnets pick up an exemption (rule 6)."""

@@ -1,12 +1,14 @@
 """Following a state in etcd: the table compiled at revision R, then a watch of the prefix from R+1 whose events
 become the Changed rows Keeper.patch takes (the incremental path SQLite's audit feed takes), a relist after a
 compaction, the last table kept while etcd cannot be reached, and this gateway's applied revision published under
-a lease (docs/architecture.md, "Every gateway follows the policy by watch").
+a lease (docs/architecture.md, "Every gateway follows the policy by watch"), with a second record that outlives the
+lease, and the delay from each change's commit to its table measured ("Several gateways").
 
 Threads: the watch thread reads the bidirectional Watch stream (grpcio, aetcd's compiled stubs over the channel
 state/etcd_client.py opens: TLS and authentication as the CLI's) and queues what it saw, one item per revision;
-the lease thread keeps /PREFIX/gateways/NAME alive. The daemon's loop applies the queued items (newest(), patch()):
-all reads of the state and all writes to the table happen there, as with SQLite.
+the lease thread keeps /PREFIX/gateways/NAME alive and /PREFIX/gateways/NAME/seen current. The daemon's loop
+applies the queued items (newest(), patch()): all reads of the state and all writes to the table happen there, as
+with SQLite.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .. import __version__
 from ..errors import Failure, UserError
 from ..state.etcd_client import Compacted, EtcdClient, EtcdOptions, parse_url
-from ..state.etcd_store import EtcdStore, _end
+from ..state.etcd_store import EtcdStore, _end, commit_time
 from ..state.profiles import load_profile
 from ..state.store import Changed, _audited
 from .follow import SpecOf
@@ -41,6 +43,9 @@ BACKOFF = (0.2, 5.0)   # seconds between attempts to reach etcd again: doubling 
 LEASE_TTL = 10         # seconds the gateway key outlives this daemon
 KEEPALIVE_EVERY = 3.0  # seconds between the lease's keepalives
 STILL_LOST_EVERY = 30.0  # seconds between log lines while etcd stays unreachable
+SEEN_EVERY = 30.0      # seconds between writes of the gateway's records while nothing changes: its "last seen"
+# seconds from a change's commit to this gateway's table holding it (enforcer_state_apply_delay_seconds)
+DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 ROWS = ("subscriptions/", "vnets/", "resources/", "meta/profile", "meta/internal_prefixes")
 
 
@@ -58,6 +63,44 @@ class Item:
     @property
     def of_state(self) -> bool:
         return bool(self.changes) or self.unaudited or self.relist
+
+
+class Delays:
+    """The delay from each change's commit to the table that holds it being handed to the workers, as a
+    histogram (pure). The commit time is the writer's clock (the audit key's), the hand-over ours: hosts of a
+    fleet keep their clocks in step (NTP), else the figure is off by their skew. A commit time ahead of our clock
+    (the writer's clock is ahead: the true delay is unknown) is measured from when our watch received the change
+    instead, a lower bound, and counted as skewed."""
+
+    def __init__(self) -> None:
+        self.buckets = [0] * len(DELAY_BUCKETS)  # not cumulative: each observation counts in its first bucket
+        self.count = self.skewed = 0
+        self.sum = 0.0
+        self.last: float | None = None
+
+    def observe(self, committed: float | None, received: float, applied: float, now_mono: float) -> float:
+        """`committed`, `applied`: wall clock (Unix s); `received`, `now_mono`: monotonic. Returns the delay."""
+        delay = applied - committed if committed is not None else -1.0
+        if delay < 0:
+            if committed is not None:
+                self.skewed += 1
+            delay = max(0.0, now_mono - received)
+        for i, bound in enumerate(DELAY_BUCKETS):
+            if delay <= bound:
+                self.buckets[i] += 1
+                break
+        self.count += 1
+        self.sum += delay
+        self.last = delay
+        return delay
+
+    def view(self) -> dict[str, Any]:
+        cumulative, total = [], 0
+        for bound, n in zip(DELAY_BUCKETS, self.buckets, strict=True):
+            total += n
+            cumulative.append([bound, total])
+        return {"buckets": cumulative, "count": self.count, "sum": round(self.sum, 6), "last": self.last,
+                "skewed": self.skewed}
 
 
 class _AddressRows:
@@ -79,7 +122,7 @@ class EtcdFollower:
         self.store = EtcdStore(self.url, self.options)
         self.keys = self.store.keys
         self.root = self.keys.everything()
-        self.gateway_key = self.keys._k(f"gateways/{self.name}")
+        self.gateway_key, self.seen_key = self.keys.gateway(self.name), self.keys.gateway_seen(self.name)
         self.lock = threading.Lock()
         self.items: collections.deque[Item] = collections.deque()
         self.stopping = threading.Event()
@@ -96,6 +139,9 @@ class EtcdFollower:
         self.counts = {"compiles": 0, "patches": 0, "relists": 0, "reconnects": 0}
         self.lease_error: str | None = None
         self.published_revision: int | None = None
+        self.delays = Delays()
+        # changes seen by the watch, not yet handed over: (revision, commit time, monotonic time received)
+        self.unapplied: collections.deque[tuple[int, float | None, float]] = collections.deque(maxlen=100_000)
 
     # ------------------------------------------------------------ start
 
@@ -237,6 +283,11 @@ class EtcdFollower:
         return patch, spec
 
     def handed_over(self, generation: int, whole: bool) -> None:
+        now, now_mono = time.time(), time.monotonic()
+        with self.lock:
+            while self.unapplied and self.unapplied[0][0] <= generation:
+                _, committed, received = self.unapplied.popleft()
+                self.delays.observe(committed, received, now, now_mono)
         if generation != self.published_revision:
             self.publish_wanted.set()
 
@@ -247,9 +298,12 @@ class EtcdFollower:
 
     def live(self) -> dict[str, Any]:
         now = time.monotonic()
+        with self.lock:  # one histogram: its buckets and count of the same observations
+            delays = self.delays.view()
         return {"state_backend": "etcd", "gateway_name": self.name, "connected": self.connected(now),
                 "applied_revision": self.applied, "stale_seconds": round(max(0.0, now - self.current_at), 1),
-                "published_revision": self.published_revision, "publish_error": self.lease_error, **self.counts}
+                "published_revision": self.published_revision, "publish_error": self.lease_error,
+                "apply_delay": delays, **self.counts}
 
     # ------------------------------------------------------------ the watch thread
 
@@ -353,6 +407,8 @@ class EtcdFollower:
             item = items[-1]
             key = bytes(kv.key)[len(self.root):].decode(errors="replace")
             if key.startswith("audit/") and event.type == 0:  # PUT
+                with self.lock:
+                    self.unapplied.append((revision, commit_time(key), self.last_reply))
                 try:
                     item.changes += [Changed(kind, name, _audited(kind, before), _audited(kind, after))
                                      for kind, name, before, after in json.loads(kv.value)["rows"]]
@@ -371,13 +427,26 @@ class EtcdFollower:
 
     # ------------------------------------------------------------ the lease thread
 
+    def _publish(self, client: EtcdClient, lease: int) -> None:
+        """/PREFIX/gateways/NAME under the lease and /PREFIX/gateways/NAME/seen without it, in one transaction."""
+        generation = self.generation
+        value = json.dumps({"revision": generation, "applied_revision": self.applied, "pid": os.getpid(),
+                            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "at_unix": round(time.time(), 3),
+                            "version": __version__}, separators=(",", ":")).encode()
+        rpc = client.rpc
+        client.txn([], [rpc.RequestOp(request_put=rpc.PutRequest(key=self.gateway_key, value=value, lease=lease)),
+                        rpc.RequestOp(request_put=rpc.PutRequest(key=self.seen_key, value=value))])
+        self.published_revision = generation
+
     def _lease(self) -> None:
         """/PREFIX/gateways/NAME = {revision, applied_revision, at, ...} under a lease kept alive; revoked on a
-        clean stop (the key goes at once), expired LEASE_TTL seconds after a crash."""
+        clean stop (the key goes at once), expired LEASE_TTL seconds after a crash. Written again after each new
+        table and every SEEN_EVERY seconds (with NAME/seen, which stays: when the gateway was last seen)."""
         import grpc
         from aetcd.rpc import rpc_pb2_grpc
         lease = 0
         backoff = BACKOFF[0]
+        published_at = 0.0
         while not self.stopping.is_set():
             client = self._client()
             rpc, stub = client.rpc, rpc_pb2_grpc.LeaseStub(client.channel)
@@ -385,13 +454,10 @@ class EtcdFollower:
                 if lease == 0:
                     lease = int(client._call(stub.LeaseGrant, rpc.LeaseGrantRequest(TTL=LEASE_TTL)).ID)
                     self.publish_wanted.set()
-                if self.publish_wanted.is_set():
+                if self.publish_wanted.is_set() or time.monotonic() - published_at >= SEEN_EVERY:
                     self.publish_wanted.clear()
-                    generation = self.generation
-                    value = {"revision": generation, "applied_revision": self.applied, "pid": os.getpid(),
-                             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "version": __version__}
-                    client.put_now(self.gateway_key, json.dumps(value, separators=(",", ":")).encode(), lease)
-                    self.published_revision = generation
+                    self._publish(client, lease)
+                    published_at = time.monotonic()
                 answer = next(stub.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease)]), timeout=5,
                                                   metadata=client.metadata))
                 if answer.TTL <= 0:  # expired while we could not reach etcd: a new lease, the key again

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Iterator, Protocol
 
 from prometheus_client import start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily,
+                                   Metric)
 from prometheus_client.registry import CollectorRegistry
 
 from ..errors import UserError
@@ -66,8 +67,28 @@ class DaemonCollector:
             for how, key in (("compile", "compiles"), ("patch", "patches"), ("relist", "relists")):
                 follow.add_metric([how], s[key])
             yield follow
+            yield from _fleet(s)
         yield GaugeMetricFamily("enforcer_state_error", "1 while the state's newest generation cannot be loaded "
                                 "(the daemon judges with its last good table)", value=1 if s["state_error"] else 0)
+
+
+def _fleet(s: dict[str, Any]) -> Iterator[Metric]:
+    """What a gateway of a fleet says of itself: its --gateway-name (`gateway_name`: the scrape config's target
+    label `gateway` is the operator's), and the delay from each change's commit to its table (the fleet's: the max
+    over gateways, contrib/prometheus/alerts.yml)."""
+    yield InfoMetricFamily("enforcer_gateway", "The name this gateway publishes its applied revision under",
+                           value={"gateway_name": s["gateway_name"]})
+    delay = s["apply_delay"]
+    buckets = [(str(bound), n) for bound, n in delay["buckets"]] + [("+Inf", delay["count"])]
+    yield HistogramMetricFamily("enforcer_state_apply_delay_seconds", "Seconds from a change's commit (the "
+                                "writer's clock) to this gateway's table holding it (its clock)", buckets=buckets,
+                                sum_value=delay["sum"])
+    if delay["last"] is not None:
+        yield GaugeMetricFamily("enforcer_state_last_apply_delay_seconds", "The apply delay of the last change this "
+                                "gateway applied", value=delay["last"])
+    yield CounterMetricFamily("enforcer_state_apply_delay_skewed", "Changes whose commit time lay ahead of this "
+                              "gateway's clock (clock skew): their delay is measured from the watch's receipt",
+                              value=delay["skewed"])
 
 
 def parse_metrics_address(address: str) -> tuple[str, int]:

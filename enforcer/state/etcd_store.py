@@ -5,6 +5,8 @@ Keys under PREFIX (docs/architecture.md, "The state in etcd"): meta/{format,prof
 {subscriptions,vnets,resources}/NAME (the row's JSON document, as state/rows.py encodes it), addresses/ADDRESS
 (its owner and what the table needs of it: the uniqueness of an address is one key), index/TABLE.COLUMN/VALUE/NAME
 and index/prefixed/NAME (what an operation asks by an indexed column), audit/ID (one key per change: its rows).
+Beside the state, gateways/NAME (what a gateway holds, under its lease: there while it lives) and
+gateways/NAME/seen (the same, without a lease: what it last said, kept until `enforcer gateway forget NAME`).
 
 Every read of a change is at one revision R (etcd's MVCC: a consistent snapshot, as SQLite's transaction is). The
 source records each key it read with its mod_revision (0: absent) and each index range it listed; the
@@ -18,8 +20,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Iterable, Iterator, Mapping, TypeVar
 
 from ..core.inventory import Inventory, Resource
 from ..core.profile import Profile
@@ -73,11 +77,82 @@ class Keys:
     def audit(self) -> bytes:
         return self._k("audit/")
 
+    def gateways(self) -> bytes:
+        return self._k("gateways/")
+
+    def gateway(self, name: str) -> bytes:
+        """What a gateway holds, under its lease."""
+        return self._k(f"gateways/{name}")
+
+    def gateway_seen(self, name: str) -> bytes:
+        """The same without a lease: outlives the gateway (names hold no '/', so no gateway is called NAME/seen)."""
+        return self._k(f"gateways/{name}{SEEN}")
+
     def everything(self) -> bytes:
         return self.root.encode()
 
     def name_of(self, key: bytes, under: bytes) -> str:
         return key[len(under):].decode()
+
+
+SEEN = "/seen"
+
+
+def commit_time(audit_key: bytes | str) -> float | None:
+    """The wall-clock time (Unix seconds, the committing CLI's clock) a change's audit key was made at, just before
+    its transaction: the key begins with time.time_ns(). None for a key not of that form."""
+    name = (audit_key.decode(errors="replace") if isinstance(audit_key, bytes) else audit_key).rpartition("/")[2]
+    digits = name.partition("-")[0]
+    return int(digits) / 1e9 if len(digits) == 20 and digits.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """One gateway as its records under gateways/ tell it (pure)."""
+    name: str
+    alive: bool             # its leased key is there: it kept its lease alive within the TTL
+    revision: int           # the state's generation its table holds (the revision of the change it last applied)
+    applied_revision: int   # the etcd revision its table is current to
+    at: str                 # when it last wrote its record, its own clock (ISO 8601)
+    seen: float | None      # the same in Unix seconds (None from a record that does not say)
+    pid: int | None
+    version: str
+
+    def lag(self, generation: int) -> int:
+        """Revisions between the state's generation and what this gateway holds (0: it has the last change)."""
+        return max(0, generation - self.revision)
+
+
+def _record(value: bytes | None) -> dict[str, Any]:
+    try:
+        doc = json.loads(value) if value else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def gateways_of(keys: Mapping[str, bytes]) -> list[Gateway]:
+    """The gateways from the keys under gateways/ (named relative to it: NAME leased, NAME/seen not), by name. A
+    gateway is alive while its leased key is there; a gateway writes both records in one transaction, so either
+    tells its figures (the leased one alone: a gateway of an earlier version)."""
+    out = []
+    for name in sorted({k.removesuffix(SEEN) for k in keys if "/" not in k.removesuffix(SEEN)}):
+        doc = _record(keys.get(name)) or _record(keys.get(name + SEEN))
+        out.append(Gateway(name, name in keys, _number(doc, "revision") or 0, _number(doc, "applied_revision") or 0,
+                           str(doc.get("at", "?")), _number(doc, "at_unix", float), _number(doc, "pid"),
+                           str(doc.get("version", "?"))))
+    return out
+
+
+def _number(doc: dict[str, Any], key: str, kind: type = int) -> Any:
+    """A record's number, None for one missing or not a number (a record another program wrote)."""
+    value = doc.get(key)
+    return kind(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def behind(gateways: Iterable[Gateway], generation: int) -> list[str]:
+    """The live gateways whose table does not hold generation `generation` yet, by name (what --wait waits for)."""
+    return sorted(g.name for g in gateways if g.alive and g.revision < generation)
 
 
 def row_keys(keys: Keys, table: str, row: Entity) -> dict[bytes, bytes]:
@@ -241,6 +316,7 @@ class EtcdStore:
         self.path = str(url)
         self.keys = Keys(url.prefix)
         self._client: EtcdClient | None = None
+        self.committed: int | None = None  # the generation (revision) of this store's last committed change
 
     @property
     def client(self) -> EtcdClient:
@@ -436,6 +512,71 @@ class EtcdStore:
         return {"subscriptions": len(inv.subscriptions), "vnets": len(inv.vnets), "resources": len(inv.resources),
                 "addresses": addresses, "audit entries": audit}
 
+    # ------------------------------------------------------------ the gateways that follow the state
+
+    def gateway_keys(self) -> tuple[int, dict[str, bytes]]:
+        """(the current revision, every key under gateways/ named relative to it, with its value)."""
+        under = self.keys.gateways()
+        reply = self.client.range(under, _end(under))
+        return int(reply.header.revision), {self.keys.name_of(kv.key, under): bytes(kv.value) for kv in reply.kvs}
+
+    def fleet(self) -> tuple[int, list[Gateway]]:
+        """(the state's generation, every gateway that follows it or did), read at one revision."""
+        revision, keys = self.gateway_keys()
+        _, generation = self.head_at(revision)
+        return generation, gateways_of(keys)
+
+    def forget_gateway(self, name: str) -> Gateway:
+        """Delete what a gateway that is gone for good left (its record without a lease); refused while it lives
+        (it would write it again)."""
+        _, keys = self.gateway_keys()
+        known = {g.name: g for g in gateways_of(keys)}
+        if name not in known:
+            listed = ", ".join(known) or "none"
+            raise UserError(f"gateway forget: no gateway {name!r} follows {self.path} or did (known: {listed})")
+        client = self.client
+        live, seen = self.keys.gateway(name), self.keys.gateway_seen(name)
+        if not client.txn([client.mod_is(live, 0)], [client.delete(seen)]).succeeded:
+            raise UserError(f"gateway forget: {name!r} is alive (its lease holds): stop its daemon first, or wait "
+                            "until its lease expires")
+        return known[name]
+
+    def gateway_events(self, start: int, until: float) -> Generator[list[tuple[str, bytes | None]], None, None]:
+        """What changes under gateways/ from revision `start` on, one batch per watch answer (key relative to
+        gateways/, its value, None when deleted: a lease expired or revoked), until the monotonic time `until`.
+        Raises Compacted when `start` is compacted away (the caller reads the keys again)."""
+        import grpc
+        from aetcd.rpc import rpc_pb2_grpc
+        client, under = self.client, self.keys.gateways()
+        done = threading.Event()
+
+        def requests() -> Iterator[Any]:
+            yield client.rpc.WatchRequest(create_request=client.rpc.WatchCreateRequest(
+                key=under, range_end=_end(under), start_revision=start))
+            done.wait()  # the stream stays open until we are done with it
+
+        timeout = until - time.monotonic()
+        if timeout <= 0:
+            return
+        stream = rpc_pb2_grpc.WatchStub(client.channel).Watch(requests(), timeout=timeout, metadata=client.metadata)
+        try:
+            for reply in stream:
+                if reply.compact_revision:
+                    raise Compacted(f"revision {start} is compacted (up to {reply.compact_revision})")
+                if reply.canceled:
+                    raise Failure(f"{self.path}: etcd cancelled the watch of the gateways: "
+                                  f"{reply.cancel_reason or 'no reason given'}")
+                if reply.events:
+                    yield [(self.keys.name_of(e.kv.key, under), None if e.type == 1 else bytes(e.kv.value))
+                           for e in reply.events]
+        except grpc.RpcError as e:
+            # our deadline: gRPC's DEADLINE_EXCEEDED, or the member's "context deadline exceeded" when it ends first
+            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED and "deadline exceeded" not in (e.details() or ""):
+                raise client.trouble(e.code(), e.details() or "") from None
+        finally:
+            done.set()
+            stream.cancel()
+
     # ------------------------------------------------------------ changing
 
     def change(self, command: str, operation: Callable[[Inventory], tuple[Inventory, T]],
@@ -480,4 +621,8 @@ class EtcdStore:
         ops = [client.delete(k) if v is None else client.put(k, v) for k, v in sorted(writes.items())]
         ops += [client.put(audit_key, json.dumps(entry, separators=(",", ":")).encode()),
                 client.put(changed, audit_key), client.put(self.keys.meta("format"), FORMAT.encode())]
-        return (result,) if client.txn(compares, ops).succeeded else None
+        reply = client.txn(compares, ops)
+        if not reply.succeeded:
+            return None
+        self.committed = int(reply.header.revision)  # meta/changed's mod_revision: the state's new generation
+        return (result,)
