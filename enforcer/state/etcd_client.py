@@ -177,15 +177,17 @@ class EtcdClient:
             self.channel = self.grpc.insecure_channel(target, options=self.channel_options)
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
 
-    def try_again(self, trouble: Unanswered, since: float) -> None:
+    def try_again(self, trouble: Unanswered, since: float, sent: bool = False) -> None:
         """After `trouble` (no member answered; the first such call at `since`, time.monotonic()): a fresh
         channel that tries the next member of the URL first (a stopped member holds a connection open and answers
         nothing), after a pause; until RETRY_BUDGET seconds have passed since `since`, then `trouble` is raised,
-        saying so. Calls made meanwhile wait no longer than the budget."""
+        saying so (and, if a transaction was `sent` whose answer was lost, that it may have committed). Calls made
+        meanwhile wait no longer than the budget."""
         now = time.monotonic()
         self.deadline = since + RETRY_BUDGET
         if now >= self.deadline:
-            raise Unanswered(f"{trouble} (tried for {RETRY_BUDGET:.0f} s)") from None
+            maybe = "; a transaction whose answer was lost may have committed: see `enforcer audit`" if sent else ""
+            raise Unanswered(f"{trouble} (tried for {RETRY_BUDGET:.0f} s{maybe})") from None
         time.sleep(min(0.1 * 2 ** min(int(now - since), 3), self.deadline - now))  # 0.1 s, then up to 0.8 s
         self.channel.close()
         self.first += 1

@@ -455,7 +455,7 @@ class EtcdStore:
                 outcome = None
             except Unanswered as e:
                 unanswered_since = unanswered_since or time.monotonic()
-                self.client.try_again(e, unanswered_since)
+                self.client.try_again(e, unanswered_since, sent=bool(lost))
                 continue
             if outcome is not None:
                 return outcome[0]

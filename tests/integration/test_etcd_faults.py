@@ -24,9 +24,9 @@ import pytest
 
 from enforcer.lab.etcd_cluster import EtcdCluster, Member
 from enforcer.lab.netns import can_build_namespaces, own_module
-from enforcer.state.etcd_client import TIMEOUT, EtcdClient, Unanswered
+from enforcer.state.etcd_client import RETRY_BUDGET, TIMEOUT, EtcdClient, Unanswered
 from support.cli import Cli
-from support.etcd import Etcd, Pki, SecondHost, fill_quota, running_cluster, second_host
+from support.etcd import Etcd, Pki, SecondHost, fill_quota, free_port, running_cluster, second_host
 from support.netlab import NetLab, example_lab, wait_for
 from support.paths import LAB, ROOT
 
@@ -136,6 +136,15 @@ def test_the_leader_stopped_or_killed_a_change_still_commits_once(cluster, url, 
     assert {r["name"] for r in cli.json("vm", "list")} == {"vm-stopped", "vm-killed"}
 
 
+def test_a_change_no_member_answers_gives_up_after_its_budget_in_one_line(capsys):
+    cli = Cli(f"etcd://127.0.0.1:{free_port()},127.0.0.1:{free_port()}/x", capsys)  # type: ignore[arg-type]
+    started = time.monotonic()
+    err = cli("subscription", "add", "one", "--type", "payg", expect=1)
+    took = time.monotonic() - started
+    assert err.count("\n") == 1 and "no etcd member answered" in err and f"tried for {RETRY_BUDGET:.0f} s" in err
+    assert RETRY_BUDGET <= took < RETRY_BUDGET + TIMEOUT, took  # bounded: the budget, and one call at most past it
+
+
 def test_a_change_whose_answer_was_lost_is_found_and_not_made_twice(cluster, url, capsys, monkeypatch):
     """The transaction is sent and its answer lost (its call's deadline passes before the answer comes: a real
     etcd, a real commit, a real lost answer). The retry must find that it did commit (its audit key) and say it
@@ -157,20 +166,21 @@ def test_a_change_whose_answer_was_lost_is_found_and_not_made_twice(cluster, url
         finally:
             self.timeout = TIMEOUT
     monkeypatch.setattr(EtcdClient, "txn", answer_lost)
-    committed = 0
-    deadlines = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.008, 0.012, 0.02, 0.03, 0.05) * 2  # one of them falls between
-    for i, deadline in enumerate(deadlines):
-        now.update(name=(name := f"vm-{i}"), deadline=deadline)
+    committed, made = 0, []
+    deadlines = (0.0001, 0.0005, 0.001, 0.002)  # some answered in time, some lost before sending, some after
+    while committed < 3 and len(made) < 60:     # until 3 were lost after they committed (bounded)
+        now.update(name=(name := f"vm-{len(made)}"), deadline=deadlines[len(made) % len(deadlines)])
         assert "added virtual machine" in cli("vm", "add", name, "--subscription", "one", "--address",
-                                              f"198.18.2.{i + 1}")
+                                              f"198.18.2.{len(made) + 1}")
+        made.append(name)
         if lost and lost[-1][0] == name:
             committed += bool(kvs(cluster, lost[-1][1]))
     monkeypatch.undo()
-    say(capsys, f"\nanswers lost: {len(lost)}, of which committed all the same: {committed}")
+    say(capsys, f"\n{len(made)} changes, answers lost: {len(lost)}, of which committed all the same: {committed}")
     assert committed >= 1, "no transaction committed after its answer was lost: shorten the deadlines"
     audit = entries(cli)
-    assert [[r["name"] for r in rows] for rows in audit.values()] == [["one"]] + [[f"vm-{i}"] for i in range(len(deadlines))]
-    assert sorted(r["name"] for r in cli.json("vm", "list")) == sorted(f"vm-{i}" for i in range(len(deadlines)))
+    assert [[r["name"] for r in rows] for rows in audit.values()] == [["one"]] + [[name] for name in made]
+    assert sorted(r["name"] for r in cli.json("vm", "list")) == sorted(made)
     assert "ok (" in cli("state", "check")
 
 
