@@ -448,19 +448,23 @@ class EtcdStore:
         lost: dict[bytes, Any] = {}  # audit key -> result, of the transactions whose answer was lost
         unanswered_since: float | None = None
         attempt = 0
-        while attempt < ATTEMPTS:
-            try:
-                outcome = self._attempt(command, operation, profiles, lost)
-            except Compacted:
-                outcome = None
-            except Unanswered as e:
-                unanswered_since = unanswered_since or time.monotonic()
-                self.client.try_again(e, unanswered_since, sent=bool(lost))
-                continue
-            if outcome is not None:
-                return outcome[0]
-            attempt += 1
-            time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))  # concurrent writers fall out of step
+        try:
+            while attempt < ATTEMPTS:
+                try:
+                    outcome = self._attempt(command, operation, profiles, lost)
+                except Compacted:
+                    outcome = None
+                except Unanswered as e:
+                    unanswered_since = unanswered_since or time.monotonic()
+                    self.client.try_again(e, unanswered_since, sent=bool(lost))
+                    continue
+                if outcome is not None:
+                    return outcome[0]
+                attempt += 1
+                time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))  # concurrent writers fall out of step
+        finally:
+            if self._client is not None:
+                self._client.deadline = None  # the budget was this change's: the next one has its own
         raise Failure(f"{self.path}: the change conflicted with others {ATTEMPTS} times in a row; nothing was "
                       "changed: try again")
 

@@ -80,7 +80,8 @@ def url(cluster: EtcdCluster) -> str:
 def test_a_member_killed_and_started_again_catches_up_on_its_data(cluster, url, capsys):
     cli = Cli(url, capsys)  # type: ignore[arg-type]
     cli("apply", str(LAB))
-    victim = next(m for m in cluster.members if m is not cluster.leader())
+    leader = wait_for(cluster.leader, timeout=10)
+    victim = next(m for m in cluster.members if m is not leader)
     cluster.kill(victim)
     try:
         for args in (("diagnose", "devtest-lab"), ("vm", "restart", "devtest-vm"), ("vm", "remove", "ea-vm"),
@@ -111,7 +112,7 @@ def test_the_leader_stopped_or_killed_a_change_still_commits_once(cluster, url, 
     name = url.split("/", 3)[3]
     took = {}
     for fault in ("stopped", "killed"):
-        leader = cluster.leader()
+        leader = wait_for(cluster.leader, timeout=10)
         assert leader is not None
         first = Cli(cluster.url(name, [leader, *(m for m in cluster.members if m is not leader)]),
                     capsys)  # type: ignore[arg-type]  # the leader first in the URL: the client tries it first
@@ -128,7 +129,6 @@ def test_the_leader_stopped_or_killed_a_change_still_commits_once(cluster, url, 
             else:
                 cluster.start_member(leader)
         cluster.wait_healthy()
-        assert cluster.leader() is not None
     say(capsys, f"\na change with the leader stopped: {took['stopped']:.1f} s; killed: {took['killed']:.1f} s")
     cli = Cli(url, capsys)  # type: ignore[arg-type]
     audit = entries(cli)
@@ -223,7 +223,13 @@ def test_four_writers_on_two_hosts_lose_nothing_and_keep_every_invariant(cluster
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
     procs = [subprocess.Popen(argv[0], **pipes), subprocess.Popen(argv[1], **pipes),  # type: ignore[call-overload]
              hosts.run(argv[2], **pipes), hosts.run(argv[3], **pipes)]
-    outcomes = [p.communicate(timeout=600) for p in procs]
+    try:
+        outcomes = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outcomes]
     done = [json.loads(out) for out, _ in outcomes]
     for i, d in enumerate(done):
