@@ -166,7 +166,10 @@ class EtcdClient:
         self.first = 0  # the member the channel tries first
         self._connect()
         self.metadata: tuple[tuple[str, str], ...] | None = None
-        self.authenticate()
+        try:
+            self.authenticate()
+        except Unanswered:
+            pass  # no member answered yet (an election?): the first call authenticates, or says so
 
     def _connect(self) -> None:
         from aetcd.rpc import rpc_pb2_grpc
@@ -199,7 +202,8 @@ class EtcdClient:
             from aetcd.rpc import rpc_pb2_grpc
             auth = rpc_pb2_grpc.AuthStub(self.channel)
             reply = self._call(auth.Authenticate, self.rpc.AuthenticateRequest(name=self.options.user,
-                                                                               password=self.options.password))
+                                                                               password=self.options.password),
+                               authenticated=False)
             self.metadata = (("token", reply.token),)
 
     def close(self) -> None:
@@ -207,7 +211,9 @@ class EtcdClient:
 
     # ------------------------------------------------------------ calls
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _call(self, method: Any, request: Any, authenticated: bool = True) -> Any:
+        if authenticated and self.metadata is None and self.options.user is not None:
+            self.authenticate()
         try:
             timeout = self.timeout if self.deadline is None else \
                 max(0.1, min(self.timeout, self.deadline - time.monotonic()))
@@ -293,7 +299,7 @@ class EtcdClient:
         if name == "UNAVAILABLE":
             return self._unavailable(where, details)
         if name == "DEADLINE_EXCEEDED":
-            return Unanswered(f"{where}: etcd did not answer within {TIMEOUT:.0f} s")
+            return Unanswered(f"{where}: etcd did not answer within {self.timeout:.0f} s")
         return Failure(f"{where}: etcd: {name}: {details}")
 
     def _unavailable(self, where: str, details: str) -> Exception:
