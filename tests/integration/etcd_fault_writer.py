@@ -16,11 +16,10 @@ import io
 import json
 import sys
 
-import etcd_writer  # importing it counts the conflicts (EtcdStore._attempt wrapped)
-from enforcer.cli.main import main
 
 
 def run(url: str, *args: str) -> tuple[int, str]:
+    from enforcer.cli.main import main
     with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
         code = main(["--state", url, *args])
     if code not in (0, 2):
@@ -50,6 +49,7 @@ def commands(index: int, n: int) -> list[list[str]]:
 
 
 def main_() -> None:
+    import etcd_writer  # counts the conflicts (EtcdStore._attempt wrapped): in the writer's process only
     url, index, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     done = []
     for args in commands(index, n):
