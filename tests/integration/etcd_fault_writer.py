@@ -3,10 +3,11 @@ one resource set every writer shares; prints each command it ran, its exit code 
 (JSON), for the test to find every change that was told it succeeded in the audit log, in order.
 
 Its commands, in turn: a VM of its own on an address of a small shared pool (refused while another holds it), a
-shared VM stopped or started (another writer may have done it: "already" changes nothing), a subnet on the shared
-VNet (a read-modify-write of one row), and the subscription `doomed` removed and added back (writers 0 and 2) while
-writers 1 and 3 make a VM in it and remove it (a resource must never be left in a removed subscription); its own
-VM removed again two rounds later.
+shared VM stopped or started (another writer may have done it: "already" changes nothing), a shared Dev/Test
+subscription exempted by its diagnostic or its exemption revoked (the same: "already", or refused), a subnet on
+the shared VNet (a read-modify-write of one row), and the subscription `doomed` removed and added back (writers 0
+and 2) while writers 1 and 3 make a VM in it and remove it (a resource must never be left in a removed
+subscription); its own VM removed again two rounds later.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def commands(index: int, n: int) -> list[list[str]]:
         name = f"w{index}-{k}"
         out.append(["vm", "add", name, "--subscription", "shared", "--address", f"198.18.1.{(index * 7 + k) % 12}"])
         out.append(["vm", "stop" if (index + k) % 2 else "start", f"sv{(index + k) % 3}"])
+        exempted = f"dt{(index + k // 2) % 2}"
+        out.append(["diagnose", exempted] if k % 2 == 0 else ["exemption", "revoke", exempted])
         out.append(["vnet", "subnet-add", "net", f"s{index}-{k}", f"198.18.{64 + index * 48 + k}.0/24"])
         if index % 2 == 0:
             out.append(["subscription", "remove" if k % 2 == index // 2 else "add", "doomed", "--type", "payg"][

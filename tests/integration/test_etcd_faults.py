@@ -243,6 +243,8 @@ def test_four_writers_on_two_hosts_lose_nothing_and_keep_every_invariant(cluster
     cli = Cli(url, capsys)  # type: ignore[arg-type]
     for args in (("subscription", "add", "shared", "--type", "payg"),
                  ("subscription", "add", "doomed", "--type", "payg"),
+                 ("subscription", "add", "dt0", "--type", "devtest"),
+                 ("subscription", "add", "dt1", "--type", "devtest"),
                  ("vnet", "add", "net", "--subscription", "shared", "--prefix", "198.18.0.0/16")):
         cli(*args)
     for i in range(3):
