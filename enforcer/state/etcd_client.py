@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,9 @@ from ..errors import Failure, UserError
 SCHEME = "etcd://"
 DEFAULT_PORT = 2379
 TIMEOUT = 10.0  # seconds a call may take: a member that does not answer is told, not waited for
+# seconds a change keeps trying after the first call no member answered: a leader election (etcd's takes 1 to 3 s at
+# its default timings) or a member killed or stopped is waited out on the next member; then it is told, exit 1
+RETRY_BUDGET = 15.0
 # gRPC keepalive for a long-lived stream (the daemon's watch): a ping every 6 s (etcd refuses pings more often than
 # every 5 s by default: --grpc-keepalive-min-time), the connection dropped when one is unanswered for 3 s
 KEEPALIVE = [("grpc.keepalive_time_ms", 6000), ("grpc.keepalive_timeout_ms", 3000),
@@ -95,14 +99,16 @@ def _read_pem(option: str, path: str | None) -> bytes | None:
         raise UserError(f"{option} {path}: cannot read it ({e.strerror}); give a PEM file this user can read") from None
 
 
-def _target(url: EtcdUrl) -> str:
+def _target(url: EtcdUrl, first: int = 0) -> str:
     """gRPC's name for the members: one HOST:PORT as is; several as the addresses they resolve to (gRPC's ipv4: or
-    ipv6: lists), so that the channel moves to the next when one is down."""
+    ipv6: lists, tried in order: the `first`-th member first), so that the channel moves to the next when one is
+    down."""
     if len(url.endpoints) == 1:
         host, port = url.endpoints[0]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     addresses = []
-    for host, port in url.endpoints:
+    first %= len(url.endpoints)
+    for host, port in url.endpoints[first:] + url.endpoints[:first]:
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
@@ -123,6 +129,12 @@ class Compacted(Exception):
     """A read at a revision etcd has compacted away: the reader starts again from the current one."""
 
 
+class Unanswered(Failure):
+    """No member answered a call (down, stopped, cut off, no leader, a leader change under way, its deadline past):
+    worth another try on the next member (EtcdClient.try_again). The outcome of a transaction told so is unknown: it
+    may have committed (its answer lost), and whoever tries it again must find out (etcd_store.EtcdStore.change)."""
+
+
 class EtcdClient:
     """One channel to the members, authenticated once. Synchronous: a command makes a few calls in a row."""
 
@@ -132,31 +144,57 @@ class EtcdClient:
         try:
             import grpc
             from aetcd import rpc
-            from aetcd.rpc import rpc_pb2_grpc
         except ImportError as e:
             raise UserError(f"an etcd state needs the etcd extra ({e.name} is missing): "
                             "pip install 'port25-enforcer[etcd]', or run scripts/install.sh") from None
         self.url, self.options, self.grpc, self.rpc = url, options, grpc, rpc
         self.timeout = TIMEOUT
+        self.deadline: float | None = None  # while trying again (try_again): no call waits past it
         if options.user is not None and options.password is None:
             raise UserError(f"--etcd-user {options.user}: set its password in $ENFORCER_ETCD_PASSWORD")
-        target = _target(url)
-        channel_options: list[tuple[str, Any]] = \
-            [("grpc.default_authority", url.endpoints[0][0])] if target.startswith("ipv") else []
+        self.channel_options: list[tuple[str, Any]] = \
+            [("grpc.default_authority", url.endpoints[0][0])] if len(url.endpoints) > 1 else []
         if keepalive:  # a long-lived watch: a member gone silent (a partition) ends the stream within seconds
-            channel_options += KEEPALIVE
+            self.channel_options += KEEPALIVE
+        self.creds = None
         if options.cacert or options.cert or options.key:
             if bool(options.cert) != bool(options.key):
                 raise UserError("--etcd-cert and --etcd-key go together: give both, or neither")
-            creds = grpc.ssl_channel_credentials(_read_pem("--etcd-cacert", options.cacert),
-                                                 _read_pem("--etcd-key", options.key),
-                                                 _read_pem("--etcd-cert", options.cert))
-            self.channel = grpc.secure_channel(target, creds, options=channel_options)
-        else:
-            self.channel = grpc.insecure_channel(target, options=channel_options)
-        self.kv = rpc_pb2_grpc.KVStub(self.channel)
+            self.creds = grpc.ssl_channel_credentials(_read_pem("--etcd-cacert", options.cacert),
+                                                      _read_pem("--etcd-key", options.key),
+                                                      _read_pem("--etcd-cert", options.cert))
+        self.first = 0  # the member the channel tries first
+        self._connect()
         self.metadata: tuple[tuple[str, str], ...] | None = None
-        self.authenticate()
+        try:
+            self.authenticate()
+        except Unanswered:
+            pass  # no member answered yet (an election?): the first call authenticates, or says so
+
+    def _connect(self) -> None:
+        from aetcd.rpc import rpc_pb2_grpc
+        target = _target(self.url, self.first)
+        if self.creds is not None:
+            self.channel = self.grpc.secure_channel(target, self.creds, options=self.channel_options)
+        else:
+            self.channel = self.grpc.insecure_channel(target, options=self.channel_options)
+        self.kv = rpc_pb2_grpc.KVStub(self.channel)
+
+    def try_again(self, trouble: Unanswered, since: float, sent: bool = False) -> None:
+        """After `trouble` (no member answered; the first such call at `since`, time.monotonic()): a fresh
+        channel that tries the next member of the URL first (a stopped member holds a connection open and answers
+        nothing), after a pause; until RETRY_BUDGET seconds have passed since `since`, then `trouble` is raised,
+        saying so (and, if a transaction was `sent` whose answer was lost, that it may have committed). Calls made
+        meanwhile wait no longer than the budget."""
+        now = time.monotonic()
+        self.deadline = since + RETRY_BUDGET
+        if now >= self.deadline:
+            maybe = "; a transaction whose answer was lost may have committed: see `enforcer audit`" if sent else ""
+            raise Unanswered(f"{trouble} (tried for {RETRY_BUDGET:.0f} s{maybe})") from None
+        time.sleep(min(0.1 * 2 ** min(int(now - since), 3), self.deadline - now))  # 0.1 s, then up to 0.8 s
+        self.channel.close()
+        self.first += 1
+        self._connect()
 
     def authenticate(self) -> None:
         """A fresh token for --etcd-user (etcd's simple tokens expire when unused); nothing without a user."""
@@ -164,7 +202,8 @@ class EtcdClient:
             from aetcd.rpc import rpc_pb2_grpc
             auth = rpc_pb2_grpc.AuthStub(self.channel)
             reply = self._call(auth.Authenticate, self.rpc.AuthenticateRequest(name=self.options.user,
-                                                                               password=self.options.password))
+                                                                               password=self.options.password),
+                               authenticated=False)
             self.metadata = (("token", reply.token),)
 
     def close(self) -> None:
@@ -172,9 +211,13 @@ class EtcdClient:
 
     # ------------------------------------------------------------ calls
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _call(self, method: Any, request: Any, authenticated: bool = True) -> Any:
+        if authenticated and self.metadata is None and self.options.user is not None:
+            self.authenticate()
         try:
-            return method(request, timeout=self.timeout, metadata=self.metadata)
+            timeout = self.timeout if self.deadline is None else \
+                max(0.1, min(self.timeout, self.deadline - time.monotonic()))
+            return method(request, timeout=timeout, metadata=self.metadata)
         except self.grpc.RpcError as e:
             raise self.trouble(e.code(), e.details() or "") from None
 
@@ -256,7 +299,7 @@ class EtcdClient:
         if name == "UNAVAILABLE":
             return self._unavailable(where, details)
         if name == "DEADLINE_EXCEEDED":
-            return Failure(f"{where}: etcd did not answer within {TIMEOUT:.0f} s")
+            return Unanswered(f"{where}: etcd did not answer within {self.timeout:.0f} s")
         return Failure(f"{where}: etcd: {name}: {details}")
 
     def _unavailable(self, where: str, details: str) -> Exception:
@@ -279,4 +322,4 @@ class EtcdClient:
             return UserError(f"{where}: TLS: the member refused our client certificate (--etcd-cert {o.cert}): "
                              "not signed by a CA it trusts, or expired")
         reason = details.rpartition(": ")[2] or details
-        return Failure(f"{where}: no etcd member answered ({reason})")
+        return Unanswered(f"{where}: no etcd member answered ({reason})")

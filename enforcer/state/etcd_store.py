@@ -31,7 +31,7 @@ from ..core.rows import COUNTED_BY, INDEXED, TABLES, Counts, count_running, runn
 from ..core.validate import check_row, validate
 from ..core.verdicts import Judged
 from ..errors import Failure, UserError
-from .etcd_client import Compacted, EtcdClient, EtcdOptions, EtcdUrl
+from .etcd_client import Compacted, EtcdClient, EtcdOptions, EtcdUrl, Unanswered
 from .rows import Entity, from_doc, to_doc
 from .source import over
 from .store import Changed, _audited
@@ -582,24 +582,43 @@ class EtcdStore:
     def change(self, command: str, operation: Callable[[Inventory], tuple[Inventory, T]],
                profiles: Callable[[str], Profile] | None = None) -> T:
         """Run `operation` on a snapshot and write what it changed in one transaction that holds only if nothing
-        it read has changed since; else run it again on a newer snapshot. If it raises, nothing is written."""
-        for attempt in range(ATTEMPTS):
-            try:
-                outcome = self._attempt(command, operation, profiles)
-            except Compacted:
-                outcome = None
-            if outcome is not None:
-                return outcome[0]
-            time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))  # concurrent writers fall out of step
+        it read has changed since; else run it again on a newer snapshot. If it raises, nothing is written. When no
+        member answers (a leader change, a member down), it is tried again on the next member for up to
+        etcd_client.RETRY_BUDGET seconds; a transaction whose answer was lost may have committed: each later attempt
+        first looks for its audit key (found: that was the change) and otherwise compares it absent."""
+        lost: dict[bytes, Any] = {}  # audit key -> result, of the transactions whose answer was lost
+        unanswered_since: float | None = None
+        attempt = 0
+        try:
+            while attempt < ATTEMPTS:
+                try:
+                    outcome = self._attempt(command, operation, profiles, lost)
+                except Compacted:
+                    outcome = None
+                except Unanswered as e:
+                    unanswered_since = unanswered_since or time.monotonic()
+                    self.client.try_again(e, unanswered_since, sent=bool(lost))
+                    continue
+                if outcome is not None:
+                    return outcome[0]
+                attempt += 1
+                time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))  # concurrent writers fall out of step
+        finally:
+            if self._client is not None:
+                self._client.deadline = None  # the budget was this change's: the next one has its own
         raise Failure(f"{self.path}: the change conflicted with others {ATTEMPTS} times in a row; nothing was "
                       "changed: try again")
 
     def _attempt(self, command: str, operation: Callable[[Inventory], tuple[Inventory, T]],
-                 profiles: Callable[[str], Profile] | None) -> tuple[T] | None:
+                 profiles: Callable[[str], Profile] | None, lost: dict[bytes, Any]) -> tuple[T] | None:
         """(what the operation returned,) once written; None when the transaction met a conflict."""
         old, meta = self._source(profiles)
         source = old.source
         assert isinstance(source, EtcdSource)
+        for key, result in lost.items():  # read: absent, it is compared absent (or meta/changed is), never twice
+            if source.get(key) is not None:  # that transaction did commit, at its audit key's revision
+                self.committed = source.seen[key]
+                return (result,)
         new, result = operation(old)
         if new.source is not old.source:
             new = over(old, new)
@@ -621,7 +640,11 @@ class EtcdStore:
         ops = [client.delete(k) if v is None else client.put(k, v) for k, v in sorted(writes.items())]
         ops += [client.put(audit_key, json.dumps(entry, separators=(",", ":")).encode()),
                 client.put(changed, audit_key), client.put(self.keys.meta("format"), FORMAT.encode())]
-        reply = client.txn(compares, ops)
+        try:
+            reply = client.txn(compares, ops)
+        except Unanswered:
+            lost[audit_key] = result
+            raise
         if not reply.succeeded:
             return None
         self.committed = int(reply.header.revision)  # meta/changed's mod_revision: the state's new generation
