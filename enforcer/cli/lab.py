@@ -64,12 +64,22 @@ def lab_demo(lab_file: Path | None, profile: str | None, every: bool, timeout: f
 @lab_file_option
 @lab_dir_option
 @click.option("--no-daemon", is_flag=True, help="Do not start the enforcer on the gateway.")
-def lab_up(lab_file: Path | None, directory: Path, no_daemon: bool) -> None:
-    """Build the lab of the lab file in network namespaces, with its SMTP server and the enforcer."""
+@click.option("--gateways", type=int, default=None, metavar="N",
+              help="A fleet lab: N gateways, each serving its share of the VNets, on a state in etcd [default with "
+                   "--etcd-members: 1].")
+@click.option("--etcd-members", "members", type=int, default=None, metavar="M",
+              help="A fleet lab: its state in an etcd cluster of M members of its own (odd, 1 to 7) [default with "
+                   "--gateways: 3].")
+def lab_up(lab_file: Path | None, directory: Path, no_daemon: bool, gateways: int | None,
+           members: int | None) -> None:
+    """Build the lab of the lab file in network namespaces, with its SMTP server and the enforcer; with --gateways
+    or --etcd-members, the fleet lab: an etcd cluster of its own and a gateway per share of the VNets."""
     from ..lab.manage import lab_up
     from ..lab.netns import own_module
-    record = lab_up(lab_file, directory, daemon=not no_daemon)
+    record = lab_up(lab_file, directory, daemon=not no_daemon, gateways=gateways, members=members)
     click.echo(f"lab up: {len(record['hosts'])} hosts from {record['lab_file']}; state {record['state']}")
+    if "gateways" in record:
+        return _fleet_up_said(record, directory)
     if record.get("earlier"):
         click.echo(f"the earlier lab's mail and logs: {record['earlier']}")
     # the lab's own commands need its directory unless it is the default; the tools, this interpreter (the
@@ -79,6 +89,20 @@ def lab_up(lab_file: Path | None, directory: Path, no_daemon: bool) -> None:
                f"{record['internet_addresses'][0]} 25")
     click.echo(f"     enforcer --state {record['state']} diagnose devtest-lab")
     click.echo(f"     enforcer --state {record['state']} status --socket {record['socket']}")
+    click.echo(f"     enforcer lab status{where}; enforcer lab down{where}")
+
+
+def _fleet_up_said(record: dict[str, Any], directory: Path) -> None:
+    where = "" if directory.resolve() == LAB_DIR else f" --dir {directory}"
+    members = record["etcd"]["members"]
+    click.echo(f"etcd: {len(members)} member(s) ({', '.join(m['endpoint'] for m in members)}), data in "
+               f"{Path(record['dir']) / 'etcd'}; this host reaches them on {record['etcd']['link']} "
+               f"({record['etcd']['host']})")
+    for name, g in record["gateways"].items():
+        click.echo(f"{name}: enforcer run --gateway-name {name}, socket {g['socket']}; serves {', '.join(g['serves'])}")
+    click.echo(f"try: enforcer --state {record['state']} vm list")
+    click.echo(f"     enforcer status --socket {next(iter(record['gateways'].values()))['socket']}")
+    click.echo(f"     enforcer lab partition{where} gw1; enforcer lab heal{where} gw1")
     click.echo(f"     enforcer lab status{where}; enforcer lab down{where}")
 
 
@@ -111,6 +135,8 @@ def lab_status(directory: Path, as_json: bool) -> None:
                          "addresses": record["internet_addresses"]}
     live = ask(record["socket"], {"cmd": "status"})
     doc = {**record, "hosts": hosts, "daemon_status": live or {"ok": False, "error": "not running"}}
+    if "gateways" in record:
+        return _fleet_status(record, doc, present, as_json)
     if as_json:
         return emit_json(doc)
     click.echo(f"lab from {record['lab_file']}; state {record['state']}; mail received in "
@@ -118,6 +144,60 @@ def lab_status(directory: Path, as_json: bool) -> None:
     show_table("Lab hosts", ["host", "namespace", "up", "addresses"],
                [[n, h["namespace"], "yes" if h["up"] else "NO", " ".join(h["addresses"])] for n, h in hosts.items()])
     show_daemon(doc["daemon_status"])
+
+
+def _fleet_status(record: dict[str, Any], doc: dict[str, Any], present: set[str], as_json: bool) -> None:
+    """A fleet lab's status: its hosts, each gateway's daemon (and whether it is cut off), each etcd member."""
+    from ..lab.fleet import cluster_of, is_cut
+    hosts = doc["hosts"]
+    del hosts["gateway"]
+    for name, g in record["gateways"].items():
+        hosts[name] = {"namespace": g["namespace"], "up": g["namespace"] in present, "addresses": [g["address"]]}
+        g["cut_off"] = g["namespace"] in present and is_cut(g["namespace"])
+        g["daemon_status"] = ask(g["socket"], {"cmd": "status"}, timeout=2.0) or {"ok": False, "error": "not running"}
+    cluster = cluster_of(record)
+    leader = cluster.leader()
+    members = [{**m, "running": c.running, "leader": c is leader}
+               for m, c in zip(record["etcd"]["members"], cluster.members, strict=True)]
+    doc = {**doc, "hosts": hosts, "etcd": {**record["etcd"], "members": members}}
+    del doc["daemon_status"]
+    if as_json:
+        return emit_json(doc)
+    click.echo(f"fleet lab from {record['lab_file']}; state {record['state']}; mail received in "
+               f"{Path(record['dir']) / 'mail'}")
+    show_table("Lab hosts", ["host", "namespace", "up", "addresses"],
+               [[n, h["namespace"], "yes" if h["up"] else "NO", " ".join(h["addresses"])] for n, h in hosts.items()])
+    show_table(f"etcd members (control network {record['etcd']['control']}, this host {record['etcd']['host']})",
+               ["member", "namespace", "endpoint", "running", "leader"],
+               [[m["name"], m["namespace"], m["endpoint"], "yes" if m["running"] else "NO",
+                 "leader" if m["leader"] else ""] for m in members])
+    for name, g in record["gateways"].items():
+        click.echo(f"\n{name}: serves {', '.join(g['serves'])}"
+                   f"{'; CUT OFF from etcd (enforcer lab heal ' + name + ')' if g['cut_off'] else ''}")
+        show_daemon(g["daemon_status"])
+
+
+@lab.command("partition")
+@lab_dir_option
+@click.argument("gateway")
+def lab_partition(directory: Path, gateway: str) -> None:
+    """Cut a fleet lab's GATEWAY off from etcd (every packet on its control link dropped, as a partition does): it
+    keeps judging with its last table, and says it is not connected."""
+    from ..lab.fleet import partition
+    from ..lab.manage import gateway_namespace
+    done = partition(gateway_namespace(directory, gateway), True)
+    click.echo(f"{gateway} cut off from etcd" if done else f"{gateway} is cut off already")
+
+
+@lab.command("heal")
+@lab_dir_option
+@click.argument("gateway")
+def lab_heal(directory: Path, gateway: str) -> None:
+    """Heal the cut of `lab partition`: GATEWAY reaches etcd again and catches up."""
+    from ..lab.fleet import partition
+    from ..lab.manage import gateway_namespace
+    done = partition(gateway_namespace(directory, gateway), False)
+    click.echo(f"{gateway} reaches etcd again" if done else f"{gateway} was not cut off")
 
 
 @lab.command("mail")

@@ -139,7 +139,7 @@ class Demo:
         """(source, destination, port) of every SYN the enforcer dropped and logged."""
         time.sleep(0.3)  # the workers write their drop log off the packet path, a few times a second
         found = set()
-        for line in lab.daemon_log.read_text().splitlines():
+        for line in (line for log in lab.daemon_logs() for line in log.read_text().splitlines()):
             if line.startswith("{"):
                 with contextlib.suppress(ValueError, KeyError):
                     record = json.loads(line)

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 from ..errors import Failure, UserError
 from .namespace_lab import last_line
+from .netns import pids_in
 
 ETCD, ETCDCTL = shutil.which("etcd"), shutil.which("etcdctl")
 # A change of the example lab is one transaction of ~113 operations: past etcd's default of 128 once it grows. A
@@ -79,6 +80,8 @@ class Member:
 
     @property
     def running(self) -> bool:
+        if self.process is None and self.namespace:  # started by an earlier command (`lab up`): what runs in its
+            return bool(pids_in(self.namespace))      # namespace is it
         return self.process is not None and self.process.poll() is None
 
     def within(self, argv: list[str]) -> list[str]:

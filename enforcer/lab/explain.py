@@ -14,7 +14,7 @@ from ..core.policy import decide
 from ..core.preflight import judge
 from ..state.profiles import load_profile
 from . import mta
-from .manage import lab_record, postfix_of
+from .manage import daemon_log, lab_record, postfix_of
 from .namespace_lab import read_inventory
 
 PORT = 25
@@ -46,7 +46,7 @@ def explain(directory: Path, host: str) -> dict[str, Any]:
     verdict = decide(inv, profile, resource, record["internet_addresses"][0], PORT)
     account = profile.types.get(sub.type)
     says, way_out = judge(profile, PORT, "connected" if verdict.allow else "timeout", account)
-    dropped = drops(directory / "daemon.log", host)
+    dropped = drops(daemon_log(record, host), host)
     deferred = []
     if mta.running(instance):
         for message in mta.queue(namespace, instance):

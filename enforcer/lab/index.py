@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 INDEX = Path("/run/enforcer-labs.json")
+ETCD = "etcd://"
 
 
 def record_path(directory: Path) -> Path:
@@ -30,14 +31,26 @@ def labs_up() -> list[str]:
 
 
 def lab_of_state(state: str) -> dict[str, Any] | None:
-    """The record of the lab that is up over this state file, if one is."""
-    wanted = Path(state).resolve()
+    """The record of the lab that is up over this state: its SQLite file, or (a fleet lab) its etcd prefix on a
+    member it has."""
     for d in labs_up():
         with contextlib.suppress(OSError, ValueError):
             record: dict[str, Any] = json.loads(record_path(Path(d)).read_text())
-            if Path(record["state"]).resolve() == wanted:
+            if same_state(record["state"], state):
                 return record
     return None
+
+
+def same_state(ours: str, given: str) -> bool:
+    """Whether `given` names the state at `ours`: the same file, or the same prefix in etcd with a member in
+    common (`etcd://HOST:PORT[,...]/PREFIX`; any member of a cluster reaches it)."""
+    if ours.startswith(ETCD) or given.startswith(ETCD):
+        def split(location: str) -> tuple[set[str], str]:
+            members, _, prefix = location[len(ETCD):].partition("/")
+            return set(members.split(",")), prefix.strip("/")
+        (a, pa), (b, pb) = split(ours), split(given)
+        return ours.startswith(ETCD) and given.startswith(ETCD) and pa == pb and bool(a & b)
+    return Path(ours).resolve() == Path(given).resolve()
 
 
 def _read() -> list[str]:

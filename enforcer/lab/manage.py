@@ -15,19 +15,20 @@ from typing import Any
 from ..core.profile import Profile, SubscriptionType
 from ..errors import UserError
 from ..state.profiles import load_profile
-from ..state.store import Store
+from ..state.backend import open_state
 from .files import LAB_DIR, dns_of, read_lab, relay_of, resources_of
 from . import mta
 from .index import labs_up, note, record_path
+from .fleet import FleetLab, check_fleet, fleet_record, shares
 from .namespace_lab import NamespaceLab, read_inventory
 from .netns import end_processes, exec_in, remove_tagged
 from .story import open_port
 
 LAB_FILES = ("lab.json", "state.db", "state.db-wal", "state.db-shm", "control.sock", "notify-*.sock", "tls", "dns",
-             "postfix")
+             "postfix", "etcd", "control-*.sock")  # a fleet lab's: its members' data and logs, its gateways' sockets
 # what a lab leaves that a person wants afterwards: `lab down` keeps it unless told to purge, and the next `lab up`
 # in the same directory moves it aside (earlier-TIME/) rather than refusing the directory
-KEPT = ("mail", "daemon.log", "sink.log", "postfix-logs")
+KEPT = ("mail", "daemon.log", "sink.log", "postfix-logs", "gateway-logs")
 
 
 def tag_for(directory: Path) -> str:
@@ -43,22 +44,29 @@ def netns_names() -> list[str]:
     return names
 
 
-def lab_up(lab_file: Path | None, directory: Path, daemon: bool = True) -> dict[str, Any]:
+def lab_up(lab_file: Path | None, directory: Path, daemon: bool = True, gateways: int | None = None,
+           members: int | None = None) -> dict[str, Any]:
+    """Build the lab; with `gateways` or `members` (either: the other 1 gateway, 3 members), the fleet lab."""
     tag = tag_for(directory)
     if record_path(directory).exists() or any(n.startswith(f"{tag}-") for n in netns_names()):
         raise UserError("a lab is up already (see: enforcer lab status); take it down first: enforcer lab down")
     path, doc, internet, _ = read_lab(lab_file)
     relay = relay_of(path, doc)  # a lab file's mistakes are found before anything is made
     records = dns_of(path, doc)
+    fleet = gateways is not None or members is not None
+    if fleet:
+        gateways, members = gateways or 1, members or 3
+        check_fleet(gateways, members, doc)
     earlier = set_aside(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    lab = NamespaceLab(directory, internet, tag=tag)
+    lab = FleetLab(directory, internet, tag, gateways or 1, members or 3, shares(doc, gateways or 1)) if fleet \
+        else NamespaceLab(directory, internet, tag=tag)
     lab.relay, lab.records = relay, records
     try:
         lab.apply(path, doc)
         lab.up(resources_of(doc))
         if daemon:
-            lab.start_daemon()
+            lab.start_daemons() if isinstance(lab, FleetLab) else lab.start_daemon()
     except BaseException:
         lab.close()
         raise
@@ -69,6 +77,8 @@ def lab_up(lab_file: Path | None, directory: Path, daemon: bool = True) -> dict[
               "addresses": {name: h.addresses for name, h in lab.topology.vms.items()},
               "earlier": str(earlier) if earlier else None,
               "relay": {"user": lab.relay.user, "password": lab.relay.password, "ca": str(lab.ca)}}
+    if isinstance(lab, FleetLab):
+        record.update(fleet_record(lab))
     record_path(directory).write_text(json.dumps(record, indent=2))
     note(directory, up=True)
     return record
@@ -131,7 +141,9 @@ def lab_record(directory: Path) -> dict[str, Any]:
 def host_namespace(directory: Path, host: str) -> str:
     """The namespace of a host of the lab that is up in `directory`."""
     record = lab_record(directory)
-    namespaces = {**record["hosts"], "gateway": record["gateway"], "internet": record["internet"]}
+    namespaces = {**record["hosts"], "gateway": record["gateway"], "internet": record["internet"],
+                  **{name: g["namespace"] for name, g in record.get("gateways", {}).items()},
+                  **{m["name"]: m["namespace"] for m in record.get("etcd", {}).get("members", [])}}
     if host not in namespaces:
         raise UserError(f"no lab host '{host}'; use one of: {', '.join(sorted(namespaces))}")
     namespace: str = namespaces[host]
@@ -141,7 +153,7 @@ def host_namespace(directory: Path, host: str) -> str:
 def account_type(directory: Path, host: str, profile: Profile) -> SubscriptionType | None:
     """The type of the account a lab host's resource belongs to, as the lab's state has it, where `profile` is
     the state's (another provider's profile knows other types); else None."""
-    store = Store(lab_record(directory)["state"])
+    store = open_state(lab_record(directory)["state"])
     try:
         inv = store.snapshot(load_profile)
         try:
@@ -161,10 +173,34 @@ def reboot(record: dict[str, Any], hosts: list[str], end: bool = True,
     boot (the Postfix the lab made for a host). Returns (the hosts that had processes, those whose Postfix
     started)."""
     ended = [h for h in hosts if end and h in record["hosts"] and end_processes([record["hosts"][h]])]
-    directory = Path(record["state"]).parent
+    directory = lab_directory(record)
     booted = [h for h in hosts if boot and h in record["hosts"]
               and mta.boot(record["hosts"][h], mta.Instance(directory, h))]
     return ended, booted
+
+
+def lab_directory(record: dict[str, Any]) -> Path:
+    """Where a lab keeps its files (a fleet lab's state is in etcd: its record says)."""
+    return Path(record.get("dir") or Path(record["state"]).parent)
+
+
+def daemon_log(record: dict[str, Any], host: str) -> Path:
+    """The log of the enforcer whose gateway `host`'s traffic crosses (its drop log)."""
+    for gateway in record.get("gateways", {}).values():
+        if host in gateway["serves"]:
+            return Path(gateway["log"])
+    return lab_directory(record) / "daemon.log"
+
+
+def gateway_namespace(directory: Path, gateway: str) -> str:
+    """The namespace of a fleet lab's gateway (one line if the lab is no fleet lab or has no such gateway)."""
+    gateways = lab_record(directory).get("gateways")
+    if not gateways:
+        raise UserError("this lab has one gateway and no etcd; a fleet lab has several: enforcer lab up --gateways N")
+    if gateway not in gateways:
+        raise UserError(f"no gateway '{gateway}' in this lab; use one of: {', '.join(gateways)}")
+    namespace: str = gateways[gateway]["namespace"]
+    return namespace
 
 
 def postfix_of(directory: Path, host: str) -> tuple[str, mta.Instance]:

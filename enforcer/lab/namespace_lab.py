@@ -25,11 +25,11 @@ from ..core.lifecycle import update_resource
 from ..core.profile import Profile
 from ..dataplane.control import ask
 from ..errors import Failure
+from ..state.backend import StateBackend, open_state
 from ..state.profiles import load_profile
-from ..state.store import Store
 from .dns import unbound_binary, unbound_config
 from .files import RELAY_NAME, SINK_PORTS, Record, Relay
-from .netns import Topology, own_module, remove_tagged, run_in
+from .netns import Host, Topology, own_module, remove_tagged, run_in
 
 Attempt = tuple[str, str, int]  # (vm, destination, port)
 DNS_READY = "start of service"  # what unbound logs once it serves
@@ -43,8 +43,8 @@ def last_line(log: Path) -> str:
 
 
 def read_inventory(state: str | os.PathLike[str]) -> Inventory:
-    """What a lab's state holds now (one read, the store closed again)."""
-    store = Store(state)
+    """What a lab's state holds now, an SQLite file or an etcd:// location (one read, the store closed again)."""
+    store = open_state(str(state))
     try:
         inv, _ = store.read()
     finally:
@@ -63,7 +63,7 @@ class NamespaceLab:
     def __init__(self, workdir: Path, internet: list[str], tag: str | None = None):
         self.workdir = workdir
         self.tag = tag or f"p25t{uuid.uuid4().hex[:6]}"
-        self.state = workdir / "state.db"
+        self.state: Path | str = workdir / "state.db"  # the fleet lab's: an etcd:// location
         self.socket = str(workdir / "control.sock")
         self.maildir = workdir / "mail"
         self.topology = Topology(self.tag, internet)
@@ -87,7 +87,7 @@ class NamespaceLab:
         log; returns what the operation says (the lines a person is told)."""
         def run(inv: Inventory) -> tuple[Inventory, T]:
             return operation(inv, load_profile(inv.profile), *args, **kwargs)
-        store = Store(self.state, create=True)
+        store = self.open_state()
         try:
             return store.change(command, run)
         finally:
@@ -98,6 +98,17 @@ class NamespaceLab:
         def run(inv: Inventory, _: Profile) -> tuple[Inventory, list[str]]:
             return converge(inv, load_profile(wanted_profile(inv, doc, path)), doc, path, today=datetime.date.today())
         return self.change(f"enforcer apply {path}", run)
+
+    def open_state(self) -> StateBackend:
+        """The lab's state (SQLite here; the fleet lab's is in etcd): a change creates it."""
+        return open_state(str(self.state))
+
+    def has_state(self) -> bool:
+        store = self.open_state()
+        try:
+            return store.exists
+        finally:
+            store.close()
 
     # ------------------------------------------------------------ building
 
@@ -114,13 +125,13 @@ class NamespaceLab:
         self.bind_links()
 
     def registered_macs(self) -> dict[str, str]:
-        if not self.state.exists():
+        if not self.has_state():
             return {}
         return {r.name: r.mac for r in read_inventory(self.state).resources.values() if r.mac}
 
     def bind_links(self) -> None:
         """Each registered resource's interface: its own link to the gateway."""
-        if not self.state.exists():
+        if not self.has_state():
             return
         links = {name: host.link for name, host in self.topology.vms.items()}
 
@@ -212,40 +223,48 @@ class NamespaceLab:
     def start_daemon(self, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
         """Start `enforcer run` in the gateway namespace and wait for its READY=1 (sd_notify); every message it
         sends to its notify socket is kept in self.notified."""
+        self.notified = []
+        self.daemon = self.start_enforcer(self.topology.gateway, self.socket, self.daemon_log, self.notified,
+                                          *options, env=env)
+        return self.daemon
+
+    def start_enforcer(self, gateway: Host, control: str, log_path: Path, notified: list[str], *options: str,
+                       env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
+        """`enforcer run` on one gateway, its control socket `control`, its output in `log_path`; returns once it
+        said READY=1 (sd_notify), every message it sends kept in `notified`."""
         notify_path = str(self.workdir / f"notify-{len(self.procs)}.sock")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)
         notify.settimeout(0.2)
-        self.notified = []
         ready = threading.Event()
+        log: IO[str] = open(log_path, "a")
+        daemon = run_in(gateway.namespace,
+                        own_module("enforcer.cli", "--state", str(self.state), "run", "--socket", control, *options),
+                        env={**os.environ, "NOTIFY_SOCKET": notify_path, **(env or {})},
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(daemon)
 
         def collect() -> None:
             while True:
                 try:
                     message = notify.recv(4096).decode()
                 except TimeoutError:
-                    if self.daemon is None or self.daemon.poll() is not None:
+                    if daemon.poll() is not None:
                         break
                     continue
-                self.notified.append(message)
+                notified.append(message)
                 if "READY=1" in message:
                     ready.set()
             notify.close()
 
-        log: IO[str] = open(self.daemon_log, "a")
-        self.daemon = run_in(self.topology.gateway.namespace,
-                             own_module("enforcer.cli", "--state", str(self.state), "run", "--socket", self.socket,
-                                        *options),
-                             env={**os.environ, "NOTIFY_SOCKET": notify_path, **(env or {})},
-                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(self.daemon)
         threading.Thread(target=collect, daemon=True).start()
         deadline = time.monotonic() + 30
         while not ready.wait(0.1):
-            if self.daemon.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"the enforcer did not start on the gateway: {last_line(self.daemon_log)} "
-                               f"(its log: {self.daemon_log})")
-        return self.daemon
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                where = "the gateway" if gateway is self.topology.gateway else gateway.name
+                raise LabError(f"the enforcer did not start on {where}: {last_line(log_path)} "
+                               f"(its log: {log_path})")
+        return daemon
 
     # ------------------------------------------------------------ traffic
 
@@ -290,12 +309,24 @@ class NamespaceLab:
         """Wait until the daemon runs the state's current generation, asking every `poll` seconds; returns how long
         that took."""
         started = time.monotonic()
-        target = Store(self.state).generation()
+        store = self.open_state()
+        try:
+            target = store.generation()
+        finally:
+            store.close()
         while self.live()["generation"] != target:
             if time.monotonic() - started > timeout:
                 raise LabError(f"the daemon did not pick up generation {target} within {timeout} s")
             time.sleep(poll)
         return time.monotonic() - started
+
+    def daemon_logs(self) -> list[Path]:
+        """Where the enforcer writes its drop log (one gateway's here)."""
+        return [self.daemon_log]
+
+    def gateway_of(self, vm: str) -> str:
+        """The name of the gateway a VM's traffic crosses."""
+        return self.topology.gateway_of(self.topology.vms[vm]).name
 
     # ------------------------------------------------------------ cleanup
 

@@ -141,6 +141,15 @@ class Topology:
         self.internet = Host("inet", [host_address(a) for a in internet], namespace=f"{tag}-inet")
         self.vms: dict[str, Host] = {}
 
+    @property
+    def routers(self) -> list[Host]:
+        """The gateways: one here; the fleet lab's topology has several (fleet.py)."""
+        return [self.gateway]
+
+    def gateway_of(self, host: Host) -> Host:
+        """The gateway a VM's link leads to."""
+        return self.gateway
+
     def add_vm(self, name: str, addresses: list[str], mac: str | None = None) -> Host:
         index = len(self.vms)
         host = Host(name, [host_address(a) for a in addresses], namespace=f"{self.tag}-{index}",
@@ -154,10 +163,10 @@ class Topology:
         guard_lab_ranges(self.internet.addresses + [a for h in self.vms.values() for a in h.addresses])
         try:
             hosts = [self.internet, *self.vms.values()]
-            for host in (self.gateway, *hosts):
+            for host in (*self.routers, *hosts):
                 self._create(host.namespace)
-            sysctl({self.gateway.namespace: {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1",
-                                             **NO_DAD}, **{h.namespace: NO_DAD for h in hosts}})
+            forwarding = {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1", **NO_DAD}
+            sysctl({**{g.namespace: forwarding for g in self.routers}, **{h.namespace: NO_DAD for h in hosts}})
             self._wire_internet()
             for host in self.vms.values():
                 self._wire_vm(host)
@@ -223,7 +232,7 @@ class Topology:
             g.link("set", index=gi, state="up")
 
     def _wire_vm(self, host: Host) -> None:
-        with NetNS(self.gateway.namespace) as g:
+        with NetNS(self.gateway_of(host).namespace) as g:
             g.link("add", ifname=host.link, kind="veth", peer={"ifname": "eth0", "net_ns_fd": host.namespace})
             gi = g.link_lookup(ifname=host.link)[0]
             g.addr("add", index=gi, address=GATEWAY4, prefixlen=32)
