@@ -42,7 +42,10 @@ lab_file_option = click.option("--lab", "lab_file", type=click.Path(dir_okay=Fal
               help="Seconds an SMTP attempt waits before it counts as a time-out (a silent drop).")
 @click.option("--mta", is_flag=True, help="Tell the exemption story with Debian's Postfix on the resources (deferred "
               "mail, the relay, the restart) instead of the table; needs postfix and swaks (install.sh --mta).")
-def lab_demo(lab_file: Path | None, profile: str | None, every: bool, timeout: float, mta: bool) -> None:
+@click.option("--fleet", is_flag=True, help="The fleet lab: 3 gateways on a 3-member etcd cluster of its own, the "
+              "table through every gateway, then the fleet's story (the leader killed, a gateway cut off and healed).")
+def lab_demo(lab_file: Path | None, profile: str | None, every: bool, timeout: float, mta: bool,
+             fleet: bool) -> None:
     """Build the lab in network namespaces (Azure's, or the provider's of --profile or --lab; --all: each in turn),
     start the enforcer on its gateway, try real SMTP deliveries from every resource to 25, 465 and 587, compare
     with the lab file, walk the provider's exemption story, tear down. Needs root; exits non-zero if any outcome
@@ -53,6 +56,15 @@ def lab_demo(lab_file: Path | None, profile: str | None, every: bool, timeout: f
         raise UserError("give one of --lab FILE, --profile NAME or --all, not several")
     if mta and every:
         raise UserError("--mta tells one provider's story: give --profile NAME or --lab FILE, not --all")
+    if fleet and (every or mta or profile is not None or lab_file is not None):
+        raise UserError("--fleet tells its story on Azure's lab (vagrant/lab.yml) alone: give it without --all, "
+                        "--mta, --profile or --lab")
+    if fleet:
+        from ..lab.fleet_demo import run_fleet_demo
+        code = run_fleet_demo(None, console(), timeout)
+        if code:
+            raise SystemExit(code)
+        return
     if profile is not None:
         lab_file = lab_for_profile(profile)
     code = run_all(console(), timeout) if every else run_demo(lab_file, console(), timeout, mta)

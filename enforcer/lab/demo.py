@@ -84,7 +84,7 @@ class Demo:
     def run_lab(self) -> int:
         with tempfile.TemporaryDirectory(prefix="enforcer-demo-") as tmp:
             os.chmod(tmp, 0o711)  # the lab's Postfix (demo --mta) runs as its own user and must reach its files
-            lab = NamespaceLab(Path(tmp), self.internet, tag=f"p25demo{uuid.uuid4().hex[:4]}")
+            lab = self.make_lab(Path(tmp), f"p25demo{uuid.uuid4().hex[:4]}")
             lab.relay, lab.records = self.relay, self.records
             try:
                 self.build(lab)
@@ -99,6 +99,9 @@ class Demo:
             finally:
                 lab.close()
         return self.verdict()
+
+    def make_lab(self, directory: Path, tag: str) -> NamespaceLab:
+        return NamespaceLab(directory, self.internet, tag=tag)
 
     def show(self, lab: NamespaceLab) -> None:
         """What the demo shows once the lab is up and ready: every resource's deliveries, then the story."""
@@ -152,11 +155,17 @@ class Demo:
         checked = []
         for (vm, dst, port), outcome in zip(attempts, outcomes, strict=True):
             sources = lab.topology.vms[vm].addresses
-            if outcome == "timeout" and not any((src, dst, port) in dropped for src in sources):
+            if outcome == "timeout" and not any((src, dst, port) in dropped for src in sources) \
+                    and not self.counted_blocked(lab, vm):
                 self.lab_faults.append(f"{vm} to {dst} port {port}")
                 outcome = LAB_FAULT
             checked.append(outcome)
         return checked
+
+    def counted_blocked(self, lab: NamespaceLab, vm: str) -> bool:
+        """Whether the enforcer counted a block of `vm` that its drop log did not explain (none here: one gateway
+        explains every drop it makes)."""
+        return False
 
     def progress(self) -> Progress:
         return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -170,7 +179,7 @@ class Demo:
             lab.up(self.resources)
             p.advance(task)
             p.update(task, description="starting the enforcer on the gateway")
-            lab.start_daemon()
+            lab.start_daemons()
             p.advance(task)
         ports = ", ".join(map(str, SINK_PORTS[:-1])) + f" and {SINK_PORTS[-1]}"
         n = len(self.resources)
@@ -192,8 +201,9 @@ class Demo:
         restricted = sorted(self.profile.restricted_ports)
         table = Table(title=f"SMTP from every resource to the internet host (IPv4, and IPv6 where it has one); "
                             f"{self.profile.name} restricts {self.profile.ports_phrase}", title_justify="left")
-        for column in ("resource", f"{self.profile.account_word} type", *map(str, SMTP_PORTS),
-                       f"spec says ({', '.join(map(str, restricted))})", ""):
+        fleet = len(lab.topology.routers) > 1  # which gateway judged each resource: a column of its own
+        for column in ("resource", *(["gateway"] if fleet else []), f"{self.profile.account_word} type",
+                       *map(str, SMTP_PORTS), f"spec says ({', '.join(map(str, restricted))})", ""):
             table.add_column(column)
         for name in self.resources:
             cells = {port: " / ".join(sorted(results[(name, port)])) for port in SMTP_PORTS}
@@ -201,7 +211,8 @@ class Demo:
             ok = all(cells[p] == SPEC_OUTCOME[expected[p]] for p in SMTP_PORTS)
             self.failures += not ok
             self.outcome.rows.append(Row(name, inv_types[name], cells, ok))
-            table.add_row(name, inv_types[name], *(self.colour(cells[p]) for p in SMTP_PORTS),
+            table.add_row(name, *([lab.gateway_of(name)] if fleet else []), inv_types[name],
+                          *(self.colour(cells[p]) for p in SMTP_PORTS),
                           self.spec_words(expected, restricted),
                           "[green]as the spec says[/]" if ok else "[red]DIFFERS[/]")
         self.console.print(table)

@@ -20,15 +20,15 @@ from .namespace_lab import read_inventory
 PORT = 25
 
 
-def drops(daemon_log: Path, resource: str) -> list[dict[str, Any]]:
-    """The enforcer's drop log records for `resource` (one JSON line per blocked SYN it explained)."""
+def drops(daemon_log: Path, resource: str | None = None) -> list[dict[str, Any]]:
+    """The enforcer's drop log records (for `resource`, or all): one JSON line per blocked SYN it explained."""
     found = []
     with contextlib.suppress(OSError):
         for line in daemon_log.read_text(errors="replace").splitlines():
             if line.startswith("{"):
                 with contextlib.suppress(ValueError):
                     record = json.loads(line)
-                    if record.get("event") == "blocked" and record.get("resource") == resource:
+                    if record.get("event") == "blocked" and resource in (None, record.get("resource")):
                         found.append(record)
     return found
 

@@ -66,7 +66,7 @@ def lab_up(lab_file: Path | None, directory: Path, daemon: bool = True, gateways
         lab.apply(path, doc)
         lab.up(resources_of(doc))
         if daemon:
-            lab.start_daemons() if isinstance(lab, FleetLab) else lab.start_daemon()
+            lab.start_daemons()
     except BaseException:
         lab.close()
         raise

@@ -228,6 +228,10 @@ class NamespaceLab:
                                           *options, env=env)
         return self.daemon
 
+    def start_daemons(self) -> None:
+        """The enforcer on every gateway: the one here."""
+        self.start_daemon()
+
     def start_enforcer(self, gateway: Host, control: str, log_path: Path, notified: list[str], *options: str,
                        env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
         """`enforcer run` on one gateway, its control socket `control`, its output in `log_path`; returns once it
