@@ -54,12 +54,13 @@ def lab_up(lab_file: Path | None, directory: Path, daemon: bool = True, gateways
     relay = relay_of(path, doc)  # a lab file's mistakes are found before anything is made
     records = dns_of(path, doc)
     fleet = gateways is not None or members is not None
+    gateways = 1 if gateways is None else gateways
+    members = 3 if members is None else members
     if fleet:
-        gateways, members = gateways or 1, members or 3
         check_fleet(gateways, members, doc)
     earlier = set_aside(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    lab = FleetLab(directory, internet, tag, gateways or 1, members or 3, shares(doc, gateways or 1)) if fleet \
+    lab = FleetLab(directory, internet, tag, gateways, members, shares(doc, gateways)) if fleet \
         else NamespaceLab(directory, internet, tag=tag)
     lab.relay, lab.records = relay, records
     try:
