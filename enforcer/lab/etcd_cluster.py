@@ -230,8 +230,8 @@ class EtcdCluster:
     def leader(self) -> Member | None:
         """The member the running members agree leads (None while there is no leader)."""
         ids = {m.name: s for m in self.members if m.running and (s := self.status(m)) is not None}
-        leaders = {s["leader"] for s in ids.values()}
-        if len(leaders) != 1:
+        leaders = {s.get("leader", 0) for s in ids.values()}  # 0 (left out of the JSON): no leader, an election
+        if len(leaders) != 1 or 0 in leaders:
             return None
         (lead,) = leaders
         return next((m for m in self.members if m.name in ids and ids[m.name]["header"]["member_id"] == lead), None)
