@@ -186,6 +186,10 @@ class FleetTopology(Topology):
             self.down()
             raise
 
+    def down(self) -> None:
+        super().down()
+        remove_control_link(self.tag)
+
     def _wire_internet(self) -> None:
         """The internet host on a bridge of its own with every gateway's inet link; its default route through the
         first gateway, and a route to each VM through that VM's gateway (the way back crosses the way out)."""
@@ -330,6 +334,16 @@ def fleet_record(lab: FleetLab) -> dict[str, Any]:
             "etcd": {"members": [{"name": m.name, "namespace": m.namespace, "endpoint": m.endpoint, "dir": str(m.dir)}
                                  for m in lab.cluster.members],
                      "control": str(CONTROL), "host": str(HOST_ADDRESS), "link": lab.topology.control_link}}
+
+
+def remove_control_link(tag: str) -> bool:
+    """This host's end of a fleet lab's control network, deleted (its peer goes with it). The namespace's removal
+    takes it too, but only once the kernel has cleaned the namespace up, which may be seconds later."""
+    with IPRoute() as host:
+        found = host.link_lookup(ifname=f"{tag}-ctl")
+        for index in found:
+            host.link("del", index=index)
+    return bool(found)
 
 
 def cluster_of(record: dict[str, Any]) -> EtcdCluster:

@@ -19,7 +19,7 @@ from ..state.backend import open_state
 from .files import LAB_DIR, dns_of, read_lab, relay_of, resources_of
 from . import mta
 from .index import labs_up, note, record_path
-from .fleet import FleetLab, check_fleet, fleet_record, shares
+from .fleet import FleetLab, check_fleet, fleet_record, remove_control_link, shares
 from .namespace_lab import NamespaceLab, read_inventory
 from .netns import end_processes, exec_in, remove_tagged
 from .story import open_port
@@ -106,6 +106,7 @@ def lab_down(directory: Path, purge: bool = False) -> tuple[list[str], list[str]
     lab received and its logs stay (returned), unless `purge`. Works from the namespaces' names alone, so also
     after a crash of `lab up`."""
     gone = remove_tagged(tag_for(directory))
+    remove_control_link(tag_for(directory))  # a fleet lab's, if it was one
     kept: list[str] = []
     if record_path(directory).exists() or leftovers_only(directory):  # only a lab's directory, only what it put there
         for name in LAB_FILES + (KEPT + ("earlier-*",) if purge else ()):
