@@ -35,7 +35,9 @@ import yaml
 from enforcer.core import lifecycle
 from enforcer.lab.files import DEFAULT_LAB, resources_of
 from enforcer.lab.namespace_lab import NamespaceLab
-from enforcer.lab.netns import can_build_namespaces, run_in
+# `ip netns exec` (exec_in) rather than a preexec function: no Python runs between fork and exec, which gRPC's fork
+# handlers would disturb in a process that has used an etcd state (benchmarks.fleet_soak)
+from enforcer.lab.netns import can_build_namespaces, exec_in
 
 STEADY = {"ea-vm": True, "mcae-vm": True, "shop-web": False, "trial-vm": False}  # VM -> allowed
 TOGGLED = "devtest-vm"
@@ -73,9 +75,9 @@ class Sender:
     def __init__(self, lab: NamespaceLab, vm: str, seed: int):
         src = lab.topology.vms[vm].addresses[0]
         self.vm, self.src = vm, src
-        self.proc = run_in(lab.topology.vms[vm].namespace, [sys.executable, "-c", SENDER, src, lab.internet[0],
-                                                             str(seed)],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(Path.cwd()))
+        self.proc = exec_in(lab.topology.vms[vm].namespace, [sys.executable, "-c", SENDER, src, lab.internet[0],
+                                                              str(seed)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(Path.cwd()))
         lab.procs.append(self.proc)
         self.sent = 0
 
@@ -92,7 +94,7 @@ class Sender:
 
 
 def in_namespace(namespace: str, *argv: str) -> str:
-    proc = run_in(namespace, list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = exec_in(namespace, list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=60)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv}: {err}")
