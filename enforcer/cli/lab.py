@@ -153,9 +153,13 @@ def lab_status(directory: Path, as_json: bool) -> None:
         return emit_json(doc)
     click.echo(f"lab from {record['lab_file']}; state {record['state']}; mail received in "
                f"{Path(record['state']).parent / 'mail'}")
+    _show_hosts(hosts)
+    show_daemon(doc["daemon_status"])
+
+
+def _show_hosts(hosts: dict[str, dict[str, Any]]) -> None:
     show_table("Lab hosts", ["host", "namespace", "up", "addresses"],
                [[n, h["namespace"], "yes" if h["up"] else "NO", " ".join(h["addresses"])] for n, h in hosts.items()])
-    show_daemon(doc["daemon_status"])
 
 
 def _fleet_status(record: dict[str, Any], doc: dict[str, Any], present: set[str], as_json: bool) -> None:
@@ -177,8 +181,7 @@ def _fleet_status(record: dict[str, Any], doc: dict[str, Any], present: set[str]
         return emit_json(doc)
     click.echo(f"fleet lab from {record['lab_file']}; state {record['state']}; mail received in "
                f"{Path(record['dir']) / 'mail'}")
-    show_table("Lab hosts", ["host", "namespace", "up", "addresses"],
-               [[n, h["namespace"], "yes" if h["up"] else "NO", " ".join(h["addresses"])] for n, h in hosts.items()])
+    _show_hosts(hosts)
     show_table(f"etcd members (control network {record['etcd']['control']}, this host {record['etcd']['host']})",
                ["member", "namespace", "endpoint", "running", "leader"],
                [[m["name"], m["namespace"], m["endpoint"], "yes" if m["running"] else "NO",

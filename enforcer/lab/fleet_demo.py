@@ -21,7 +21,7 @@ from . import story
 from .demo import Demo
 from .explain import drops
 from .fleet import FleetLab, check_fleet, shares
-from .namespace_lab import Attempt, NamespaceLab
+from .namespace_lab import Attempt, NamespaceLab, wait_for
 
 GATEWAYS, MEMBERS = 3, 3
 ACCOUNT, VM = "devtest-lab", "devtest-vm"  # the story's account (Enterprise Dev/Test: exempted by the diagnostic)
@@ -213,16 +213,6 @@ class FleetDemo(Demo):
 def lost_lines(log: Path) -> int:
     """How many times a gateway's log says its watch was lost."""
     return log.read_text(errors="replace").count("etcd: connected=false (") if log.exists() else 0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
-    """Poll until predicate() is truthy (bounded); its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def run_fleet_demo(lab_file: Path | None, console: Console, timeout: float = 2.5) -> int:

@@ -42,6 +42,16 @@ def last_line(log: Path) -> str:
     return lines[-1] if lines else "it said nothing"
 
 
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    """Poll until predicate() is truthy (bounded); its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
 def read_inventory(state: str | os.PathLike[str]) -> Inventory:
     """What a lab's state holds now, an SQLite file or an etcd:// location (one read, the store closed again)."""
     store = open_state(str(state))

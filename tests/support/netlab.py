@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Iterator
 import yaml
 
 from enforcer.cli.main import main
+from enforcer.lab import namespace_lab
 from enforcer.lab.namespace_lab import NamespaceLab
 from support.paths import LAB
 
@@ -58,13 +58,8 @@ def example_lab(workdir: Path) -> Iterator[NetLab]:
 
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05):
-    """Poll until predicate() is truthy (bounded); returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
+    """Poll until predicate() is truthy (bounded); returns its last value (the lab's own, with the tests' pace)."""
+    return namespace_lab.wait_for(predicate, timeout, interval)
 
 
 def as_user(uid: int, function) -> tuple[int, str]:
