@@ -10,6 +10,7 @@ workers the new image (Keeper); a worker only maps it.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -37,7 +38,7 @@ from .rules import RuleBackend, RuleSpec, choose_backend
 from .rules.base import CacheSpec
 from .follow import Follower, follower_for
 from .keeper import Keeper
-from .worker import worker_main
+from .worker import Explainer, worker_main
 
 if TYPE_CHECKING:  # for annotations only: nothing more to import at run time
     from ..state.etcd_client import EtcdOptions
@@ -122,6 +123,8 @@ class Daemon:
         self.rule_repairs = 0
         self.rules_installed = False
         self.state_error: str | None = None  # why the state's newest generation could not be loaded, if it can't
+        self.explainer: Explainer | None = None  # the workers' drop-log explanations on an etcd state, read here
+        self.explain_lock = threading.Lock()
         self.control = ControlServer(settings.socket, self.handle, settings.socket_group)
         self.cache: KernelCache | None = None  # --kernel-cache: the daemon's end forgets what a new table changed
 
@@ -396,6 +399,20 @@ class Daemon:
             **self.follower.live(),
         }
 
+    def explain(self, address: Any) -> dict[str, Any]:
+        """The resource behind a source address, and why it is blocked, read from the state here."""
+        try:
+            if not isinstance(address, str):  # ip_address(7) would be 0.0.0.7
+                raise ValueError(address)
+            ipaddress.ip_address(address)
+        except ValueError:
+            return {"ok": False, "error": f"not an address: {str(address)[:64]!r}"}
+        with self.explain_lock:  # one control thread per request: the explainer's store is one channel
+            if self.explainer is None:
+                self.explainer = Explainer(self.settings.state, self.etcd)
+            resource, reason = self.explainer.explain(str(address))
+        return {"ok": True, "resource": resource, "reason": reason}
+
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("cmd")
         if command == "status":
@@ -403,4 +420,6 @@ class Daemon:
         if command == "reload":
             self.request_reload()
             return {"ok": True}
+        if command == "explain":  # a worker's drop log, on an etcd state (worker.AskTheDaemon)
+            return self.explain(request.get("address"))
         return {"ok": False, "error": f"unknown command {command!r}"}

@@ -36,13 +36,6 @@ from .rules import RuleSpec
 if TYPE_CHECKING:
     from ..state.settings import Settings
 
-# The daemon forks its queue workers after this process has used gRPC (the follower's check), and a worker opens the
-# state again (the drop log's explainer): without gRPC's fork handlers, that child's first channel could deadlock in
-# gRPC's initialisation holding the GIL, and the worker judged nothing more (the fleet lab hit it; an earlier flake
-# of the follow test too). gRPC's documented answer for fork without exec; read when grpc is first imported, which
-# happens after this module's import (etcd_client imports it on a client's creation).
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "true")
-os.environ.setdefault("GRPC_POLL_STRATEGY", "poll")  # fork support works with the poll and epoll1 engines only
 log = logging.getLogger("enforcer")
 PROGRESS_EVERY = 1.0   # seconds between progress requests on the watch: each answer says we are current
 CURRENT_FOR = 3.0      # a watch silent this long (no event, no progress answer) is taken as lost

@@ -36,11 +36,12 @@ from ..errors import Failure, UserError
 from ..state.profiles import load_profile
 from ..state.settings import QueueFull, Settings
 from ..state.backend import StateBackend, open_state
-from ..state.etcd_client import EtcdOptions
+from ..state.etcd_client import EtcdOptions, is_etcd
 from ..state.etcd_store import EtcdStore
 from ._fastpath import Judge, Table, View
+from .control import ask
 from .counters import Counters
-from .droplog import DropLog
+from .droplog import DropLog, Explain
 from .keeper import mapped
 from .kernelcache import KernelCache
 from .rules.base import CacheError
@@ -89,7 +90,7 @@ def worker_main(queue_num: int, conn: Connection, settings: Settings, backend: s
         conn.send(("error", str(e)))
         return
     conn.send(("bound", queue_num))
-    control = WorkerControl(queue_num, judge, drops, conn, Explainer(settings.state, etcd), filler)
+    control = WorkerControl(queue_num, judge, drops, conn, explainer_for(settings, etcd), filler)
     threading.Thread(target=control.serve, name=f"queue-{queue_num}-control", daemon=True).start()
     if filler is not None:
         threading.Thread(target=filler.serve, args=(control.stop,), name=f"queue-{queue_num}-cache",
@@ -130,6 +131,10 @@ class LinkWatcher:
             self.events += 1
 
 
+def address_of(key: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6 if len(key) == 16 else socket.AF_INET, key)
+
+
 class Explainer:
     """Names the resource behind a blocked source and says why, from the state: read when a drop-log line is
     written (the drop log keeps the answer until the next table)."""
@@ -139,7 +144,9 @@ class Explainer:
         self.store: StateBackend | None = None
 
     def __call__(self, key: bytes) -> tuple[str | None, str]:
-        address = socket.inet_ntop(socket.AF_INET6 if len(key) == 16 else socket.AF_INET, key)
+        return self.explain(address_of(key))
+
+    def explain(self, address: str) -> tuple[str | None, str]:
         try:
             if self.store is None:
                 self.store = open_state(self.state, self.etcd)
@@ -155,6 +162,27 @@ class Explainer:
                 self.store.end_snapshot()
         except (UserError, Failure) as e:
             return None, f"(the state could not be read: {e})"
+
+
+class AskTheDaemon:
+    """A worker's explainer on an etcd state: the daemon reads the state for it (`explain` on the control socket).
+    A worker never opens a gRPC channel of its own: it was forked from a process whose gRPC threads were running,
+    and a channel opened there could deadlock in gRPC's initialisation holding the GIL (the worker then judged
+    nothing more: seen in the fleet lab and the fleet benchmark)."""
+
+    def __init__(self, socket_path: str):
+        self.socket_path = socket_path
+
+    def __call__(self, key: bytes) -> tuple[str | None, str]:
+        answer = ask(self.socket_path, {"cmd": "explain", "address": address_of(key)}, timeout=EXPLAIN_TIMEOUT)
+        if not answer or not answer.get("ok"):
+            why = (answer or {}).get("error") or "the daemon did not answer"
+            return None, f"(the state could not be read: {why})"
+        return answer.get("resource"), str(answer.get("reason"))
+
+
+def explainer_for(settings: Settings, etcd: EtcdOptions | None) -> Explain:
+    return AskTheDaemon(settings.socket) if is_etcd(settings.state) else Explainer(settings.state, etcd)
 
 
 class CacheFiller:
@@ -194,7 +222,7 @@ class WorkerControl:
     """The worker's control thread: takes new tables, answers the daemon's requests, writes the drop log."""
 
     def __init__(self, queue_num: int, judge: Judge, drops: collections.deque[Drop], conn: Connection,
-                 explain: Explainer, filler: CacheFiller | None = None):
+                 explain: Explain, filler: CacheFiller | None = None):
         self.queue_num, self.judge, self.drops, self.conn = queue_num, judge, drops, conn
         self.filler = filler
         self.meanings: dict[int, list[Verdict]] = {0: []}  # table generation -> what its verdicts mean
