@@ -55,6 +55,7 @@ from typing import Any, Iterator
 import yaml
 from pyroute2 import NetNS, netns
 
+from enforcer.errors import Failure
 from enforcer.lab.files import DEFAULT_LAB, resources_of
 from enforcer.lab.namespace_lab import NamespaceLab
 from enforcer.lab.netns import can_build_namespaces, own_module, remove_tagged, run_in
@@ -401,7 +402,8 @@ def relist(op: Operator, etcd: Etcd, g: Gateway) -> dict[str, Any]:
         g.probers[vm].send("stop")
     steady = {vm: g.probers[vm].read() for vm in ("ea-vm", "shop-web")}
     return {"caught_s": caught, "connected_s": connected if connected is not None else caught,
-            "stale_s": stale["stale_seconds"], "compacted": compacted["revision"], "generation": last["generation"],
+            "stale_s": stale["stale_seconds"], "compacted": compacted["revision"], "compact_s": compacted["seconds"],
+            "generation": last["generation"],
             "relists": live["relists"] - before["relists"], "compiles": live["compiles"] - before["compiles"],
             "steady": steady}
 
@@ -444,6 +446,7 @@ def one_size(n: int, state: Path, args: argparse.Namespace, small: Path, log_dir
             gateways.append(g)
         r["start_etcd"] = [g.start("--gateway-name", g.name) for g in gateways]
         print(f"  {n:,}: gateways READY in " + ", ".join(f"{s:.2f} s" for s in r["start_etcd"]), flush=True)
+        r["rows"] = op.do(do="rows", url=etcd.local)
         r["verdict_etcd"] = commit_to_verdict(op, etcd.local, gateways, args.rounds)
         print(f"  {n:,}: etcd commit to verdict, slowest of {GATEWAYS}: {ms(r['verdict_etcd']['syn'])}", flush=True)
         r["own_etcd"] = own_work(op, etcd.local, args.own_rounds, args.own_status)
@@ -453,7 +456,9 @@ def one_size(n: int, state: Path, args: argparse.Namespace, small: Path, log_dir
         r["size_changed"] = etcd.size()
         print(f"  {n:,}: the fleet measured; the relist", flush=True)
         r["relist"] = relist(op, etcd, gateways[-1])
+        defrag = time.monotonic()
         etcd.ctl("defrag", timeout=600)
+        r["defrag_s"] = time.monotonic() - defrag
         r["size_defragmented"] = etcd.size()
         r["live"] = [g.lab.live() for g in gateways]
         if args.try_copy:
@@ -488,6 +493,10 @@ def report(results: list[dict[str, Any]], rounds: int) -> None:
               f"p99 {ratio(v['syn'], b['syn'], 0.99)}")
         print("2. start to READY, s: etcd " + ", ".join(f"{s:.2f}" for s in r["start_etcd"])
               + f"; SQLite {r['start_sqlite']:.2f}; ratio (slowest) {max(r['start_etcd']) / r['start_sqlite']:.2f}")
+        rows = r["rows"]
+        print(f"   of a start from etcd: reading its {rows['rows']:,} address rows alone {rows['seconds']:.2f} s, in "
+              f"{rows['pages']} pages of 10,000: the first {rows['first_page'] * 1000:.0f} ms, the last "
+              f"{rows['last_page'] * 1000:.0f} ms")
         print("3. own work, p50 ms         etcd   SQLite    ratio")
         for label, values in r["own_etcd"].items():
             base = r["own_sqlite"][label]
@@ -500,14 +509,16 @@ def report(results: list[dict[str, Any]], rounds: int) -> None:
         st = rl["steady"]
         print(f"4. relist after a compaction: caught up {rl['caught_s']:.2f} s after the cut was healed (connected "
               f"again after {rl['connected_s']:.2f} s); stale {rl['stale_s']:.1f} s when healed; relists "
-              f"+{rl['relists']}, compiles +{rl['compiles']}; compacted at revision {rl['compacted']}")
+              f"+{rl['relists']}, compiles +{rl['compiles']}; compacted at revision {rl['compacted']} (the call: "
+              f"{rl['compact_s'] * 1000:.0f} ms)")
         print(f"   meanwhile behind it: ea-vm (allowed) {st['ea-vm']['accepted']} accepted, {st['ea-vm']['refused']}"
               f" not (longest gap {st['ea-vm']['longest_gap'] * 1000:.0f} ms); shop-web (blocked) "
               f"{st['shop-web']['accepted']} accepted, {st['shop-web']['refused']} not")
         ld, sz, dz = r["load"], r["size_loaded"], r["size_defragmented"]
         print(f"5. etcd: loaded {ld['keys']:,} keys ({mb(ld['bytes'])} of keys and values) in {ld['seconds']:.0f} s; "
               f"after the load: du {mb(sz['du'])}, db {mb(sz['db'])} ({mb(sz['db_in_use'])} in use), RSS "
-              f"{mb(sz['rss'])}; after the run: db {mb(r['size_changed']['db'])}; compacted and defragmented: du "
+              f"{mb(sz['rss'])}; after the run: db {mb(r['size_changed']['db'])}; compacted and defragmented "
+              f"({r['defrag_s']:.1f} s): du "
               f"{mb(dz['du'])}, db {mb(dz['db'])}, RSS {mb(dz['rss'])}")
         if "copy" in r:
             c = r["copy"]
@@ -573,17 +584,24 @@ def main(argv: list[str] | None = None) -> int:
           f"{subprocess.run(['etcd', '--version'], capture_output=True, text=True).stdout.split()[2]}; "
           f"etcd flags: {' '.join(ETCD_FLAGS)}", flush=True)
     results = []
+    broke = False
     log_dir = tempfile.mkdtemp(prefix="enforcer-etcd-fleet-logs-")
     with states(sizes, args.states) as paths, tempfile.TemporaryDirectory(prefix="enforcer-etcd-small-") as tmp:
         small = Path(tmp) / "lab.db"
         lab_state(small).close()
         for n in sizes:
             started = time.monotonic()
-            results.append(one_size(n, paths[n], args, small, log_dir))
+            try:
+                results.append(one_size(n, paths[n], args, small, log_dir))
+            except (RuntimeError, OSError, subprocess.SubprocessError, Failure) as e:  # the others still reported
+                print(f"  {n:,}: broke after {time.monotonic() - started:.0f} s: {e}", flush=True)
+                broke = True
+                break
             print(f"  {n:,}: done in {time.monotonic() - started:.0f} s", flush=True)
-    report(results, args.rounds)
+    if results:
+        report(results, args.rounds)
     print(f"the daemons' logs and the children's: {log_dir}")
-    return 0
+    return 1 if broke else 0
 
 
 if __name__ == "__main__":
