@@ -57,7 +57,7 @@ from pyroute2 import NetNS, netns
 
 from enforcer.errors import Failure
 from enforcer.lab.files import DEFAULT_LAB, resources_of
-from enforcer.lab.namespace_lab import NamespaceLab
+from enforcer.lab.namespace_lab import LabError, NamespaceLab
 from enforcer.lab.netns import can_build_namespaces, own_module, remove_tagged, run_in
 
 from .child import Child
@@ -228,6 +228,7 @@ class Gateway:
         for p in self.probers.values():
             p.read()
         self.started_s = 0.0
+        self.unanswered = 0  # status requests its daemon did not answer in time
 
     def start(self, *options: str) -> float:
         self.lab.state = self.state  # type: ignore[assignment]  # start_daemon passes it as --state
@@ -237,7 +238,13 @@ class Gateway:
         return self.started_s
 
     def generation(self) -> int:
-        return int(self.lab.live()["generation"])
+        """The generation its daemon reports; -1 when it does not answer within the lab's 5 s (counted, said)."""
+        try:
+            return int(self.lab.live()["generation"])
+        except LabError as e:
+            self.unanswered += 1
+            print(f"  ({self.name}: {e})", flush=True)
+            return -1
 
     def stop(self) -> None:
         for p in self.probers.values():
@@ -452,6 +459,7 @@ def one_size(n: int, state: Path, args: argparse.Namespace, small: Path, log_dir
         r["own_etcd"] = own_work(op, etcd.local, args.own_rounds, args.own_status)
         print(f"  {n:,}: own work p50 ms, etcd / SQLite: " + ", ".join(
             f"{label} {p50(v)} / {p50(r['own_sqlite'][label])}" for label, v in r["own_etcd"].items()), flush=True)
+        r["unanswered"] = {g.name: g.unanswered for g in [base, *gateways]}
         r["rss_gateways"] = [rss(g.lab.daemon.pid) if g.lab.daemon else 0 for g in gateways]
         r["size_changed"] = etcd.size()
         print(f"  {n:,}: the fleet measured; the relist", flush=True)
@@ -489,6 +497,9 @@ def report(results: list[dict[str, Any]], rounds: int) -> None:
         print(f"   etcd, slowest, daemon reports generation  {ms(v['status'])}")
         print(f"   SQLite, one daemon, first accepted SYN    {ms(b['syn'])}")
         print(f"   SQLite, one daemon, reports generation    {ms(b['status'])}")
+        if any(r["unanswered"].values()):
+            print("   status requests a daemon did not answer within 5 s: " +
+                  ", ".join(f"{name} {k}" for name, k in r["unanswered"].items() if k))
         print(f"   ratio etcd slowest / SQLite: p50 {ratio(v['syn'], b['syn'], 0.5)}, "
               f"p99 {ratio(v['syn'], b['syn'], 0.99)}")
         print("2. start to READY, s: etcd " + ", ".join(f"{s:.2f}" for s in r["start_etcd"])
