@@ -56,6 +56,7 @@ import yaml
 from pyroute2 import NetNS, netns
 
 from enforcer.errors import Failure
+from enforcer.lab.etcd_cluster import EtcdCluster, Member
 from enforcer.lab.files import DEFAULT_LAB, resources_of
 from enforcer.lab.namespace_lab import LabError, NamespaceLab
 from enforcer.lab.netns import can_build_namespaces, own_module, remove_tagged, run_in
@@ -70,18 +71,17 @@ QUICK_SIZES = (1_000,)
 GATEWAYS = 3
 PROBED = ("devtest-vm", "ea-vm", "shop-web")  # the only VMs each lab holds (the same links in every lab)
 TOGGLED = "ea-vm"         # stopped (its SYNs blocked) and started (allowed: an EA subscription) in part 1
-ETCD_NET = "198.19.253"   # etcd's end of gateway i's link: .4i+1/30, the gateway's: .4i+2/30
+ETCD_NET = "198.19.253"   # etcd's bridge: .1/24; gateway i joins it as .1+i
 ETCD_PORT = 2379
 PREFIX = "bench"
 START_TIMEOUT = 600.0     # seconds a daemon may take to READY: measured, not bounded by the lab's 30 s
 CUT_SECONDS = 3.0         # how long gateway 3 stays cut off from etcd (4.)
 PROBE_WAIT = 0.003        # seconds a probe waits for its SYN-ACK before it tries a new connection
-# The etcd the benchmark runs: the tests' transaction limit (tests/support/etcd.py), the compaction the fleet lab
-# configures (revision mode, the last 1,000 revisions kept; a snapshot every 10,000), and 8 GiB of quota (etcd's
-# suggested maximum: the lab's 256 MiB does not hold a million VMs, see BENCHMARKS.md).
-ETCD_FLAGS = ["--max-txn-ops", "10000", "--auto-compaction-mode", "revision", "--auto-compaction-retention", "1000",
-              "--snapshot-count", "10000", "--quota-backend-bytes", str(8 << 30), "--logger", "zap", "--log-level",
-              "warn"]
+# The etcd the benchmark runs (beside etcd_cluster's --max-txn-ops 10000): the compaction the fleet lab configures
+# (revision mode, the last 1,000 revisions kept; a snapshot every 10,000), and 8 GiB of quota (etcd's suggested
+# maximum: the lab's 256 MiB does not hold a million VMs, see BENCHMARKS.md).
+ETCD_FLAGS = ["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1000", "--snapshot-count",
+              "10000", "--quota-backend-bytes", str(8 << 30)]
 
 TARGET_VERDICT_MS = 250.0
 TARGET_START_S = 5.0
@@ -93,82 +93,62 @@ TARGET_RELIST_S = 5.0
 
 
 class Etcd:
-    """One etcd member in its own namespace, client port ETCD_PORT on every address there; removed by close()."""
+    """One etcd member (enforcer.lab.etcd_cluster) in a namespace of its own, on a bridge there (ETCD_NET.1/24) that
+    each gateway's namespace joins by a link of its own; all of it removed by close()."""
 
     def __init__(self, workdir: Path):
         self.tag = f"p25e{uuid.uuid4().hex[:6]}"
         self.namespace = f"{self.tag}-etcd"
-        self.dir = workdir / "etcd"
+        self.member = Member("bench", f"{ETCD_NET}.1", ETCD_PORT, ETCD_PORT + 1, workdir / "etcd",
+                             namespace=self.namespace)
+        self.cluster = EtcdCluster([self.member], options=ETCD_FLAGS)
         self.links = 0
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def local(self) -> str:
-        return f"etcd://127.0.0.1:{ETCD_PORT}/{PREFIX}"
+        return self.cluster.url(PREFIX)
 
     def start(self) -> None:
         netns.create(self.namespace)
         with NetNS(self.namespace) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-        self.dir.mkdir(parents=True)
-        url = f"http://127.0.0.1:{ETCD_PORT}"
-        args = ["etcd", "--name", "bench", "--data-dir", str(self.dir / "data"),
-                "--listen-client-urls", f"http://0.0.0.0:{ETCD_PORT}", "--advertise-client-urls", url,
-                "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380", "--initial-cluster", "bench=http://127.0.0.1:2380", *ETCD_FLAGS]
-        with open(self.dir / "etcd.log", "ab") as log:
-            self.process = run_in(self.namespace, args, stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while not self.healthy():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"etcd did not start: {(self.dir / 'etcd.log').read_text()[-1000:]}")
-            time.sleep(0.1)
-
-    def ctl(self, *args: str, timeout: float = 120) -> str:
-        p = run_in(self.namespace, ["etcdctl", "--endpoints", f"127.0.0.1:{ETCD_PORT}", "--command-timeout",
-                                    f"{timeout:.0f}s", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                   text=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
-        out, err = p.communicate(timeout=timeout + 10)
-        if p.returncode:
-            raise RuntimeError(f"etcdctl {' '.join(args)}: {err.strip()}")
-        return out
-
-    def healthy(self) -> bool:
-        try:
-            self.ctl("endpoint", "health", timeout=2)
-        except (RuntimeError, subprocess.TimeoutExpired):
-            return False
-        return True
+            ns.link("add", ifname="br0", kind="bridge")
+            bridge = ns.link_lookup(ifname="br0")[0]
+            ns.addr("add", index=bridge, address=self.member.host, prefixlen=24)
+            ns.link("set", index=bridge, state="up")
+        self.cluster.start()
 
     def link(self, gateway: str) -> str:
-        """A link from the gateway's namespace to etcd's: the etcd:// location the gateway reaches it at."""
-        i = self.links
+        """A link from the gateway's namespace to etcd's bridge: the etcd:// location the gateway reaches it at."""
         self.links += 1
         with NetNS(gateway) as g:
-            g.link("add", ifname="etcd", kind="veth", peer={"ifname": f"g{i}", "net_ns_fd": self.namespace})
+            g.link("add", ifname="etcd", kind="veth", peer={"ifname": f"g{self.links}", "net_ns_fd": self.namespace})
             gi = g.link_lookup(ifname="etcd")[0]
-            g.addr("add", index=gi, address=f"{ETCD_NET}.{4 * i + 2}", prefixlen=30)
+            g.addr("add", index=gi, address=f"{ETCD_NET}.{1 + self.links}", prefixlen=24)
             g.link("set", index=gi, state="up")
         with NetNS(self.namespace) as e:
-            ei = e.link_lookup(ifname=f"g{i}")[0]
-            e.addr("add", index=ei, address=f"{ETCD_NET}.{4 * i + 1}", prefixlen=30)
-            e.link("set", index=ei, state="up")
-        return f"etcd://{ETCD_NET}.{4 * i + 1}:{ETCD_PORT}/{PREFIX}"
+            ei = e.link_lookup(ifname=f"g{self.links}")[0]
+            e.link("set", index=ei, master=e.link_lookup(ifname="br0")[0], state="up")
+        return self.local
+
+    def ctl(self, *args: str, timeout: float = 15) -> str:
+        """etcdctl (the cluster's), given `timeout` seconds for its command too."""
+        return self.cluster.ctl(*args, "--command-timeout", f"{timeout:.0f}s", timeout=timeout + 10)
 
     def size(self) -> dict[str, Any]:
         """Its data directory on disk, the db size it reports (and in use), its RSS, its revision."""
-        status = json.loads(self.ctl("endpoint", "status", "-w", "json"))[0]["Status"]
-        du = int(subprocess.run(["du", "-sb", str(self.dir / "data")], capture_output=True, text=True,
+        status = self.cluster.status(self.member)
+        if status is None:
+            raise RuntimeError("etcd does not answer `endpoint status`")
+        du = int(subprocess.run(["du", "-sb", str(self.member.dir / "data")], capture_output=True, text=True,
                                 check=True).stdout.split()[0])
-        assert self.process is not None
+        assert self.member.process is not None
         return {"du": du, "db": int(status["dbSize"]), "db_in_use": int(status.get("dbSizeInUse", 0)),
-                "rss": rss(self.process.pid), "revision": int(status["header"]["revision"])}
+                "rss": rss(self.member.process.pid), "revision": int(status["header"]["revision"])}
 
     def close(self) -> None:
-        remove_tagged(self.tag)   # etcd ends with its namespace
-        if self.process is not None:
-            self.process.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.cluster.close()
+        remove_tagged(self.tag)
 
 
 def rss(pid: int) -> int:
@@ -345,7 +325,7 @@ def try_copy(etcd: Etcd, state: Path) -> dict[str, Any]:
     its exit code, its last line, how long it took. Its prefix is deleted afterwards."""
     started = time.monotonic()
     p = run_in(etcd.namespace, own_module("enforcer.cli", "--state", str(state), "state", "copy", str(state),
-                                          f"etcd://127.0.0.1:{ETCD_PORT}/copy"),
+                                          etcd.cluster.url("copy")),
                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = p.communicate(timeout=1800)
@@ -465,7 +445,7 @@ def one_size(n: int, state: Path, args: argparse.Namespace, small: Path, log_dir
         print(f"  {n:,}: the fleet measured; the relist", flush=True)
         r["relist"] = relist(op, etcd, gateways[-1])
         defrag = time.monotonic()
-        etcd.ctl("defrag", timeout=600)
+        etcd.ctl("defrag", timeout=600)  # one member: the member stops answering meanwhile
         r["defrag_s"] = time.monotonic() - defrag
         r["size_defragmented"] = etcd.size()
         r["live"] = [g.lab.live() for g in gateways]
