@@ -7,7 +7,7 @@ where it cannot run). From the repository root, as root:
 For each size N: the example lab and N more VMs (benchmarks/states.py, built once per size; --states DIR keeps
 them). The baseline first: a lab in namespaces (only the VMs the benchmark probes: devtest-vm, ea-vm, shop-web)
 over a copy of that SQLite state, its daemon started. Then one etcd (Debian's, in a namespace of its own, see
-ETCD_FLAGS) loaded with the same state by benchmarks.etcd_roles.load (the store's key layout, in batches: see
+etcd_flags()) loaded with the same state by benchmarks.etcd_roles.load (the store's key layout, in batches: see
 there why not `enforcer state copy`), and three more labs, each with its gateway in a namespace of its own and
 linked to etcd's (198.19.253.0/24), each running `enforcer run --state etcd://... --gateway-name gwI`. Every
 change is made by a child in etcd's namespace through the CLI's entry point (`enforcer diagnose`, `vm restart`,
@@ -58,6 +58,7 @@ from pyroute2 import NetNS, netns
 from enforcer.errors import Failure
 from enforcer.lab.etcd_cluster import EtcdCluster, Member
 from enforcer.lab.files import DEFAULT_LAB, resources_of
+from enforcer.lab.fleet import ETCD_OPTIONS
 from enforcer.lab.namespace_lab import LabError, NamespaceLab
 from enforcer.lab.netns import can_build_namespaces, own_module, remove_tagged, run_in
 
@@ -77,11 +78,16 @@ PREFIX = "bench"
 START_TIMEOUT = 600.0     # seconds a daemon may take to READY: measured, not bounded by the lab's 30 s
 CUT_SECONDS = 3.0         # how long gateway 3 stays cut off from etcd (4.)
 PROBE_WAIT = 0.003        # seconds a probe waits for its SYN-ACK before it tries a new connection
-# The etcd the benchmark runs (beside etcd_cluster's --max-txn-ops 10000): the compaction the fleet lab configures
-# (revision mode, the last 1,000 revisions kept; a snapshot every 10,000), and 8 GiB of quota (etcd's suggested
-# maximum: the lab's 256 MiB does not hold a million VMs, see BENCHMARKS.md).
-ETCD_FLAGS = ["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1000", "--snapshot-count",
-              "10000", "--quota-backend-bytes", str(8 << 30)]
+QUOTA = 8 << 30           # etcd's suggested maximum: the fleet lab's 256 MiB does not hold a million VMs
+
+
+def etcd_flags() -> list[str]:
+    """The etcd the benchmark runs (beside etcd_cluster's --max-txn-ops 10000): the fleet lab's (its compaction, its
+    snapshots), with QUOTA for its quota."""
+    flags = list(ETCD_OPTIONS)
+    at = flags.index("--quota-backend-bytes")
+    return [*flags[:at], *flags[at + 2:], "--quota-backend-bytes", str(QUOTA)]
+
 
 TARGET_VERDICT_MS = 250.0
 TARGET_START_S = 5.0
@@ -101,7 +107,7 @@ class Etcd:
         self.namespace = f"{self.tag}-etcd"
         self.member = Member("bench", f"{ETCD_NET}.1", ETCD_PORT, ETCD_PORT + 1, workdir / "etcd",
                              namespace=self.namespace)
-        self.cluster = EtcdCluster([self.member], options=ETCD_FLAGS)
+        self.cluster = EtcdCluster([self.member], options=etcd_flags())
         self.links = 0
 
     @property
@@ -573,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_AVPHYS_PAGES') / 2**30:.1f} GiB free; etcd "
           f"{subprocess.run(['etcd', '--version'], capture_output=True, text=True).stdout.split()[2]}; "
-          f"etcd flags: {' '.join(ETCD_FLAGS)}", flush=True)
+          f"etcd flags: {' '.join(etcd_flags())}", flush=True)
     results = []
     broke = False
     log_dir = tempfile.mkdtemp(prefix="enforcer-etcd-fleet-logs-")
