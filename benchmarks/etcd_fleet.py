@@ -597,8 +597,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {n:,}: done in {time.monotonic() - started:.0f} s", flush=True)
     if results:
         report(results, args.rounds)
-    print(f"the daemons' logs and the children's: {log_dir}")
-    return 1 if broke else 0
+    if broke:  # what the daemons and the children said, kept for the one who reads why
+        print(f"the daemons' logs and the children's: {log_dir}")
+        return 1
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
