@@ -75,6 +75,7 @@ TOGGLED = "ea-vm"         # stopped (its SYNs blocked) and started (allowed: an 
 ETCD_NET = "198.19.253"   # etcd's bridge: .1/24; gateway i joins it as .1+i
 ETCD_PORT = 2379
 PREFIX = "bench"
+TAG = "p25ef"             # the first letters of every namespace the benchmark makes
 START_TIMEOUT = 600.0     # seconds a daemon may take to READY: measured, not bounded by the lab's 30 s
 CUT_SECONDS = 3.0         # how long gateway 3 stays cut off from etcd (4.)
 PROBE_WAIT = 0.003        # seconds a probe waits for its SYN-ACK before it tries a new connection
@@ -102,8 +103,8 @@ class Etcd:
     """One etcd member (enforcer.lab.etcd_cluster) in a namespace of its own, on a bridge there (ETCD_NET.1/24) that
     each gateway's namespace joins by a link of its own; all of it removed by close()."""
 
-    def __init__(self, workdir: Path):
-        self.tag = f"p25e{uuid.uuid4().hex[:6]}"
+    def __init__(self, workdir: Path, tag: str):
+        self.tag = tag
         self.namespace = f"{self.tag}-etcd"
         self.member = Member("bench", f"{ETCD_NET}.1", ETCD_PORT, ETCD_PORT + 1, workdir / "etcd",
                              namespace=self.namespace)
@@ -191,11 +192,11 @@ def internet() -> list[str]:
 
 
 @contextlib.contextmanager
-def lab(state: Path, workdir: Path) -> Iterator[NamespaceLab]:
-    """A lab of the PROBED VMs in namespaces over a copy of `state`, each VM bound to its link (v0, v1, v2 in
-    every lab: the same order), no daemon yet; all of it removed after."""
+def lab(state: Path, workdir: Path, tag: str) -> Iterator[NamespaceLab]:
+    """A lab of the PROBED VMs in namespaces named TAG-..., over a copy of `state`, each VM bound to its link (v0,
+    v1, v2 in every lab: the same order), no daemon yet; all of it removed after."""
     workdir.mkdir(parents=True)
-    one = NamespaceLab(workdir, internet())
+    one = NamespaceLab(workdir, internet(), tag=tag)
     try:
         shutil.copyfile(state, one.state)
         one.up(probed_vms())
@@ -409,11 +410,12 @@ def one_size(n: int, state: Path, args: argparse.Namespace, small: Path, log_dir
     with tempfile.TemporaryDirectory(prefix="enforcer-etcd-fleet-") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         # the baseline: the SQLite state, one daemon
-        base_lab = stack.enter_context(lab(state, root / "sqlite"))
+        tag = f"{TAG}{uuid.uuid4().hex[:5]}"  # every namespace of this size's run begins with it
+        base_lab = stack.enter_context(lab(state, root / "sqlite", f"{tag}s"))
         base = Gateway("sqlite", base_lab, str(base_lab.state), log_dir)
         stack.callback(base.stop)
         r["start_sqlite"] = base.start()
-        etcd = Etcd(root)
+        etcd = Etcd(root, f"{tag}e")
         stack.callback(etcd.close)
         etcd.start()
         op = Operator(etcd.namespace, log_dir)
@@ -433,7 +435,7 @@ def one_size(n: int, state: Path, args: argparse.Namespace, small: Path, log_dir
         # the fleet: three gateways following etcd
         gateways = []
         for i in range(1, GATEWAYS + 1):
-            one = stack.enter_context(lab(small, root / f"gw{i}"))
+            one = stack.enter_context(lab(small, root / f"gw{i}", f"{tag}g{i}"))
             g = Gateway(f"gw{i}", one, etcd.link(one.topology.gateway.namespace), log_dir)
             stack.callback(g.stop)
             gateways.append(g)
