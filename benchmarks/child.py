@@ -19,13 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Child:
-    """`python -m benchmarks.roles ROLE *options` in `namespace`, spoken to in JSON lines."""
+    """`python -m MODULE ROLE *options` (benchmarks.roles unless told) in `namespace`, spoken to in JSON lines."""
 
-    def __init__(self, name: str, namespace: str, role: str, options: list[str], log_dir: str):
+    def __init__(self, name: str, namespace: str, role: str, options: list[str], log_dir: str,
+                 module: str = "benchmarks.roles"):
         self.name = name
         self.log_path = os.path.join(log_dir, f"{name}.log")
         self.log = open(self.log_path, "wb")
-        self.proc = run_in(namespace, [sys.executable, "-m", "benchmarks.roles", role, *options], cwd=ROOT,
+        self.proc = run_in(namespace, [sys.executable, "-m", module, role, *options], cwd=ROOT,
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, bufsize=0)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin, self.stdout = self.proc.stdin, self.proc.stdout

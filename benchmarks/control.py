@@ -107,8 +107,9 @@ def states(sizes: list[int], keep: str | None) -> Iterator[dict[int, Path]]:
 # ---------------------------------------------------------------- 1. the CLI
 
 
-def own_ms(state: Path, args: list[str]) -> float:
-    """One command in this process, its output discarded; a failure is the benchmark's error."""
+def own_ms(state: Path | str, args: list[str]) -> float:
+    """One command in this process, its output discarded; a failure is the benchmark's error. `state`: a path or
+    an etcd:// location (benchmarks.etcd_fleet)."""
     out = io.StringIO()
     started = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):

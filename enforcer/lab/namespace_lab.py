@@ -230,12 +230,13 @@ class NamespaceLab:
             raise LabError(f"openssl could not make the relay's certificate: {said} (apt-get install openssl)")
         return key
 
-    def start_daemon(self, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
-        """Start `enforcer run` in the gateway namespace and wait for its READY=1 (sd_notify); every message it
-        sends to its notify socket is kept in self.notified."""
+    def start_daemon(self, *options: str, env: dict[str, str] | None = None,
+                     timeout: float = 30) -> subprocess.Popen[Any]:
+        """Start `enforcer run` in the gateway namespace and wait for its READY=1 (sd_notify), `timeout` seconds at
+        most; every message it sends to its notify socket is kept in self.notified."""
         self.notified = []
         self.daemon = self.start_enforcer(self.topology.gateway, self.socket, self.daemon_log, self.notified,
-                                          *options, env=env)
+                                          *options, env=env, timeout=timeout)
         return self.daemon
 
     def start_daemons(self) -> None:
@@ -243,9 +244,9 @@ class NamespaceLab:
         self.start_daemon()
 
     def start_enforcer(self, gateway: Host, control: str, log_path: Path, notified: list[str], *options: str,
-                       env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
+                       env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.Popen[Any]:
         """`enforcer run` on one gateway, its control socket `control`, its output in `log_path`; returns once it
-        said READY=1 (sd_notify), every message it sends kept in `notified`."""
+        said READY=1 (sd_notify, within `timeout` seconds), every message it sends kept in `notified`."""
         notify_path = str(self.workdir / f"notify-{len(self.procs)}.sock")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)
@@ -272,7 +273,7 @@ class NamespaceLab:
             notify.close()
 
         threading.Thread(target=collect, daemon=True).start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while not ready.wait(0.1):
             if daemon.poll() is not None or time.monotonic() > deadline:
                 where = "the gateway" if gateway is self.topology.gateway else gateway.name

@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from pyroute2 import netns
 
+from benchmarks.etcd_fleet import TAG
 from enforcer.lab.netns import can_build_namespaces
+from support.etcd import need_etcd
 from support.paths import ROOT
 
 WHY = can_build_namespaces()
@@ -36,3 +39,15 @@ def test_the_data_plane_benchmark_runs_the_judge_in_namespaces_and_cleans_up():
     assert re.search(r"worker --queues / worker\s+[\d.]+\s+target >= 1\.60: (PASS|FAIL)", out), out
     assert re.search(r"kernel cache / no queue\s+[\d.]+\s+target >= 0\.80: (PASS|FAIL)", out), out
     assert re.search(r"cleanup: namespaces of p25b\w+ left: none", out), out
+
+
+@pytest.mark.skipif(WHY is not None, reason=str(WHY))
+def test_the_etcd_fleet_benchmark_runs_three_gateways_on_etcd_and_cleans_up():
+    need_etcd()
+    out = bench("benchmarks.etcd_fleet", "--quick", "--rounds", "1", "--own-rounds", "1")
+    for target in ("commit to verdict, slowest of 3", "start from etcd to READY", "own work against etcd",
+                   "relist after a compaction"):
+        assert re.search(rf"^target: {target}.*: .* (PASS|FAIL)$", out, re.M), out
+    assert re.search(r"relists \+1, compiles \+0", out), out   # caught up by the relist, not a recompile
+    assert re.search(r"ea-vm \(allowed\) \d+ accepted, 0 not .*shop-web \(blocked\) 0 accepted", out), out
+    assert [n for n in netns.listnetns() if n.startswith(TAG)] == []   # every namespace it made is gone
