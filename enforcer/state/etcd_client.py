@@ -14,7 +14,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import Failure, UserError
 
@@ -29,6 +29,11 @@ RETRY_BUDGET = 15.0
 KEEPALIVE = [("grpc.keepalive_time_ms", 6000), ("grpc.keepalive_timeout_ms", 3000),
              ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
 PREFIX_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+# A whole range (a table, an index, the address rows) is read a page at a time: one answer past gRPC's limit fails.
+# Pages are large, because etcd 3.4 counts every key left in the range for each page it answers (1M address rows in
+# pages of 10,000: ~19 s, most of it counting); a page of 100,000 rows is ~10 to 30 MB, hence the larger limit.
+PAGE = 100_000
+MAX_MESSAGE = 256 << 20
 
 
 def is_etcd(location: str) -> bool:
@@ -154,6 +159,7 @@ class EtcdClient:
             raise UserError(f"--etcd-user {options.user}: set its password in $ENFORCER_ETCD_PASSWORD")
         self.channel_options: list[tuple[str, Any]] = \
             [("grpc.default_authority", url.endpoints[0][0])] if len(url.endpoints) > 1 else []
+        self.channel_options.append(("grpc.max_receive_message_length", MAX_MESSAGE))
         if keepalive:  # a long-lived watch: a member gone silent (a partition) ends the stream within seconds
             self.channel_options += KEEPALIVE
         self.creds = None
@@ -231,6 +237,17 @@ class EtcdClient:
             request.sort_target, request.sort_order = rpc.RangeRequest.CREATE, rpc.RangeRequest.DESCEND
         return self._call(self.kv.Range, request)
 
+    def pages(self, key: bytes, end: bytes, *, revision: int, keys_only: bool = False,
+              page: int | None = None) -> Iterator[Any]:
+        """Every key in [key, end) at `revision` (which must be given: the pages are one snapshot), a page at a
+        time (PAGE keys by default)."""
+        while True:
+            reply = self.range(key, end, revision=revision, keys_only=keys_only, limit=page or PAGE)
+            yield from reply.kvs
+            if not reply.more or not reply.kvs:
+                return
+            key = bytes(reply.kvs[-1].key) + b"\0"
+
     def range_from(self, key: bytes, end: bytes, *, revision: int, min_create_revision: int = 0,
                    min_mod_revision: int = 0, keys_only: bool = False, oldest_first: bool = False,
                    limit: int = 0) -> Any:
@@ -293,6 +310,10 @@ class EtcdClient:
         if "request is too large" in details:
             return UserError(f"{where}: this change is larger than the etcd server takes in one request: start etcd "
                              "with a larger --max-request-bytes")
+        if "larger than max" in details:  # gRPC's size limit (RESOURCE_EXHAUSTED too, but no quota)
+            return UserError(f"{where}: one request is larger than the etcd server or this client takes "
+                             f"({details}); nothing was changed: start etcd with a larger --max-request-bytes, or "
+                             "change less at once (state copy writes a whole state in one transaction)")
         if name == "RESOURCE_EXHAUSTED" or "space exceeded" in details:
             return Failure(f"{where}: etcd's space quota is reached ({details}); nothing was changed: compact and "
                            "defragment it, or raise --quota-backend-bytes")

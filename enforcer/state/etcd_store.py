@@ -40,6 +40,7 @@ T = TypeVar("T")
 FORMAT = "1"       # the key layout's version, in meta/format
 ATTEMPTS = 50      # a change rerun this often on conflicts gives up (one line, exit 1)
 MAX_COMPARES = 96  # past this many, one compare of meta/changed stands for them (etcd's default limit is 128)
+ROW_BY_ROW = 2_000  # rows an index lists that are read one by one; past it, the whole table a page at a time
 
 
 def _end(prefix: bytes) -> bytes:
@@ -223,7 +224,8 @@ class EtcdSource:
     def _listed(self, under: bytes) -> list[str]:
         """The names of the keys under `under`, recorded as a range read (a key created there since fails it)."""
         self.ranges.append((under, _end(under)))
-        return [self.keys.name_of(kv.key, under) for kv in self._range(under, _end(under), keys_only=True).kvs]
+        return [self.keys.name_of(kv.key, under)
+                for kv in self.client.pages(under, _end(under), revision=self.revision, keys_only=True)]
 
     def names(self, table: str) -> Iterable[str]:
         self.whole = True
@@ -233,7 +235,7 @@ class EtcdSource:
     def rows(self, table: str) -> Iterable[Entity]:
         self.whole = True
         under = self.keys.table(table)
-        for kv in self._range(under, _end(under)).kvs:
+        for kv in self.client.pages(under, _end(under), revision=self.revision):
             yield self._parse(table, self.keys.name_of(kv.key, under), kv.value, keep=False)
 
     def count(self, table: str) -> int:
@@ -244,7 +246,10 @@ class EtcdSource:
     def where(self, table: str, column: str, value: str) -> Iterable[Entity]:
         if (table, column) not in INDEXED:
             raise ValueError(f"{table}.{column} has no index")
-        rows = (self.row(table, name) for name in self._listed(self.keys.index(table, column, value)))
+        names = self._listed(self.keys.index(table, column, value))
+        if len(names) > ROW_BY_ROW:  # a read per row would be a round trip each: the table's pages, filtered
+            return [row for row in self.rows(table) if getattr(row, column) == value]
+        rows = (self.row(table, name) for name in names)
         return [row for row in rows if row is not None]
 
     def owner(self, address: str) -> str | None:
@@ -398,24 +403,18 @@ class EtcdStore:
         return self._source(profiles, revision)[0]
 
     def address_rows_at(self, revision: int,
-                        page: int = 10_000) -> Iterator[tuple[str, str, int | None, str, str | None]]:
+                        page: int | None = None) -> Iterator[tuple[str, str, int | None, str, str | None]]:
         """Every address key at `revision` as SQLite's address_rows() gives them (address, resource, prefix
         length, judged, bound), read a page at a time (a million addresses do not fit one gRPC message)."""
         under = self.keys._k("addresses/")
-        start, end = under, _end(under)
-        while True:
-            reply = self.client.range(start, end, revision=revision, limit=page)
-            for kv in reply.kvs:
-                address = self.keys.name_of(kv.key, under)
-                try:
-                    name, plen, judged, bound = json.loads(kv.value)
-                except (ValueError, TypeError) as e:
-                    raise UserError(f"{self.path}: the address row of {address} does not parse ({e}); the state "
-                                    "is damaged") from None
-                yield address, name, plen, judged, bound
-            if not reply.more or not reply.kvs:
-                return
-            start = bytes(reply.kvs[-1].key) + b"\0"
+        for kv in self.client.pages(under, _end(under), revision=revision, page=page):
+            address = self.keys.name_of(kv.key, under)
+            try:
+                name, plen, judged, bound = json.loads(kv.value)
+            except (ValueError, TypeError) as e:
+                raise UserError(f"{self.path}: the address row of {address} does not parse ({e}); the state "
+                                "is damaged") from None
+            yield address, name, plen, judged, bound
 
     def changed_between(self, after: int, revision: int, limit: int) -> list[Changed] | None:
         """What the audit log says changed after revision `after` up to `revision` (read at it), oldest first, as

@@ -50,7 +50,11 @@ def judged_table(path: Path) -> list[tuple]:
         store.close()
 
 
-def test_commands_against_etcd_say_what_they_say_against_sqlite(tmp_path, url, capsys):
+@pytest.mark.parametrize("pages", ["large", "small"])
+def test_commands_against_etcd_say_what_they_say_against_sqlite(tmp_path, url, capsys, monkeypatch, pages):
+    if pages == "small":  # every listing, table and address read in pages of 3, every index's rows read whole
+        monkeypatch.setattr("enforcer.state.etcd_client.PAGE", 3)
+        monkeypatch.setattr("enforcer.state.etcd_store.ROW_BY_ROW", 1)
     sqlite, etcd = sqlite_and_etcd(tmp_path, url, capsys)
     for cli in (sqlite, etcd):
         assert cli.json("status")["exists"] is False
