@@ -187,6 +187,7 @@ class EtcdSource:
         self.ranges: list[tuple[bytes, bytes]] = []
         self.whole = False
         self.cache: dict[str, dict[str, Entity | None]] = {t: {} for t in TABLES}
+        self.bulk: dict[tuple[str, str, str], list[Entity]] = {}  # where()'s large answers, read whole
 
     def _range(self, key: bytes, end: bytes | None = None, **kw: Any) -> Any:
         return self.client.range(key, end, revision=self.revision, **kw)
@@ -248,7 +249,10 @@ class EtcdSource:
             raise ValueError(f"{table}.{column} has no index")
         names = self._listed(self.keys.index(table, column, value))
         if len(names) > ROW_BY_ROW:  # a read per row would be a round trip each: the table's pages, filtered
-            return [row for row in self.rows(table) if getattr(row, column) == value]
+            key = (table, column, value)  # once per snapshot: an operation may ask again (diagnose: 3 times)
+            if key not in self.bulk:
+                self.bulk[key] = [row for row in self.rows(table) if getattr(row, column) == value]
+            return self.bulk[key]
         rows = (self.row(table, name) for name in names)
         return [row for row in rows if row is not None]
 
