@@ -307,6 +307,14 @@ def lab_with_state(state: Path) -> Iterator[NamespaceLab]:
 # ---------------------------------------------------------------- the run
 
 
+def sizes_of(ap: argparse.ArgumentParser, given: str | None, default: tuple[int, ...]) -> list[int]:
+    """--sizes (whole numbers separated by commas) in order, or the default; a bad one is the parser's error."""
+    try:
+        return sorted(int(x) for x in given.split(",")) if given else list(default)
+    except ValueError:
+        ap.error(f"--sizes takes whole numbers separated by commas, not {given!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", help="registered VMs beside the lab, comma-separated (default 1000,100000,1000000)")
@@ -322,11 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernel-cache", action="store_true", help="the reload part with the daemon's --kernel-cache, "
                     "the sending VMs unbound (a bound source is never cached)")
     args = ap.parse_args(argv)
-    try:
-        sizes = sorted(int(x) for x in args.sizes.split(",")) if args.sizes else \
-            list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    except ValueError:
-        ap.error(f"--sizes takes whole numbers separated by commas, not {args.sizes!r}")
+    sizes = sizes_of(ap, args.sizes, QUICK_SIZES if args.quick else DEFAULT_SIZES)
     rounds = args.rounds or (3 if args.quick else 11)
     seconds = args.seconds or (5.0 if args.quick else 60.0)
     rate = args.rate or (10_000.0 if args.quick else float(DEFAULT_RATE))

@@ -63,7 +63,7 @@ from enforcer.lab.namespace_lab import LabError, NamespaceLab
 from enforcer.lab.netns import can_build_namespaces, own_module, remove_tagged, run_in
 
 from .child import Child
-from .control import COMMANDS, states
+from .control import COMMANDS, sizes_of, states
 from .report import percentile
 from .states import lab_state
 
@@ -566,11 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--own-status", action="store_true", help="also `status` in part 3 (it reads every resource "
                     "on etcd)")
     args = ap.parse_args(argv)
-    try:
-        sizes = sorted(int(x) for x in args.sizes.split(",")) if args.sizes else \
-            list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    except ValueError:
-        ap.error(f"--sizes takes whole numbers separated by commas, not {args.sizes!r}")
+    sizes = sizes_of(ap, args.sizes, QUICK_SIZES if args.quick else DEFAULT_SIZES)
     args.rounds = args.rounds or (3 if args.quick else 20)
     args.own_rounds = args.own_rounds or (1 if args.quick else 5)
     why = can_build_namespaces()
