@@ -56,6 +56,16 @@ class Gateway:
         assert fetch.returncode == 0, f"{url}: {fetch.stderr}\n{self.log.read_text()}"
         return fetch.stdout
 
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until Prometheus serves queries: its API answers 503 while its storage starts (seconds on a busy
+        machine: a first query then failed the whole module)."""
+        deadline = time.monotonic() + timeout
+        probe = [sys.executable, "-c", "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)",
+                 f"http://{PROMETHEUS_AT}/-/ready"]
+        while self.lab.in_gateway(probe).returncode != 0:
+            assert time.monotonic() < deadline, f"Prometheus not ready after {timeout:.0f} s\n{self.log.read_text()}"
+            time.sleep(0.25)
+
     def api(self, path: str, **params: str) -> Any:
         answer = json.loads(self.get(f"http://{PROMETHEUS_AT}/api/v1/{path}?{urllib.parse.urlencode(params)}"))
         assert answer["status"] == "success", answer
@@ -102,6 +112,7 @@ def gateway() -> Iterator[Gateway]:
                                          f"--web.listen-address={PROMETHEUS_AT}"],
                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
             gw = Gateway(lab, log)
+            gw.wait_ready()
             # the daemon is scraped (a target's first scrape comes within one interval of its discovery)
             up = gw.wait_for('up{job="port25-enforcer"}', {("lab-gateway", METRICS, "port25-enforcer"): 1.0})
             assert up == {("lab-gateway", METRICS, "port25-enforcer"): 1.0}, log.read_text()
