@@ -433,9 +433,7 @@ class EtcdFollower:
         value = json.dumps({"revision": generation, "applied_revision": self.applied, "pid": os.getpid(),
                             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "at_unix": round(time.time(), 3),
                             "version": __version__}, separators=(",", ":")).encode()
-        rpc = client.rpc
-        client.txn([], [rpc.RequestOp(request_put=rpc.PutRequest(key=self.gateway_key, value=value, lease=lease)),
-                        rpc.RequestOp(request_put=rpc.PutRequest(key=self.seen_key, value=value))])
+        client.txn([], [client.put(self.gateway_key, value, lease), client.put(self.seen_key, value)])
         self.published_revision = generation
 
     def _lease(self) -> None:

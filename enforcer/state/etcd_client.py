@@ -279,8 +279,8 @@ class EtcdClient:
         return rpc.Compare(key=key, range_end=end, target=rpc.Compare.MOD, result=rpc.Compare.LESS,
                            mod_revision=revision + 1)
 
-    def put(self, key: bytes, value: bytes) -> Any:
-        return self.rpc.RequestOp(request_put=self.rpc.PutRequest(key=key, value=value))
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> Any:
+        return self.rpc.RequestOp(request_put=self.rpc.PutRequest(key=key, value=value, lease=lease))
 
     def delete(self, key: bytes) -> Any:
         return self.rpc.RequestOp(request_delete_range=self.rpc.DeleteRangeRequest(key=key))
@@ -307,10 +307,8 @@ class EtcdClient:
         if "too many operations in txn request" in details:
             return UserError(f"{where}: this change needs more operations in one transaction than the etcd server "
                              "allows: start etcd with a larger --max-txn-ops (docs/architecture.md)")
-        if "request is too large" in details:
-            return UserError(f"{where}: this change is larger than the etcd server takes in one request: start etcd "
-                             "with a larger --max-request-bytes")
-        if "larger than max" in details:  # gRPC's size limit (RESOURCE_EXHAUSTED too, but no quota)
+        # etcd's own limit, or gRPC's past it (RESOURCE_EXHAUSTED too, but not the quota)
+        if "request is too large" in details or "larger than max" in details:
             return UserError(f"{where}: one request is larger than the etcd server or this client takes "
                              f"({details}); nothing was changed: start etcd with a larger --max-request-bytes, or "
                              "change less at once (state copy writes a whole state in one transaction)")
