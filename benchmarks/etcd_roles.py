@@ -30,10 +30,10 @@ BATCH_BYTES = 1 << 20      # and within its --max-request-bytes (1.5 MiB, etcd's
 
 def loaded_keys(sqlite: str, prefix: str) -> tuple[Iterator[tuple[bytes, bytes]], int]:
     """Every key the etcd store would hold for the SQLite state at `sqlite`, encoded by the store's own layout
-    (Keys, to_doc, row_keys: what EtcdStore.change writes for a row), the meta keys last but meta/changed; and the
-    number of rows."""
+    (Keys, to_doc, row_keys, count_keys: what EtcdStore.change writes for a row and its group), the meta keys last
+    but meta/changed; and the number of rows."""
     from enforcer.core.rows import TABLES
-    from enforcer.state.etcd_store import FORMAT, Keys, row_keys
+    from enforcer.state.etcd_store import FORMAT, Keys, count_keys, row_keys
     from enforcer.state.rows import to_doc
     from enforcer.state.store import Store
 
@@ -49,6 +49,7 @@ def loaded_keys(sqlite: str, prefix: str) -> tuple[Iterator[tuple[bytes, bytes]]
             for row in getattr(inv, table).values():
                 yield keys.row(table, row.name), to_doc(row).encode()
                 yield from row_keys(keys, table, row).items()
+        yield from count_keys(keys, inv).items()
         yield keys.meta("profile"), json.dumps(inv.profile).encode()
         yield keys.meta("internal_prefixes"), json.dumps(list(inv.internal_prefixes)).encode()
         yield keys.meta("format"), FORMAT.encode()

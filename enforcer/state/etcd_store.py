@@ -4,7 +4,9 @@ transaction that holds only if nothing the operation read has changed since (opt
 Keys under PREFIX (docs/architecture.md, "The state in etcd"): meta/{format,profile,internal_prefixes,changed},
 {subscriptions,vnets,resources}/NAME (the row's JSON document, as state/rows.py encodes it), addresses/ADDRESS
 (its owner and what the table needs of it: the uniqueness of an address is one key), index/TABLE.COLUMN/VALUE/NAME
-and index/prefixed/NAME (what an operation asks by an indexed column), audit/ID (one key per change: its rows).
+and index/prefixed/NAME (what an operation asks by an indexed column), counts/SUB/GROUP (how many resources a
+group of alike ones holds: SQLite's resource_counts; GROUP is the JSON array of the group's other values, state
+first) and index/group/SUB/GROUP/NAME (the names in it), audit/ID (one key per change: its rows).
 Beside the state, gateways/NAME (what a gateway holds, under its lease: there while it lives) and
 gateways/NAME/seen (the same, without a lease: what it last said, kept until `enforcer gateway forget NAME`).
 
@@ -22,17 +24,19 @@ import os
 import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Iterable, Iterator, Mapping, TypeVar
 
 from ..core.inventory import Inventory, Resource
 from ..core.profile import Profile
-from ..core.rows import COUNTED_BY, INDEXED, TABLES, Counts, count_running, running_named
+from ..core.rows import COUNTED_BY, INDEXED, TABLES, Counts
 from ..core.validate import check_row, validate
-from ..core.verdicts import Judged
+from ..core.verdicts import Judged, pulled_of, pulled_text
 from ..errors import Failure, UserError
 from .etcd_client import Compacted, EtcdClient, EtcdOptions, EtcdUrl, Unanswered
 from .rows import Entity, from_doc, to_doc
+from .schema import GROUPED_BY
 from .source import over
 from .store import Changed, _audited
 
@@ -74,6 +78,17 @@ class Keys:
 
     def prefixed(self) -> bytes:
         return self._k("index/prefixed/")
+
+    def counts(self, subscription: str | None = None) -> bytes:
+        """counts/ (every group), or counts/SUB/ (one subscription's groups: one range)."""
+        return self._k("counts/" if subscription is None else f"counts/{subscription}/")
+
+    def count(self, subscription: str, group: str) -> bytes:
+        return self.counts(subscription) + group.encode()
+
+    def group(self, subscription: str, group: str) -> bytes:
+        """The range of the names in a group (a group's JSON is an array: no group's key is a prefix of another's)."""
+        return self._k(f"index/group/{subscription}/{group}/")
 
     def audit(self) -> bytes:
         return self._k("audit/")
@@ -173,7 +188,58 @@ def row_keys(keys: Keys, table: str, row: Entity) -> dict[bytes, bytes]:
             out[keys.address(a)] = json.dumps([row.name, prefix_len, judged, bound]).encode()
         if any("/" in a for a in row.addresses):
             out[keys.prefixed() + row.name.encode()] = b""
+        out[keys.group(row.subscription, group_of(row)) + row.name.encode()] = b""
     return out
+
+
+# A group of resources alike (schema.GROUPED_BY: what SQLite's resource_counts counts), under its subscription: the
+# JSON array of its other values, pulled as pulled_text (as SQLite's column holds it). The state comes first, so
+# that a subscription's running groups are one small range: counts/SUB/["running",...
+IN_GROUP = tuple(c for c in GROUPED_BY if c != "subscription")
+RUNNING_GROUPS = b'["running",'
+
+
+def group_of(r: Resource) -> str:
+    """The JSON of r's group (its values but the subscription), as its count key and its group's names hold it."""
+    text = {"state": str(r.state), "pulled": pulled_text(r.pulled)}
+    return json.dumps([text[c] if c in text else getattr(r, c) for c in IN_GROUP], separators=(",", ":"))
+
+
+def group_values(subscription: str, group: str) -> dict[str, Any]:
+    """A group's values by column (COUNTED_BY and state; pulled decoded), from its key's JSON. Raises ValueError,
+    TypeError or KeyError for one this version did not write."""
+    values = dict(zip(IN_GROUP, json.loads(group), strict=True))
+    return {**values, "subscription": subscription, "pulled": pulled_of(values["pulled"])}
+
+
+def count_keys(keys: Keys, inv: Inventory) -> dict[bytes, bytes]:
+    """The count keys of a whole state: how many resources each group holds (what a whole state's writer puts
+    beside row_keys(); a change keeps them in planned())."""
+    counted = Counter((r.subscription, group_of(r)) for r in inv.resources.values())
+    return {keys.count(s, g): str(n).encode() for (s, g), n in sorted(counted.items())}
+
+
+def counted(keys: Keys, deltas: Mapping[tuple[str, str], int],
+            read: Callable[[bytes], bytes | None]) -> dict[bytes, bytes | None]:
+    """The count keys a change writes (None: a group counted down to 0 goes) for its groups' deltas (subscription,
+    group) -> resources in minus out, each count as `read` gives it now (a key read is a key compared)."""
+    out: dict[bytes, bytes | None] = {}
+    for (subscription, group), delta in sorted(deltas.items()):
+        if delta:
+            key = keys.count(subscription, group)
+            n = _count(read(key), key) + delta
+            out[key] = str(n).encode() if n > 0 else None
+    return out
+
+
+def _count(value: bytes | None, key: bytes) -> int:
+    if value is None:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"the count key {key.decode(errors='replace')} holds {value[:20]!r}, not a number; the state "
+                        "is damaged") from None
 
 
 class EtcdSource:
@@ -188,6 +254,7 @@ class EtcdSource:
         self.whole = False
         self.cache: dict[str, dict[str, Entity | None]] = {t: {} for t in TABLES}
         self.bulk: dict[tuple[str, str, str], list[Entity]] = {}  # where()'s large answers, read whole
+        self.groups: dict[str | None, list[tuple[dict[str, Any], str, int]]] = {}  # the running groups read
 
     def _range(self, key: bytes, end: bytes | None = None, **kw: Any) -> Any:
         return self.client.range(key, end, revision=self.revision, **kw)
@@ -270,30 +337,69 @@ class EtcdSource:
         rows = (self.row("resources", name) for name in self._listed(self.keys.prefixed()))
         return [row for row in rows if row is not None]
 
-    def _resources(self, subscription: str | None) -> Iterable[Resource]:
-        rows = self.rows("resources") if subscription is None else self.where("resources", "subscription", subscription)
-        return (r for r in rows if isinstance(r, Resource))
+    def _running_groups(self, subscription: str | None) -> list[tuple[dict[str, Any], str, int]]:
+        """(values, JSON, count) of each group of running resources (of one subscription, or all), from the count
+        keys: one small range, recorded as a range read (a group counted from 0 since fails it) and each key as a
+        key read (a group counted up, down, or away since fails it). Kept for the snapshot."""
+        if subscription not in self.groups:
+            start = self.keys.counts(subscription) + (b"" if subscription is None else RUNNING_GROUPS)
+            self.ranges.append((start, _end(start)))
+            under, found = self.keys.counts(), []
+            for kv in self.client.pages(start, _end(start), revision=self.revision):
+                key = bytes(kv.key)
+                sub, _, group = self.keys.name_of(key, under).partition("/")
+                if group.encode().startswith(RUNNING_GROUPS):
+                    self.seen[key] = kv.mod_revision
+                    try:
+                        values = group_values(sub, group)
+                    except (ValueError, TypeError, KeyError) as e:
+                        raise UserError(f"{self.where_}: the count key {key.decode(errors='replace')} does not parse "
+                                        f"({type(e).__name__}: {e}); the state is damaged") from None
+                    found.append((values, group, _count(kv.value, key)))
+            self.groups[subscription] = found
+        return self.groups[subscription]
 
     def running(self, by: tuple[str, ...], subscription: str | None = None) -> Counts:
         if not set(by) <= set(COUNTED_BY):
             raise ValueError(f"running resources are not counted by {by}")
-        return count_running(self._resources(subscription), by)
+        counts: Counts = {}
+        for values, _, n in self._running_groups(subscription):
+            key = tuple(values[column] for column in by)
+            counts[key] = counts.get(key, 0) + n
+        return counts
 
     def running_names(self, subscription: str, where: dict[str, Any], limit: int | None) -> list[str]:
-        return running_named(self._resources(subscription), where, limit)
+        """The first `limit` names of each matching group's range (etcd sorts them), merged. The ranges are read,
+        not recorded for a compare (which would walk up to a subscription's every name in etcd): every change to
+        a group's names puts or deletes its count key in the same transaction (planned()), and that key is
+        compared (read by _running_groups), as is the range of the subscription's count keys (a group made since);
+        so a name added to or gone from a range listed here fails the transaction all the same."""
+        if not set(where) <= set(COUNTED_BY):
+            raise ValueError(f"running resources are not found by {list(where)}")
+        names: list[str] = []
+        for values, group, _ in self._running_groups(subscription) if limit != 0 else ():  # etcd's 0: no limit
+            if all(values[column] == value for column, value in where.items()):
+                under = self.keys.group(subscription, group)
+                kvs = self.client.pages(under, _end(under), revision=self.revision, keys_only=True) \
+                    if limit is None else self._range(under, _end(under), keys_only=True, limit=limit).kvs
+                names += [self.keys.name_of(kv.key, under) for kv in kvs]
+        return sorted(names)[:limit]
 
 
 def _doc(row: Entity | None) -> str | None:
     return to_doc(row) if row is not None else None
 
 
-def planned(keys: Keys, old: Inventory, new: Inventory, exists: bool) -> tuple[dict[bytes, bytes | None], list[Any]]:
+def planned(keys: Keys, old: Inventory, new: Inventory, exists: bool,
+            read: Callable[[bytes], bytes | None]) -> tuple[dict[bytes, bytes | None], list[Any]]:
     """What a change writes (key -> value, None to delete) and its audit rows (kind, name, before, after as JSON
-    documents): the rows `new` changed over its source, each with its index and address keys. Deletes first and
-    puts over them: etcd refuses a key twice in one transaction, and an address may pass between two resources."""
+    documents): the rows `new` changed over its source, each with its index and address keys, and the count keys
+    of the groups they leave or join (each read through `read`). Deletes first and puts over them: etcd refuses a
+    key twice in one transaction, and an address may pass between two resources."""
     deletes: dict[bytes, bytes | None] = {}
     puts: dict[bytes, bytes | None] = {}
     audit: list[Any] = []
+    deltas: Counter[tuple[str, str]] = Counter()
     for table in TABLES:
         for name, after in sorted(new.changes.tables[table].items()):
             before = new.source.row(table, name)
@@ -307,6 +413,10 @@ def planned(keys: Keys, old: Inventory, new: Inventory, exists: bool) -> tuple[d
                 puts[key] = to_doc(after).encode()
                 puts.update(row_keys(keys, table, after))
             audit.append([table[:-1], name, _doc(before), _doc(after)])
+            for row, step in ((before, -1), (after, 1)):
+                if isinstance(row, Resource):
+                    deltas[(row.subscription, group_of(row))] += step
+    puts.update(counted(keys, deltas, read))
     for setting in ("profile", "internal_prefixes"):
         b, a = getattr(old, setting), getattr(new, setting)
         if b != a or (not exists and audit):
@@ -493,22 +603,22 @@ class EtcdStore:
 
     def verify(self, profiles: Callable[[str], Profile]) -> dict[str, int]:
         """The whole state checked at one revision: every row parsed, the inventory validated against its profile,
-        the address and index keys against the resources."""
+        the address, index and count keys against the resources."""
         if not self.exists:
             raise UserError(f"no state at {self.path}")
         inv, _ = self.read()
         validate(inv, profiles(inv.profile))
-        expected: dict[bytes, bytes] = {}
+        expected = count_keys(self.keys, inv)
         for table in TABLES:
             for row in getattr(inv, table).values():
                 expected.update(row_keys(self.keys, table, row))
         held: dict[bytes, bytes] = {}
-        for under in (self.keys._k("addresses/"), self.keys._k("index/")):
+        for under in (self.keys._k("addresses/"), self.keys._k("index/"), self.keys.counts()):
             held.update({bytes(kv.key): bytes(kv.value) for kv in self.client.range(under, _end(under)).kvs})
         if held != expected:
             wrong = sorted(set(held) ^ {k for k in expected} | {k for k in held if held[k] != expected.get(k)})
-            raise UserError(f"{self.path}: {len(wrong)} address or index keys do not match the resources (first: "
-                            f"{wrong[0].decode()}); the state is damaged")
+            raise UserError(f"{self.path}: {len(wrong)} address, index or count keys do not match the resources "
+                            f"(first: {wrong[0].decode()}); the state is damaged")
         under = self.keys.audit()
         audit = int(self.client.range(under, _end(under), count_only=True).count)
         addresses = sum(1 for k in held if k.startswith(self.keys._k("addresses/")))
@@ -625,7 +735,7 @@ class EtcdStore:
         new, result = operation(old)
         if new.source is not old.source:
             new = over(old, new)
-        writes, rows = planned(self.keys, old, new, "format" in meta)
+        writes, rows = planned(self.keys, old, new, "format" in meta, source.get)
         if not rows:
             return (result,)
         client = self.client

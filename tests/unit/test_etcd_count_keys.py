@@ -1,0 +1,44 @@
+"""The count keys of the state in etcd, without etcd: a resource's group as its keys spell it, a whole state's
+counts, a change's new counts from its deltas."""
+
+from __future__ import annotations
+
+import pytest
+
+from enforcer.core.inventory import Inventory, Pulled, Resource, State
+from enforcer.errors import UserError
+from enforcer.state.etcd_store import RUNNING_GROUPS, Keys, count_keys, counted, group_of, group_values, row_keys
+
+KEYS = Keys("p")
+PULLED = Pulled("devtest", True, created="2024-01-02")
+
+
+def vm(name: str, state: State = State.RUNNING, subnet: str | None = "a", pulled: Pulled | None = PULLED) -> Resource:
+    return Resource(name, "lab", "vm", (f"198.18.0.{len(name)}",), "net", subnet, state=state, pulled=pulled)
+
+
+def test_a_group_is_its_values_but_the_subscription_state_first_and_reads_back() -> None:
+    r = vm("a1")
+    group = group_of(r)
+    assert group.encode().startswith(RUNNING_GROUPS)
+    assert group_values("lab", group) == {"state": "running", "subscription": "lab", "kind": "vm", "egress": None,
+                                          "pulled": PULLED, "vnet": "net", "subnet": "a"}
+    assert group_of(vm("a2")) == group != group_of(vm("a3", subnet=None)) != group_of(vm("a4", pulled=None))
+    assert not group_of(vm("a5", State.STOPPED)).encode().startswith(RUNNING_GROUPS)
+    # its names' range: beside the row's other index keys, named after it
+    assert KEYS.group("lab", group) + b"a1" in row_keys(KEYS, "resources", r)
+    with pytest.raises(ValueError):
+        group_values("lab", group.replace('"vm",', ""))  # one value short: not this version's
+
+
+def test_a_whole_states_counts_and_a_changes_new_counts() -> None:
+    inv = Inventory(resources={r.name: r for r in (vm("a1"), vm("a2"), vm("b1", subnet="b"), vm("s1", State.STOPPED))})
+    held = count_keys(KEYS, inv)
+    a, b, none = (KEYS.count("lab", group_of(vm("x", subnet=s))) for s in ("a", "b", None))
+    assert held == {a: b"2", b: b"1", KEYS.count("lab", group_of(vm("x", State.STOPPED))): b"1"}
+    # b1 moves to a; a new group begins; a group counted down to 0 goes; a group unchanged is not written
+    deltas = {("lab", group_of(vm("x"))): 1, ("lab", group_of(vm("x", subnet="b"))): -1,
+              ("lab", group_of(vm("x", subnet=None))): 1, ("lab", group_of(vm("x", State.STOPPED))): 0}
+    assert counted(KEYS, deltas, held.get) == {a: b"3", b: None, none: b"1"}
+    with pytest.raises(UserError, match="not a number; the state is damaged"):
+        counted(KEYS, deltas, lambda key: b"x")
