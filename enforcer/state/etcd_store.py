@@ -219,16 +219,21 @@ def count_keys(keys: Keys, inv: Inventory) -> dict[bytes, bytes]:
     return {keys.count(s, g): str(n).encode() for (s, g), n in sorted(counted.items())}
 
 
+def _grouped(row: Entity | None) -> tuple[str, str] | None:
+    return (row.subscription, group_of(row)) if isinstance(row, Resource) else None
+
+
 def counted(keys: Keys, deltas: Mapping[tuple[str, str], int],
             read: Callable[[bytes], bytes | None]) -> dict[bytes, bytes | None]:
-    """The count keys a change writes (None: a group counted down to 0 goes) for its groups' deltas (subscription,
-    group) -> resources in minus out, each count as `read` gives it now (a key read is a key compared)."""
+    """The count keys a change writes (None: a group counted down to 0 goes) for the groups whose names it changes
+    (subscription, group) -> resources in minus out, each count as `read` gives it now (a key read is a key
+    compared). A group whose names change is written even when its count does not (one resource out, another in):
+    its count key's compare is what guards a listing of its names (EtcdSource.running_names)."""
     out: dict[bytes, bytes | None] = {}
     for (subscription, group), delta in sorted(deltas.items()):
-        if delta:
-            key = keys.count(subscription, group)
-            n = _count(read(key), key) + delta
-            out[key] = str(n).encode() if n > 0 else None
+        key = keys.count(subscription, group)
+        n = _count(read(key), key) + delta
+        out[key] = str(n).encode() if n > 0 else None
     return out
 
 
@@ -413,9 +418,11 @@ def planned(keys: Keys, old: Inventory, new: Inventory, exists: bool,
                 puts[key] = to_doc(after).encode()
                 puts.update(row_keys(keys, table, after))
             audit.append([table[:-1], name, _doc(before), _doc(after)])
-            for row, step in ((before, -1), (after, 1)):
-                if isinstance(row, Resource):
-                    deltas[(row.subscription, group_of(row))] += step
+            left, joined = (_grouped(row) for row in (before, after))
+            if left != joined:  # the names of both groups change (a row rewritten in its group changes neither)
+                for group, step in ((left, -1), (joined, 1)):
+                    if group is not None:
+                        deltas[group] += step
     puts.update(counted(keys, deltas, read))
     for setting in ("profile", "internal_prefixes"):
         b, a = getattr(old, setting), getattr(new, setting)

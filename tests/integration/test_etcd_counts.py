@@ -223,8 +223,9 @@ def _raced(store: EtcdStore, other: EtcdStore, read: Callable[[Inventory], Any],
 def test_a_change_racing_one_in_a_group_it_counted_or_listed_runs_again(store: EtcdStore) -> None:
     """An operation lists a group's names (running_names) or counts groups (running), then changes a resource of
     another group; another writer changes what it read in between: a name added to the group it listed, a group
-    counted away (its last resource stopped), a group counted from nothing: each time its transaction fails and it
-    runs again on what the other wrote. And two adds to one group: neither count is lost."""
+    counted away (its last resource stopped), a group counted from nothing, the names of a listed group changed but
+    not its count: each time its transaction fails and it runs again on what the other wrote. And two adds to one
+    group: neither count is lost."""
     store.change("setup", _setup)
     for name, address, subnet in (("vm1", "198.18.1.10", "a"), ("vmb", "198.18.1.200", "b"),
                                   ("vmx", "198.19.0.1", None)):
@@ -248,11 +249,19 @@ def test_a_change_racing_one_in_a_group_it_counted_or_listed_runs_again(store: E
         assert counted == [{("shop-net", "a"): 2, ("shop-net", "b"): 1},  # counted from nothing
                            {("shop-net", "a"): 2, ("shop-net", "b"): 1, (None, None): 1}]
         _raced(store, other, lambda inv: None, _add("vm3", "198.18.1.12"), _add("vm4", "198.18.1.13"))
+        assert store.snapshot().running(by_place, "shop") == {("shop-net", "a"): 4, (None, None): 1}  # none lost
+        store.change("start", step(lifecycle.start, "vmb"))
+
+        def swap(inv: Inventory) -> tuple[Inventory, None]:  # one out of a, one in: a's count stays 4
+            return inv.put(replace(inv.resources["vm1"], subnet="b"), replace(inv.resources["vmb"], subnet="a")), None
+        listed = _raced(store, other, lambda inv: inv.running_names("shop", in_a, 10), swap,
+                        step(lifecycle.stop, "vmx"))
+        assert listed == [["vm1", "vm2", "vm3", "vm4"], ["vm2", "vm3", "vm4", "vmb"]]
     finally:
         other.close()
     inv = store.snapshot()
-    assert inv.running(by_place, "shop") == {("shop-net", "a"): 4, (None, None): 1}  # no count lost
-    assert inv.running_names("shop", in_a, None) == ["vm1", "vm2", "vm3", "vm4"]
+    assert inv.running(by_place, "shop") == {("shop-net", "a"): 4, ("shop-net", "b"): 1}
+    assert inv.running_names("shop", in_a, None) == ["vm2", "vm3", "vm4", "vmb"]
     store.verify(load_profile)
 
 
