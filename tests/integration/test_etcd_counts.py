@@ -151,7 +151,7 @@ def _steps(seed: int, count: int) -> Iterator[tuple[str, Operation]]:
 
 def _answers(inv: Inventory) -> dict[str, Any]:
     """Every count and name list the sources answer for this state."""
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"resources": inv.source.count("resources")}
     for sub in (None, *SUBSCRIPTIONS):
         for by in BY:
             out[f"running {by} {sub}"] = inv.source.running(by, sub)
