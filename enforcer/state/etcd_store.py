@@ -5,8 +5,8 @@ Keys under PREFIX (docs/architecture.md, "The state in etcd"): meta/{format,prof
 {subscriptions,vnets,resources}/NAME (the row's JSON document, as state/rows.py encodes it), addresses/ADDRESS
 (its owner and what the table needs of it: the uniqueness of an address is one key), index/TABLE.COLUMN/VALUE/NAME
 and index/prefixed/NAME (what an operation asks by an indexed column), counts/SUB/GROUP (how many resources a
-group of alike ones holds: SQLite's resource_counts; GROUP is the JSON array of the group's other values, state
-first) and index/group/SUB/GROUP/NAME (the names in it), audit/ID (one key per change: its rows).
+group of alike ones holds, and its first names: SQLite's resource_counts; GROUP is the JSON array of the group's
+other values, state first) and index/group/SUB/GROUP/NAME (the names in it), audit/ID (one key per change: its rows).
 Beside the state, gateways/NAME (what a gateway holds, under its lease: there while it lives) and
 gateways/NAME/seen (the same, without a lease: what it last said, kept until `enforcer gateway forget NAME`).
 
@@ -19,12 +19,12 @@ compares meta/changed instead, which every change writes: it then holds only if 
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import random
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Iterable, Iterator, Mapping, TypeVar
 
@@ -212,39 +212,66 @@ def group_values(subscription: str, group: str) -> dict[str, Any]:
     return {**values, "subscription": subscription, "pulled": pulled_of(values["pulled"])}
 
 
+HEAD = 50  # the names a count key keeps of its group, the first by name: a listing of up to that many reads no range
+
+Group = tuple[str, str]  # (subscription, the JSON of the group's other values)
+
+
+def count_value(n: int, head: Iterable[str]) -> bytes:
+    """A count key's value: how many resources the group holds, and the first HEAD of their names."""
+    return json.dumps([n, list(head)], separators=(",", ":")).encode()
+
+
+def count_of(value: bytes | None, key: bytes) -> tuple[int, list[str]]:
+    """(count, head) of a count key's value; (0, []) for a key absent."""
+    if value is None:
+        return 0, []
+    try:
+        n, head = json.loads(value)
+        if isinstance(n, int) and isinstance(head, list) and all(isinstance(name, str) for name in head):
+            return n, head
+    except (ValueError, TypeError):
+        pass
+    raise UserError(f"the count key {key.decode(errors='replace')} holds {value[:40]!r}, not [count, [names]]; the "
+                    "state is damaged")
+
+
 def count_keys(keys: Keys, inv: Inventory) -> dict[bytes, bytes]:
-    """The count keys of a whole state: how many resources each group holds (what a whole state's writer puts
-    beside row_keys(); a change keeps them in planned())."""
-    counted = Counter((r.subscription, group_of(r)) for r in inv.resources.values())
-    return {keys.count(s, g): str(n).encode() for (s, g), n in sorted(counted.items())}
+    """The count keys of a whole state: how many resources each group holds, and its first names (what a whole
+    state's writer puts beside row_keys(); a change keeps them in planned())."""
+    members: dict[Group, list[str]] = {}
+    for r in inv.resources.values():
+        members.setdefault((r.subscription, group_of(r)), []).append(r.name)
+    return {keys.count(s, g): count_value(len(names), heapq.nsmallest(HEAD, names))
+            for (s, g), names in sorted(members.items())}
 
 
-def _grouped(row: Entity | None) -> tuple[str, str] | None:
+def _grouped(row: Entity | None) -> Group | None:
     return (row.subscription, group_of(row)) if isinstance(row, Resource) else None
 
 
-def counted(keys: Keys, deltas: Mapping[tuple[str, str], int],
-            read: Callable[[bytes], bytes | None]) -> dict[bytes, bytes | None]:
-    """The count keys a change writes (None: a group counted down to 0 goes) for the groups whose names it changes
-    (subscription, group) -> resources in minus out, each count as `read` gives it now (a key read is a key
-    compared). A group whose names change is written even when its count does not (one resource out, another in):
-    its count key's compare is what guards a listing of its names (EtcdSource.running_names)."""
+def counted(keys: Keys, leaving: Mapping[Group, list[str]], joining: Mapping[Group, list[str]],
+            read: Callable[[bytes], bytes | None],
+            first: Callable[[str, str, int], list[str]]) -> dict[bytes, bytes | None]:
+    """The count keys a change writes (None: a group counted down to 0 goes) for the groups whose names it changes:
+    the names leaving each and joining it; each key as `read` gives it now (a key read is a key compared). A group
+    whose names change is written even when its count does not (one out, another in): its count key's compare is
+    what guards a listing of its names (EtcdSource.running_names). When names of a group's head leave a group that
+    holds more, its head is read again: `first` (subscription, group, limit), the group's first names now."""
     out: dict[bytes, bytes | None] = {}
-    for (subscription, group), delta in sorted(deltas.items()):
-        key = keys.count(subscription, group)
-        n = _count(read(key), key) + delta
-        out[key] = str(n).encode() if n > 0 else None
+    for group in sorted(set(leaving) | set(joining)):
+        key = keys.count(*group)
+        n, head = count_of(read(key), key)
+        gone, came = set(leaving.get(group, ())), joining.get(group, [])
+        kept = [name for name in head if name not in gone]
+        if len(head) < n and len(kept) < len(head):  # the names after the head are not in it: read them
+            kept = [name for name in first(*group, HEAD + len(gone)) if name not in gone]
+        n += len(came) - len(gone)
+        out[key] = count_value(n, sorted(kept + came)[:HEAD]) if n > 0 else None
     return out
 
 
-def _count(value: bytes | None, key: bytes) -> int:
-    if value is None:
-        return 0
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"the count key {key.decode(errors='replace')} holds {value[:20]!r}, not a number; the state "
-                        "is damaged") from None
+Running = tuple[dict[str, Any], str, int, list[str]]  # a group of running resources: values, JSON, count, head
 
 
 class EtcdSource:
@@ -259,7 +286,7 @@ class EtcdSource:
         self.whole = False
         self.cache: dict[str, dict[str, Entity | None]] = {t: {} for t in TABLES}
         self.bulk: dict[tuple[str, str, str], list[Entity]] = {}  # where()'s large answers, read whole
-        self.groups: dict[str | None, list[tuple[dict[str, Any], str, int]]] = {}  # the running groups read
+        self.groups: dict[str | None, list[Running]] = {}  # the running groups read
 
     def _range(self, key: bytes, end: bytes | None = None, **kw: Any) -> Any:
         return self.client.range(key, end, revision=self.revision, **kw)
@@ -315,8 +342,8 @@ class EtcdSource:
         self.whole = True
         if table == "resources":  # the count keys' sum, as SQLite's resource_counts: etcd counts a range key by key
             under = self.keys.counts()
-            return sum(_count(kv.value, bytes(kv.key)) for kv in self.client.pages(under, _end(under),
-                                                                                  revision=self.revision))
+            return sum(count_of(kv.value, bytes(kv.key))[0] for kv in self.client.pages(under, _end(under),
+                                                                                        revision=self.revision))
         under = self.keys.table(table)
         return int(self._range(under, _end(under), count_only=True).count)
 
@@ -346,8 +373,8 @@ class EtcdSource:
         rows = (self.row("resources", name) for name in self._listed(self.keys.prefixed()))
         return [row for row in rows if row is not None]
 
-    def _running_groups(self, subscription: str | None) -> list[tuple[dict[str, Any], str, int]]:
-        """(values, JSON, count) of each group of running resources (of one subscription, or all), from the count
+    def _running_groups(self, subscription: str | None) -> list[Running]:
+        """(values, JSON, count, head) of each group of running resources (of one subscription, or all), from the count
         keys: one small range, recorded as a range read (a group counted from 0 since fails it) and each key as a
         key read (a group counted up, down, or away since fails it). Kept for the snapshot."""
         if subscription not in self.groups:
@@ -364,7 +391,7 @@ class EtcdSource:
                     except (ValueError, TypeError, KeyError) as e:
                         raise UserError(f"{self.where_}: the count key {key.decode(errors='replace')} does not parse "
                                         f"({type(e).__name__}: {e}); the state is damaged") from None
-                    found.append((values, group, _count(kv.value, key)))
+                    found.append((values, group, *count_of(kv.value, key)))
             self.groups[subscription] = found
         return self.groups[subscription]
 
@@ -372,43 +399,54 @@ class EtcdSource:
         if not set(by) <= set(COUNTED_BY):
             raise ValueError(f"running resources are not counted by {by}")
         counts: Counts = {}
-        for values, _, n in self._running_groups(subscription):
+        for values, _, n, _ in self._running_groups(subscription):
             key = tuple(values[column] for column in by)
             counts[key] = counts.get(key, 0) + n
         return counts
 
     def running_names(self, subscription: str, where: dict[str, Any], limit: int | None) -> list[str]:
-        """The first `limit` names of each matching group's range (etcd sorts them), merged. The ranges are read,
-        not recorded for a compare (which would walk up to a subscription's every name in etcd): every change to
-        a group's names puts or deletes its count key in the same transaction (planned()), and that key is
-        compared (read by _running_groups), as is the range of the subscription's count keys (a group made since);
-        so a name added to or gone from a range listed here fails the transaction all the same."""
+        """The first `limit` names of each matching group, merged: from its count key's head where that holds them,
+        else the first of its name range (etcd sorts them; etcd 3.4 walks the whole range, even for a few). The
+        ranges are read, not recorded for a compare (which would walk up to a subscription's every name in etcd):
+        every change to a group's names writes its count key in the same transaction (planned()), and that key
+        is compared (read by _running_groups), as is the range of the subscription's count keys (a group made
+        since); so a name added to or gone from a group listed here fails the transaction all the same."""
         if not set(where) <= set(COUNTED_BY):
             raise ValueError(f"running resources are not found by {list(where)}")
         names: list[str] = []
-        for values, group, _ in self._running_groups(subscription) if limit != 0 else ():  # etcd's 0: no limit
+        for values, group, n, head in self._running_groups(subscription):
             if all(values[column] == value for column, value in where.items()):
-                under = self.keys.group(subscription, group)
-                kvs = self.client.pages(under, _end(under), revision=self.revision, keys_only=True) \
-                    if limit is None else self._range(under, _end(under), keys_only=True, limit=limit).kvs
-                names += [self.keys.name_of(kv.key, under) for kv in kvs]
+                whole = len(head) == n
+                names += head[:limit] if whole or (limit is not None and limit <= len(head)) else \
+                    self.first(subscription, group, limit)
         return sorted(names)[:limit]
+
+    def first(self, subscription: str, group: str, limit: int | None) -> list[str]:
+        """The first `limit` names (None: all) of a group's name range at this snapshot, not recorded (see
+        running_names)."""
+        if limit == 0:  # etcd's 0: no limit
+            return []
+        under = self.keys.group(subscription, group)
+        kvs = self.client.pages(under, _end(under), revision=self.revision, keys_only=True) if limit is None else \
+            self._range(under, _end(under), keys_only=True, limit=limit).kvs
+        return [self.keys.name_of(kv.key, under) for kv in kvs]
 
 
 def _doc(row: Entity | None) -> str | None:
     return to_doc(row) if row is not None else None
 
 
-def planned(keys: Keys, old: Inventory, new: Inventory, exists: bool,
-            read: Callable[[bytes], bytes | None]) -> tuple[dict[bytes, bytes | None], list[Any]]:
+def planned(keys: Keys, old: Inventory, new: Inventory, exists: bool, read: Callable[[bytes], bytes | None],
+            first: Callable[[str, str, int], list[str]]) -> tuple[dict[bytes, bytes | None], list[Any]]:
     """What a change writes (key -> value, None to delete) and its audit rows (kind, name, before, after as JSON
     documents): the rows `new` changed over its source, each with its index and address keys, and the count keys
-    of the groups they leave or join (each read through `read`). Deletes first and puts over them: etcd refuses a
-    key twice in one transaction, and an address may pass between two resources."""
+    of the groups they leave or join (counted(), with `read` and `first`). Deletes first and puts over them: etcd
+    refuses a key twice in one transaction, and an address may pass between two resources."""
     deletes: dict[bytes, bytes | None] = {}
     puts: dict[bytes, bytes | None] = {}
     audit: list[Any] = []
-    deltas: Counter[tuple[str, str]] = Counter()
+    leaving: dict[Group, list[str]] = {}
+    joining: dict[Group, list[str]] = {}
     for table in TABLES:
         for name, after in sorted(new.changes.tables[table].items()):
             before = new.source.row(table, name)
@@ -424,10 +462,10 @@ def planned(keys: Keys, old: Inventory, new: Inventory, exists: bool,
             audit.append([table[:-1], name, _doc(before), _doc(after)])
             left, joined = (_grouped(row) for row in (before, after))
             if left != joined:  # the names of both groups change (a row rewritten in its group changes neither)
-                for group, step in ((left, -1), (joined, 1)):
+                for group, names in ((left, leaving), (joined, joining)):
                     if group is not None:
-                        deltas[group] += step
-    puts.update(counted(keys, deltas, read))
+                        names.setdefault(group, []).append(name)
+    puts.update(counted(keys, leaving, joining, read, first))
     for setting in ("profile", "internal_prefixes"):
         b, a = getattr(old, setting), getattr(new, setting)
         if b != a or (not exists and audit):
@@ -746,7 +784,7 @@ class EtcdStore:
         new, result = operation(old)
         if new.source is not old.source:
             new = over(old, new)
-        writes, rows = planned(self.keys, old, new, "format" in meta, source.get)
+        writes, rows = planned(self.keys, old, new, "format" in meta, source.get, source.first)
         if not rows:
             return (result,)
         client = self.client

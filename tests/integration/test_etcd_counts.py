@@ -18,7 +18,7 @@ from enforcer.core.inventory import Inventory, State
 from enforcer.core.rows import COUNTED_BY
 from enforcer.errors import UserError
 from enforcer.state.etcd_client import parse_url
-from enforcer.state.etcd_store import EtcdSource, EtcdStore, count_keys, group_of
+from enforcer.state.etcd_store import HEAD, EtcdSource, EtcdStore, count_keys, group_of
 from enforcer.state.profiles import load_profile
 from enforcer.state.store import Store
 from support.cli import Cli
@@ -166,7 +166,12 @@ def _answers(inv: Inventory) -> dict[str, Any]:
     return out
 
 
-def test_counts_and_names_agree_with_sqlite_after_a_seeded_sequence(tmp_path: Path, store: EtcdStore) -> None:
+@pytest.mark.parametrize("head", [HEAD, 2])
+def test_counts_and_names_agree_with_sqlite_after_a_seeded_sequence(tmp_path: Path, store: EtcdStore, head: int,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """With count keys that hold their group's first 50 names (most listings read no range), and 2 (most do, and
+    most changes that take a name out of a head read the group's first names again)."""
+    monkeypatch.setattr("enforcer.state.etcd_store.HEAD", head)
     sqlite = Store(tmp_path / "state.db", create=True)
     try:
         for backend in (sqlite, store):
@@ -220,12 +225,14 @@ def _raced(store: EtcdStore, other: EtcdStore, read: Callable[[Inventory], Any],
     return found
 
 
-def test_a_change_racing_one_in_a_group_it_counted_or_listed_runs_again(store: EtcdStore) -> None:
+def test_a_change_racing_one_in_a_group_it_counted_or_listed_runs_again(store: EtcdStore,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """An operation lists a group's names (running_names) or counts groups (running), then changes a resource of
     another group; another writer changes what it read in between: a name added to the group it listed, a group
     counted away (its last resource stopped), a group counted from nothing, the names of a listed group changed but
     not its count: each time its transaction fails and it runs again on what the other wrote. And two adds to one
-    group: neither count is lost."""
+    group: neither count is lost. A count key holds its group's first name only: the listings read the range."""
+    monkeypatch.setattr("enforcer.state.etcd_store.HEAD", 1)
     store.change("setup", _setup)
     for name, address, subnet in (("vm1", "198.18.1.10", "a"), ("vmb", "198.18.1.200", "b"),
                                   ("vmx", "198.19.0.1", None)):
@@ -271,15 +278,16 @@ def test_state_check_finds_a_damaged_count(store: EtcdStore, etcd: Etcd) -> None
         store.change("add", _add(f"vm{i}", f"198.18.1.{10 + i}"))
     inv, _ = store.read()
     [(key, value)] = count_keys(store.keys, inv).items()
-    assert value == b"3" and key == store.keys.count("shop", group_of(inv.resources["vm1"]))
+    assert value == b'[3,["vm0","vm1","vm2"]]' and key == store.keys.count("shop", group_of(inv.resources["vm1"]))
     store.verify(load_profile)
     client = store.client
     named = store.keys.group("shop", group_of(inv.resources["vm1"])) + b"vm1"
-    for damage in (client.put(key, b"4"), client.delete(key), client.delete(named), client.put(named[:-1] + b"9", b"")):
+    for damage in (client.put(key, b'[4,["vm0","vm1","vm2"]]'), client.put(key, b'[3,["vm0","vm2"]]'),
+                   client.delete(key), client.delete(named), client.put(named[:-1] + b"9", b"")):
         assert client.txn([], [damage]).succeeded
         with pytest.raises(UserError, match="address, index or count keys do not match the resources"):
             store.verify(load_profile)
-        assert client.txn([], [client.put(key, b"3"), client.put(named, b""), client.delete(named[:-1] + b"9")])
+        assert client.txn([], [client.put(key, value), client.put(named, b""), client.delete(named[:-1] + b"9")])
         store.verify(load_profile)
 
 
