@@ -212,7 +212,10 @@ def group_values(subscription: str, group: str) -> dict[str, Any]:
     return {**values, "subscription": subscription, "pulled": pulled_of(values["pulled"])}
 
 
-HEAD = 50  # the names a count key keeps of its group, the first by name: a listing of up to that many reads no range
+# The names a count key keeps of its group, the first by name (its head): a listing of up to as many as it holds
+# reads no range. A change keeps it at HEAD names at most and HEAD_LOW at least (or all of the group's): a name out
+# of the head leaves the rest of it the group's first names still, so it is read again only once it falls short.
+HEAD, HEAD_LOW = 50, 25
 
 Group = tuple[str, str]  # (subscription, the JSON of the group's other values)
 
@@ -239,11 +242,16 @@ def count_of(value: bytes | None, key: bytes) -> tuple[int, list[str]]:
 def count_keys(keys: Keys, inv: Inventory) -> dict[bytes, bytes]:
     """The count keys of a whole state: how many resources each group holds, and its first names (what a whole
     state's writer puts beside row_keys(); a change keeps them in planned())."""
+    return {keys.count(s, g): count_value(len(names), heapq.nsmallest(HEAD, names))
+            for (s, g), names in sorted(members_of(inv).items())}
+
+
+def members_of(inv: Inventory) -> dict[Group, list[str]]:
+    """The names of each group's resources."""
     members: dict[Group, list[str]] = {}
     for r in inv.resources.values():
         members.setdefault((r.subscription, group_of(r)), []).append(r.name)
-    return {keys.count(s, g): count_value(len(names), heapq.nsmallest(HEAD, names))
-            for (s, g), names in sorted(members.items())}
+    return members
 
 
 def _grouped(row: Entity | None) -> Group | None:
@@ -256,19 +264,32 @@ def counted(keys: Keys, leaving: Mapping[Group, list[str]], joining: Mapping[Gro
     """The count keys a change writes (None: a group counted down to 0 goes) for the groups whose names it changes:
     the names leaving each and joining it; each key as `read` gives it now (a key read is a key compared). A group
     whose names change is written even when its count does not (one out, another in): its count key's compare is
-    what guards a listing of its names (EtcdSource.running_names). When names of a group's head leave a group that
-    holds more, its head is read again: `first` (subscription, group, limit), the group's first names now."""
+    what guards a listing of its names (EtcdSource.running_names). When the head would fall below HEAD_LOW names of
+    a group that holds more, it is read again: `first` (subscription, group, limit), the group's first names now."""
     out: dict[bytes, bytes | None] = {}
     for group in sorted(set(leaving) | set(joining)):
         key = keys.count(*group)
         n, head = count_of(read(key), key)
         gone, came = set(leaving.get(group, ())), joining.get(group, [])
-        kept = [name for name in head if name not in gone]
-        if len(head) < n and len(kept) < len(head):  # the names after the head are not in it: read them
+        kept, rest = [name for name in head if name not in gone], n - len(gone)  # still the first of the rest
+        if len(kept) < min(rest, HEAD_LOW):
             kept = [name for name in first(*group, HEAD + len(gone)) if name not in gone]
-        n += len(came) - len(gone)
+        if kept and len(kept) < rest:  # past the head's last name the names are not known: one joining there stays out
+            came = [name for name in came if name < kept[-1]]
+        n = rest + len(joining.get(group, []))
         out[key] = count_value(n, sorted(kept + came)[:HEAD]) if n > 0 else None
     return out
+
+
+def count_holds(value: bytes | None, names: list[str]) -> bool:
+    """Whether a count key's value (None: absent) is right for a group of these names (sorted; [] for none)."""
+    if value is None:
+        return not names
+    try:
+        n, head = count_of(value, b"")
+    except UserError:
+        return False
+    return n == len(names) and min(n, HEAD_LOW) <= len(head) <= HEAD and head == names[:len(head)]
 
 
 Running = tuple[dict[str, Any], str, int, list[str]]  # a group of running resources: values, JSON, count, head
@@ -657,15 +678,19 @@ class EtcdStore:
             raise UserError(f"no state at {self.path}")
         inv, _ = self.read()
         validate(inv, profiles(inv.profile))
-        expected = count_keys(self.keys, inv)
+        expected: dict[bytes, bytes] = {}
         for table in TABLES:
             for row in getattr(inv, table).values():
                 expected.update(row_keys(self.keys, table, row))
         held: dict[bytes, bytes] = {}
-        for under in (self.keys._k("addresses/"), self.keys._k("index/"), self.keys.counts()):
+        for under in (self.keys._k("addresses/"), self.keys._k("index/")):
             held.update({bytes(kv.key): bytes(kv.value) for kv in self.client.range(under, _end(under)).kvs})
-        if held != expected:
-            wrong = sorted(set(held) ^ {k for k in expected} | {k for k in held if held[k] != expected.get(k)})
+        wrong = sorted(set(held) ^ {k for k in expected} | {k for k in held if held[k] != expected.get(k)})
+        under = self.keys.counts()
+        counts = {bytes(kv.key): bytes(kv.value) for kv in self.client.range(under, _end(under)).kvs}
+        groups = {self.keys.count(*group): sorted(names) for group, names in members_of(inv).items()}
+        wrong += sorted(k for k in set(counts) | set(groups) if not count_holds(counts.get(k), groups.get(k, [])))
+        if wrong:
             raise UserError(f"{self.path}: {len(wrong)} address, index or count keys do not match the resources "
                             f"(first: {wrong[0].decode()}); the state is damaged")
         under = self.keys.audit()

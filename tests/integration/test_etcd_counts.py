@@ -18,7 +18,7 @@ from enforcer.core.inventory import Inventory, State
 from enforcer.core.rows import COUNTED_BY
 from enforcer.errors import UserError
 from enforcer.state.etcd_client import parse_url
-from enforcer.state.etcd_store import HEAD, EtcdSource, EtcdStore, count_keys, group_of
+from enforcer.state.etcd_store import HEAD, HEAD_LOW, EtcdSource, EtcdStore, count_keys, group_of
 from enforcer.state.profiles import load_profile
 from enforcer.state.store import Store
 from support.cli import Cli
@@ -85,12 +85,12 @@ def _on_sub(step: Callable[..., Any], **kw: Any) -> Callable[[int], Operation]:
 
 
 def _add_drawn(k: int) -> Operation:
-    sub = _pick(SUBSCRIPTIONS, k)
-    assert sub is not None
+    """Most to one place (shop's subnet a, running), so that groups grow past the heads their count keys hold."""
+    sub = ("shop", "shop", "shop", "dev", "corp")[k % 5]
     n, i = k % 1000, list(SUBSCRIPTIONS).index(sub)
-    vnet, subnet = (None, None) if k % 10 < 3 else (f"{sub}-net", "ab"[k // 10 % 2])
+    vnet, subnet = (None, None) if k // 10 % 10 < 2 else (f"{sub}-net", "b" if k // 100 % 4 == 0 else "a")
     address = f"198.18.{i}.{n % 120 + 1 + (128 if subnet == 'b' else 0)}" if vnet else f"198.19.{n // 250}.{n % 250}"
-    state = State.DEALLOCATED if k // 20 % 3 == 0 else State.RUNNING
+    state = State.DEALLOCATED if k // 20 % 5 == 0 else State.RUNNING
     return lambda inv: lifecycle.add_resource(inv, PROFILE, f"vm{n:03d}", sub, "vm", [address], vnet, subnet,
                                               state=state)
 
@@ -131,7 +131,7 @@ def _gone_and_back_drawn(k: int) -> Operation:
 
 # What a step does, drawn with a number; and how often, against the others.
 STEPS: list[tuple[str, Callable[[int], Operation], int]] = [
-    ("add", _add_drawn, 8), ("remove", _on_one(lifecycle.remove_resource), 2), ("start", _on_one(lifecycle.start), 2),
+    ("add", _add_drawn, 16), ("remove", _on_one(lifecycle.remove_resource), 2), ("start", _on_one(lifecycle.start), 2),
     ("stop", _on_one(lifecycle.stop), 2), ("deallocate", _on_one(lifecycle.deallocate), 1),
     ("restart", _on_one(lifecycle.restart), 2), ("move", _move_drawn, 2),
     ("diagnose", _on_sub(lifecycle.diagnose, apply_now=False), 2), ("revoke", _revoke_drawn, 2),
@@ -166,19 +166,21 @@ def _answers(inv: Inventory) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("head", [HEAD, 2])
-def test_counts_and_names_agree_with_sqlite_after_a_seeded_sequence(tmp_path: Path, store: EtcdStore, head: int,
+@pytest.mark.parametrize("head", [(HEAD, HEAD_LOW), (2, 1)])
+def test_counts_and_names_agree_with_sqlite_after_a_seeded_sequence(tmp_path: Path, store: EtcdStore,
+                                                                    head: tuple[int, int],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """With count keys that hold their group's first 50 names (most listings read no range), and 2 (most do, and
-    most changes that take a name out of a head read the group's first names again)."""
-    monkeypatch.setattr("enforcer.state.etcd_store.HEAD", head)
+    """With count keys that hold their group's first 25 to 50 names (most listings read no range), and 1 to 3
+    (many do, and many changes that take a name out of a head read the group's first names again)."""
+    monkeypatch.setattr("enforcer.state.etcd_store.HEAD", head[0])
+    monkeypatch.setattr("enforcer.state.etcd_store.HEAD_LOW", head[1])
     sqlite = Store(tmp_path / "state.db", create=True)
     try:
         for backend in (sqlite, store):
             backend.change("setup", _setup)
         done: dict[str, int] = {}
         most = 0  # groups of running resources, at the checkpoint that had the most
-        for i, (what, operation) in enumerate(_steps(seed=21, count=150)):  # ~1 s a backend
+        for i, (what, operation) in enumerate(_steps(seed=21, count=200)):  # ~1 s a backend
             outcomes = []
             for backend in (sqlite, store):
                 try:
@@ -188,10 +190,11 @@ def test_counts_and_names_agree_with_sqlite_after_a_seeded_sequence(tmp_path: Pa
                     outcomes.append(str(e).replace(store.path, "STATE").replace(str(sqlite.path), "STATE"))
             assert outcomes[0] == outcomes[1], (i, what, outcomes)
             done[what] = done.get(what, 0) + (outcomes[0] == "ok")
-            if i % 25 == 24:
+            if i % 10 == 9:
                 answers = _answers(store.snapshot())
                 assert answers == _answers(sqlite.snapshot()), (i, what)
                 sqlite.end_snapshot()
+                store.verify(load_profile)  # each count key's head: the first of its group's names
                 most = max(most, len(answers[f"running {COUNTED_BY} None"]))
         assert all(done.get(what, 0) > 0 for what in ("add", "remove", "stop", "start", "move", "diagnose",
                                                        "revoke", "set-type", "subscription gone")), done
@@ -206,6 +209,10 @@ def test_counts_and_names_agree_with_sqlite_after_a_seeded_sequence(tmp_path: Pa
 def _add(name: str, address: str, subnet: str | None = "a") -> Operation:
     vnet = "shop-net" if subnet else None
     return lambda inv: lifecycle.add_resource(inv, PROFILE, name, "shop", "vm", [address], vnet, subnet)
+
+
+def _removed(name: str) -> Operation:
+    return lambda inv: lifecycle.remove_resource(inv, PROFILE, name)
 
 
 def _raced(store: EtcdStore, other: EtcdStore, read: Callable[[Inventory], Any], race: Operation,
@@ -233,6 +240,7 @@ def test_a_change_racing_one_in_a_group_it_counted_or_listed_runs_again(store: E
     not its count: each time its transaction fails and it runs again on what the other wrote. And two adds to one
     group: neither count is lost. A count key holds its group's first name only: the listings read the range."""
     monkeypatch.setattr("enforcer.state.etcd_store.HEAD", 1)
+    monkeypatch.setattr("enforcer.state.etcd_store.HEAD_LOW", 1)
     store.change("setup", _setup)
     for name, address, subnet in (("vm1", "198.18.1.10", "a"), ("vmb", "198.18.1.200", "b"),
                                   ("vmx", "198.19.0.1", None)):
@@ -270,6 +278,32 @@ def test_a_change_racing_one_in_a_group_it_counted_or_listed_runs_again(store: E
     assert inv.running(by_place, "shop") == {("shop-net", "a"): 4, ("shop-net", "b"): 1}
     assert inv.running_names("shop", in_a, None) == ["vm2", "vm3", "vm4", "vmb"]
     store.verify(load_profile)
+
+
+def test_a_count_keys_head_stays_its_groups_first_names(store: EtcdStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A head of 2 or 3 names: a name out of it leaves it shorter, a name past its last one stays out of it (a name
+    between may be in the group), and once it is short of 2 it is read again."""
+    monkeypatch.setattr("enforcer.state.etcd_store.HEAD", 3)
+    monkeypatch.setattr("enforcer.state.etcd_store.HEAD_LOW", 2)
+    store.change("setup", _setup)
+    for i in range(1, 6):
+        store.change("add", _add(f"a{i}", f"198.18.1.{10 + i}"))
+    in_a = {"vnet": "shop-net", "subnet": "a"}
+
+    def head() -> bytes | None:
+        inv = store.snapshot()
+        return store.client.range(store.keys.count("shop", group_of(inv.resources["a3"]))).kvs[0].value
+
+    assert head() == b'[5,["a1","a2","a3"]]'
+    for step, then in (("a1", b'[4,["a2","a3"]]'), ("a9", b'[5,["a2","a3"]]'), ("a2", b'[4,["a3","a4","a5"]]'),
+                       ("a0", b'[5,["a0","a3","a4"]]')):
+        if step in ("a1", "a2"):
+            store.change("remove", _removed(step))
+        else:
+            store.change("add", _add(step, f"198.18.1.{30 + int(step[1])}"))
+        assert head() == then, step
+        store.verify(load_profile)
+    assert store.snapshot().running_names("shop", in_a, 4) == ["a0", "a3", "a4", "a5"]
 
 
 def test_state_check_finds_a_damaged_count(store: EtcdStore, etcd: Etcd) -> None:
