@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -31,8 +32,9 @@ KEEPALIVE = [("grpc.keepalive_time_ms", 6000), ("grpc.keepalive_timeout_ms", 300
 PREFIX_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 # A whole range (a table, an index, the address rows) is read a page at a time: one answer past gRPC's limit fails.
 # Pages are large, because etcd 3.4 counts every key left in the range for each page it answers (1M address rows in
-# pages of 10,000: ~19 s, most of it counting); a page of 100,000 rows is ~10 to 30 MB, hence the larger limit.
-PAGE = 100_000
+# pages of 10,000: ~19 s, most of it counting; of 100,000: etcd's CPU 3 times that of 250,000); a page of 250,000
+# address rows is ~40 MB, hence the larger limit (a page past it is asked for again in halves).
+PAGE = 250_000
 MAX_MESSAGE = 256 << 20
 
 
@@ -132,6 +134,10 @@ def _target(url: EtcdUrl, first: int = 0) -> str:
 
 class Compacted(Exception):
     """A read at a revision etcd has compacted away: the reader starts again from the current one."""
+
+
+class TooLarge(UserError):
+    """A request or an answer past etcd's or gRPC's size limit."""
 
 
 class Unanswered(Failure):
@@ -240,13 +246,28 @@ class EtcdClient:
     def pages(self, key: bytes, end: bytes, *, revision: int, keys_only: bool = False,
               page: int | None = None) -> Iterator[Any]:
         """Every key in [key, end) at `revision` (which must be given: the pages are one snapshot), a page at a
-        time (PAGE keys by default)."""
-        while True:
-            reply = self.range(key, end, revision=revision, keys_only=keys_only, limit=page or PAGE)
-            yield from reply.kvs
-            if not reply.more or not reply.kvs:
-                return
-            key = bytes(reply.kvs[-1].key) + b"\0"
+        time (PAGE keys by default). The next page is asked for (in a thread) while the caller reads this one:
+        etcd serves it meanwhile. A page past gRPC's message limit is asked for again in halves."""
+        size = page or PAGE
+        with ThreadPoolExecutor(1, thread_name_prefix="etcd-page") as ahead:
+            def ask(start: bytes) -> Future[Any]:
+                return ahead.submit(self.range, start, end, revision=revision, keys_only=keys_only, limit=size)
+            asked = ask(key)
+            while True:
+                try:
+                    reply = asked.result()
+                except TooLarge:
+                    if size == 1:
+                        raise
+                    size //= 2
+                    asked = ask(key)
+                    continue
+                if reply.more and reply.kvs:
+                    key = bytes(reply.kvs[-1].key) + b"\0"
+                    asked = ask(key)
+                yield from reply.kvs
+                if not reply.more or not reply.kvs:
+                    return
 
     def range_from(self, key: bytes, end: bytes, *, revision: int, min_create_revision: int = 0,
                    min_mod_revision: int = 0, keys_only: bool = False, oldest_first: bool = False,
@@ -309,7 +330,7 @@ class EtcdClient:
                              "allows: start etcd with a larger --max-txn-ops (docs/architecture.md)")
         # etcd's own limit, or gRPC's past it (RESOURCE_EXHAUSTED too, but not the quota)
         if "request is too large" in details or "larger than max" in details:
-            return UserError(f"{where}: one request is larger than the etcd server or this client takes "
+            return TooLarge(f"{where}: one request is larger than the etcd server or this client takes "
                              f"({details}); nothing was changed: start etcd with a larger --max-request-bytes, or "
                              "change less at once (state copy writes a whole state in one transaction)")
         if name == "RESOURCE_EXHAUSTED" or "space exceeded" in details:

@@ -37,7 +37,7 @@ from .source import over
 from .store import Changed, _audited
 
 T = TypeVar("T")
-FORMAT = "1"       # the key layout's version, in meta/format
+FORMAT = "2"       # the key layout's version, in meta/format (1: address values in JSON)
 ATTEMPTS = 50      # a change rerun this often on conflicts gives up (one line, exit 1)
 MAX_COMPARES = 96  # past this many, one compare of meta/changed stands for them (etcd's default limit is 128)
 ROW_BY_ROW = 2_000  # rows an index lists that are read one by one; past it, the whole table a page at a time
@@ -97,6 +97,14 @@ class Keys:
 
 
 SEEN = "/seen"
+
+
+def _other_layout(found: str) -> str:
+    """What to do with a state another version wrote."""
+    if found.isdigit() and int(found) < int(FORMAT):
+        return (f"was written by an earlier port25-enforcer (key layout {found}, this one reads {FORMAT}): copy it "
+                "to SQLite with that version (enforcer state copy), then into etcd with this one")
+    return f"was written by a later port25-enforcer (key layout {found}, this one reads {FORMAT}): upgrade"
 
 
 def commit_time(audit_key: bytes | str) -> float | None:
@@ -170,10 +178,24 @@ def row_keys(keys: Keys, table: str, row: Entity) -> dict[bytes, bytes]:
             json.dumps([row.vnet, row.interface, row.mac])
         for a in row.addresses:
             prefix_len = int(a.partition("/")[2]) if "/" in a else None
-            out[keys.address(a)] = json.dumps([row.name, prefix_len, judged, bound]).encode()
+            out[keys.address(a)] = address_value(row.name, prefix_len, judged, bound)
         if any("/" in a for a in row.addresses):
             out[keys.prefixed() + row.name.encode()] = b""
     return out
+
+
+def address_value(name: str, prefix_len: int | None, judged: str, bound: str | None) -> bytes:
+    """An address key's value: NAME NUL PREFIX-LENGTH NUL BINDING NUL JUDGED (an absent one empty). Not JSON: a
+    gateway's start splits a million of them (json.loads of the nested form was 3 s of it); names, numbers and JSON
+    text hold no NUL. `judged` last: the bytes the table groups alike resources by."""
+    return b"\0".join((name.encode(), b"" if prefix_len is None else str(prefix_len).encode(),
+                        (bound or "").encode(), judged.encode()))
+
+
+def parse_address_value(value: bytes) -> tuple[str, int | None, str, str | None]:
+    """(resource, prefix length, judged, binding) of an address key's value; raises ValueError for another form."""
+    name, prefix_len, bound, judged = value.split(b"\0", 3)
+    return name.decode(), int(prefix_len) if prefix_len else None, judged.decode(), bound.decode() or None
 
 
 class EtcdSource:
@@ -261,8 +283,8 @@ class EtcdSource:
         if value is None:
             return None
         try:
-            return str(json.loads(value)[0])
-        except (ValueError, TypeError, IndexError) as e:
+            return parse_address_value(value)[0]
+        except ValueError as e:
             raise UserError(f"{self.where_}: the address row of {address} does not parse ({e}); the state is "
                             "damaged") from None
 
@@ -357,8 +379,7 @@ class EtcdStore:
         except (ValueError, TypeError) as e:
             raise UserError(f"{self.path}: a setting does not parse ({e}); the state is damaged") from None
         if "format" in meta and meta["format"][0].decode() != FORMAT:
-            raise UserError(f"{self.path}: was written by another port25-enforcer (key layout "
-                            f"{meta['format'][0].decode()}, this one knows {FORMAT}); upgrade port25-enforcer")
+            raise UserError(f"{self.path}: {_other_layout(meta['format'][0].decode())}")
         return profile, prefixes
 
     @property
@@ -411,14 +432,14 @@ class EtcdStore:
         """Every address key at `revision` as SQLite's address_rows() gives them (address, resource, prefix
         length, judged, bound), read a page at a time (a million addresses do not fit one gRPC message)."""
         under = self.keys._k("addresses/")
+        start = len(under)
         for kv in self.client.pages(under, _end(under), revision=revision, page=page):
-            address = self.keys.name_of(kv.key, under)
             try:
-                name, plen, judged, bound = json.loads(kv.value)
-            except (ValueError, TypeError) as e:
-                raise UserError(f"{self.path}: the address row of {address} does not parse ({e}); the state "
-                                "is damaged") from None
-            yield address, name, plen, judged, bound
+                name, plen, judged, bound = parse_address_value(kv.value)
+            except ValueError as e:
+                raise UserError(f"{self.path}: the address row of {self.keys.name_of(kv.key, under)} does not "
+                                f"parse ({e}); the state is damaged") from None
+            yield kv.key[start:].decode(), name, plen, judged, bound
 
     def changed_between(self, after: int, revision: int, limit: int) -> list[Changed] | None:
         """What the audit log says changed after revision `after` up to `revision` (read at it), oldest first, as

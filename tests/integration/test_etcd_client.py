@@ -75,3 +75,26 @@ def test_reads_at_a_revision_range_compares_and_leases(etcd):
                 assert time.monotonic() < deadline, "the lease did not expire"
                 await asyncio.sleep(0.2)
     asyncio.run(lease())
+
+
+def test_pages_read_a_range_whole_in_order_halving_a_page_past_the_message_limit(etcd):
+    from enforcer.state.etcd_client import EtcdClient, EtcdOptions, TooLarge, parse_url
+
+    client = EtcdClient(parse_url(etcd.url("p")), EtcdOptions())
+    try:
+        written = {f"/p/k{i:03d}".encode(): bytes([65 + i % 26]) * 200 for i in range(50)}
+        revision = client.txn([], [client.put(k, v) for k, v in written.items()]).header.revision
+        client.txn([], [client.put(b"/p/k999", b"after")])  # not in the snapshot the pages read
+        assert {bytes(kv.key): bytes(kv.value) for kv in client.pages(b"/p/", b"/p0", revision=revision,
+                                                                        page=7)} == written
+        # an answer of 50 such keys (~12 KB) is past a 4 KB limit: asked again in halves until a page fits
+        client.channel_options = [o for o in client.channel_options if o[0] != "grpc.max_receive_message_length"]
+        client.channel_options.append(("grpc.max_receive_message_length", 4096))
+        client.channel.close()
+        client._connect()
+        with pytest.raises(TooLarge):
+            client.range(b"/p/", b"/p0", revision=revision, limit=50)
+        keys = [bytes(kv.key) for kv in client.pages(b"/p/", b"/p0", revision=revision, page=50)]
+        assert keys == sorted(written)
+    finally:
+        client.close()
