@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("enforcer")
 PROGRESS_EVERY = 1.0   # seconds between progress requests on the watch: each answer says we are current
 CURRENT_FOR = 3.0      # a watch silent this long (no event, no progress answer) is taken as lost
-BACKOFF = (0.2, 5.0)   # seconds between attempts to reach etcd again: doubling from the first to the second
+BACKOFF = (0.2, 2.0)   # seconds between attempts to reach etcd again: doubling from the first to the second
+# (at most 2 s: a healed gateway is back within 2 s; a try every 2 s per gateway is nothing to etcd)
 LEASE_TTL = 10         # seconds the gateway key outlives this daemon
 KEEPALIVE_EVERY = 3.0  # seconds between the lease's keepalives
 STILL_LOST_EVERY = 30.0  # seconds between log lines while etcd stays unreachable
