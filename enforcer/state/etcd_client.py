@@ -338,7 +338,9 @@ class EtcdClient:
                            "defragment it, or raise --quota-backend-bytes")
         if name == "UNAVAILABLE":
             return self._unavailable(where, details)
-        if name == "DEADLINE_EXCEEDED":
+        # our deadline passed here, or at the member first (it answers UNKNOWN "context deadline exceeded"; a
+        # transaction so told may still commit: its outcome is unknown, as for no answer at all)
+        if name == "DEADLINE_EXCEEDED" or "context deadline exceeded" in details:
             return Unanswered(f"{where}: etcd did not answer within {self.timeout:.0f} s")
         return Failure(f"{where}: etcd: {name}: {details}")
 
