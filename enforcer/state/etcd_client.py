@@ -346,12 +346,14 @@ class EtcdClient:
             return UserError(f"{where}: etcd asks for a user: give --etcd-user NAME and $ENFORCER_ETCD_PASSWORD")
         if "too many operations in txn request" in details:
             return UserError(f"{where}: this change needs more operations in one transaction than the etcd server "
-                             "allows: start etcd with a larger --max-txn-ops (docs/architecture.md)")
+                             "allows: start etcd with a larger --max-txn-ops, or change less at once (state copy "
+                             "--replace of an etcd state is one transaction: copy into a new prefix instead)")
         # etcd's own limit, or gRPC's past it (RESOURCE_EXHAUSTED too, but not the quota)
         if "request is too large" in details or "larger than max" in details:
             return UserError(f"{where}: one request is larger than the etcd server or this client takes "
                              f"({details}); nothing was changed: start etcd with a larger --max-request-bytes, or "
-                             "change less at once (state copy writes a whole state in one transaction)")
+                             "change less at once (state copy --replace of an etcd state is one transaction: copy "
+                             "into a new prefix instead)")
         if name == "RESOURCE_EXHAUSTED" or "space exceeded" in details:
             return Failure(f"{where}: etcd's space quota is reached ({details}); nothing was changed: compact and "
                            "defragment it, or raise --quota-backend-bytes")

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..core.inventory import Inventory
 from ..core.rows import TABLES
 from ..errors import Failure, UserError
-from .etcd_store import CLAIM, FORMAT, EtcdStore, _end, audit_entry, claimed_by, setting_rows, state_keys
+from .etcd_store import CLAIM, FORMAT, EtcdStore, _end, audit_entry, claim_gone, claimed_by, setting_rows, state_keys
 
 BATCH_OPS = 100          # operations in one transaction of a copy: etcd's default --max-txn-ops is 128
 BATCH_BYTES = 512 << 10  # and bytes of keys and values: its default --max-request-bytes is 1.5 MiB
@@ -84,7 +84,7 @@ class Claim:
             if CLAIM not in meta:
                 continue
             held = meta[CLAIM][0]
-            if _gone(held):  # its copy was killed on this host: no need to wait for its lease
+            if claim_gone(held):  # its copy was killed on this host: no need to wait for its lease
                 client.txn([client.value_is(self.key, held)], [client.delete(self.key)])
                 continue
             if time.monotonic() > until:
@@ -119,20 +119,6 @@ class Claim:
         if self.lease:
             self.client.revoke(self.lease)  # the claim key with it, if still there
             self.lease = 0
-
-
-def _gone(value: bytes) -> bool:
-    """The claim's copy ran on this host and its process is gone."""
-    try:
-        doc = json.loads(value)
-        if doc.get("host") != socket.gethostname():
-            return False
-        os.kill(int(doc["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, TypeError, KeyError, AttributeError, OSError):
-        return False
-    return False
 
 
 def clear(store: EtcdStore, claim: Claim) -> int:

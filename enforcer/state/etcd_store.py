@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -115,6 +116,20 @@ def claimed_by(value: bytes) -> str:
     """Who holds a copy's claim, as its value tells it."""
     doc = _record(value)
     return f"pid {doc.get('pid', '?')} on {doc.get('host', '?')} since {doc.get('at', '?')}"
+
+
+def claim_gone(value: bytes) -> bool:
+    """A copy's claim whose process ran on this host and is gone (killed: its lease outlives it a while)."""
+    doc = _record(value)
+    if doc.get("host") != socket.gethostname() or not isinstance(doc.get("pid"), int):
+        return False
+    try:
+        os.kill(doc["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def commit_time(audit_key: bytes | str) -> float | None:
@@ -653,10 +668,10 @@ class EtcdStore:
         """A change into a prefix that holds no state: refused while a copy is under way there, or the leftover of
         an interrupted one (its keys would be taken for the new state's)."""
         claim = self.client.range(self.keys.meta(CLAIM), revision=revision).kvs
-        if claim:
+        if claim and not claim_gone(claim[0].value):
             raise UserError(f"{self.path}: a state copy into it is under way ({claimed_by(claim[0].value)}); wait "
                             "until it is done")
-        if self.leftover(revision):
+        if claim or self.leftover(revision):
             raise UserError(f"{self.path}: holds the leftover of an interrupted state copy (no state yet): run "
                             f"that copy again, or delete it (etcdctl del --prefix /{self.url.prefix}/)")
 
