@@ -5,6 +5,8 @@ Keys under PREFIX (docs/architecture.md, "The state in etcd"): meta/{format,prof
 {subscriptions,vnets,resources}/NAME (the row's JSON document, as state/rows.py encodes it), addresses/ADDRESS
 (its owner and what the table needs of it: the uniqueness of an address is one key), index/TABLE.COLUMN/VALUE/NAME
 and index/prefixed/NAME (what an operation asks by an indexed column), audit/ID (one key per change: its rows).
+meta/format makes the state exist: at a revision without it there is no row (a copy writes it last: etcd_copy.py,
+whose claim on a prefix without a state is meta/copying).
 Beside the state, gateways/NAME (what a gateway holds, under its lease: there while it lives) and
 gateways/NAME/seen (the same, without a lease: what it last said, kept until `enforcer gateway forget NAME`).
 
@@ -481,7 +483,10 @@ class EtcdStore:
     def address_rows_at(self, revision: int,
                         page: int | None = None) -> Iterator[tuple[str, str, int | None, str, str | None]]:
         """Every address key at `revision` as SQLite's address_rows() gives them (address, resource, prefix
-        length, judged, bound), read a page at a time (a million addresses do not fit one gRPC message)."""
+        length, judged, bound), read a page at a time (a million addresses do not fit one gRPC message); none
+        at a revision without a state (a copy's keys before its last transaction are none)."""
+        if "format" not in self._meta(revision)[1]:
+            return
         under = self.keys._k("addresses/")
         for kv in self.client.pages(under, _end(under), revision=revision, page=page):
             address = self.keys.name_of(kv.key, under)

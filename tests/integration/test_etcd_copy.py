@@ -43,11 +43,22 @@ def url_in(etcd) -> str:  # type: ignore[no-untyped-def]
     return etcd.url(f"c/{uuid.uuid4().hex[:12]}")
 
 
-def keys_under(url: str) -> int:
+def keys_under(url: str, under: str = "") -> int:
     store = EtcdStore(parse_url(url), EtcdOptions())
     try:
-        root = store.keys.everything()
+        root = store.keys.everything() + under.encode()
         return int(store.client.range(root, _end(root), count_only=True).count)
+    finally:
+        store.close()
+
+
+def what_a_gateway_reads(url: str) -> tuple[bool, list, int]:
+    """What a gateway's start reads (dataplane/etcd_follow.py: exists, then the snapshot and every address row at
+    the head)."""
+    store = EtcdStore(parse_url(url), EtcdOptions())
+    try:
+        revision, _ = store.head()
+        return store.exists, list(store.address_rows_at(revision)), len(store.snapshot_at(revision).resources)
     finally:
         store.close()
 
@@ -103,12 +114,13 @@ def test_a_killed_copy_leaves_no_state_and_running_it_again_completes_it(etcd, b
                              url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while keys_under(url) < 2 and copy.poll() is None and time.monotonic() < deadline:
+        while keys_under(url, "addresses/") < 1 and copy.poll() is None and time.monotonic() < deadline:
             time.sleep(0.002)
-        os.kill(copy.pid, signal.SIGSTOP)  # half way: its first batches written
+        os.kill(copy.pid, signal.SIGSTOP)  # half way: its first resources written
         assert copy.poll() is None, copy.communicate()  # it had not finished
         half = keys_under(url)
-        assert half >= 2
+        assert half >= 2 and keys_under(url, "addresses/") >= 1
+        assert what_a_gateway_reads(url) == (False, [], 0)
         # meanwhile: no state to read, and no change made into it
         assert what_a_reader_sees(there) == {"vm list": [], "subscription list": [], "status": {
             "exists": False, "profile": "azure", "subscriptions": 0, "vnets": 0, "resources": 0, "running": 0,
