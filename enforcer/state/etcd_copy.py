@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..core.inventory import Inventory
 from ..core.rows import TABLES
 from ..errors import Failure, UserError
+from .etcd_client import Unanswered
 from .etcd_store import CLAIM, FORMAT, EtcdStore, _end, audit_entry, claim_gone, claimed_by, setting_rows, state_keys
 
 BATCH_OPS = 100          # operations in one transaction of a copy: etcd's default --max-txn-ops is 128
@@ -71,25 +72,23 @@ class Claim:
         client, keys = self.client, self.store.keys
         until = time.monotonic() + CLAIM_TTL + 5  # a killed copy's claim is gone by then
         while True:
-            self.lease, self.kept = client.lease(CLAIM_TTL), time.monotonic()
+            lease = client.lease(CLAIM_TTL)
             if client.txn([client.mod_is(keys.meta("format"), 0), client.mod_is(self.key, 0)],
-                          [client.put(self.key, self.value, self.lease)]).succeeded:
+                          [client.put(self.key, self.value, lease)]).succeeded:
+                self.lease, self.kept = lease, time.monotonic()
                 return
-            client.revoke(self.lease)
-            self.lease = 0
+            client.revoke(lease)
             _, meta = self.store._meta()
             if "format" in meta:
                 raise UserError(f"state copy: {self.store.path} holds a state now (made meanwhile); give --replace "
                                 "to overwrite it")
-            if CLAIM not in meta:
-                continue
-            held = meta[CLAIM][0]
-            if claim_gone(held):  # its copy was killed on this host: no need to wait for its lease
+            held = meta[CLAIM][0] if CLAIM in meta else None  # None: gone since our transaction
+            if held is not None and claim_gone(held):  # its copy was killed on this host: its lease need not end
                 client.txn([client.value_is(self.key, held)], [client.delete(self.key)])
                 continue
             if time.monotonic() > until:
                 raise UserError(f"state copy: another copy into {self.store.path} is under way "
-                                f"({claimed_by(held)}); wait until it is done")
+                                f"({claimed_by(held or b'')}); wait until it is done")
             time.sleep(0.5)
 
     def sent(self, ops: list[Any], compares: list[Any] | None = None) -> Callable[[], Any]:
@@ -145,29 +144,35 @@ def copy_in(store: EtcdStore, inv: Inventory, command: str) -> dict[str, int]:
     claim = Claim(store)
     claim.take()
     try:
-        clear(store, claim)
-        last: list[bytes] = []  # the audit entry's last part, once the rest is written
-        in_flight: collections.deque[Callable[[], Any]] = collections.deque()
-        for batch in batches(with_audit(store, inv, command, last)):
-            if any(k.startswith(keys.audit()) for k, _ in batch):  # the parts in order: all before it committed
-                while in_flight:
-                    in_flight.popleft()()
-            in_flight.append(claim.sent([client.put(k, v) for k, v in batch]))
-            if len(in_flight) >= IN_FLIGHT:
-                in_flight.popleft()()
-        while in_flight:
-            in_flight.popleft()()
-        audit_key = keys.new_audit()
-        reply = claim.txn([client.put(audit_key, last[0]), client.put(changed, audit_key),
-                           client.put(form, FORMAT.encode()), client.delete(claim.key)],
-                          [client.mod_is(form, 0), client.mod_is(changed, 0)])
-        store.committed = int(reply.header.revision)
-    except (UserError, Failure) as e:
         try:
             clear(store, claim)
-        except (UserError, Failure):  # etcd gone meanwhile, or the claim lost: the next copy clears them
-            raise type(e)(f"{e} (the keys it wrote are no state; the next copy into it clears them)") from None
-        raise
+            last: list[bytes] = []  # the audit entry's last part, once the rest is written
+            in_flight: collections.deque[Callable[[], Any]] = collections.deque()
+            for batch in batches(with_audit(store, inv, command, last)):
+                if any(k.startswith(keys.audit()) for k, _ in batch):  # the parts in order: all before committed
+                    while in_flight:
+                        in_flight.popleft()()
+                in_flight.append(claim.sent([client.put(k, v) for k, v in batch]))
+                if len(in_flight) >= IN_FLIGHT:
+                    in_flight.popleft()()
+            while in_flight:
+                in_flight.popleft()()
+        except (UserError, Failure) as e:
+            try:
+                clear(store, claim)
+            except (UserError, Failure):  # etcd gone meanwhile, or the claim lost: the next copy clears them
+                raise type(e)(f"{e} (the keys it wrote are no state; the next copy into it clears them)") from None
+            raise
+        audit_key = keys.new_audit()
+        try:
+            reply = claim.txn([client.put(audit_key, last[0]), client.put(changed, audit_key),
+                               client.put(form, FORMAT.encode()), client.delete(claim.key)],
+                              [client.mod_is(form, 0), client.mod_is(changed, 0)])
+        except Unanswered as e:  # it may have committed: nothing to clear then
+            raise Unanswered(f"{e}; the copy's last transaction may have committed: `enforcer --state "
+                             f"{store.path} status` says whether the state exists; if not, run the copy again") \
+                from None
+        store.committed = int(reply.header.revision)
     finally:
         try:
             claim.release()

@@ -148,3 +148,30 @@ def test_a_killed_copy_leaves_no_state_and_running_it_again_completes_it(etcd, b
     audit = there.json("audit", "--limit", "100000")  # one copy's rows: the killed one's parts were cleared
     resources = [r["name"] for r in audit if r["kind"] == "resource"]
     assert len(resources) == len(set(resources)) == EXTRA + 19
+
+
+def test_two_copies_into_one_prefix_never_interleave(tmp_path, etcd, big, capsys):
+    """A second copy (another state) started while a first holds the prefix: it waits for the first, then finds a
+    state there and is refused in one line; what is there is the first, whole."""
+    url = url_in(etcd)
+    lab_state(tmp_path / "lab.db").close()
+
+    def copy(source: Path) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "enforcer.cli", "--state", str(source), "state", "copy",
+                                 str(source), url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = copy(big)
+    try:
+        deadline = time.monotonic() + 120
+        while keys_under(url, "meta/copying") < 1 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        second = copy(tmp_path / "lab.db")
+        out, err = second.communicate(timeout=120)
+        assert first.wait(120) == 0, first.communicate()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.communicate()
+    assert second.returncode == 2 and err.count("\n") == 1 and "--replace" in err, (out, err)
+    there = Cli(url, capsys)  # type: ignore[arg-type]
+    assert what_a_reader_sees(there) == what_a_reader_sees(Cli(big, capsys))
+    assert "ok (" in there("state", "check")
