@@ -111,6 +111,8 @@ def audit_entry(command: str, rows: list[Any]) -> bytes:
     """An audit key's value: when, who, which command, the rows it changed (kind, name, before, after)."""
     entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "uid": os.getuid(), "command": command, "rows": rows}
     return json.dumps(entry, separators=(",", ":")).encode()
+
+
 CLAIM = "copying"  # meta/copying: a copy under way into a prefix that holds no state yet (etcd_copy.py)
 
 
