@@ -144,10 +144,10 @@ def copy_in(store: EtcdStore, inv: Inventory, command: str) -> dict[str, int]:
     claim = Claim(store)
     claim.take()
     try:
+        in_flight: collections.deque[Callable[[], Any]] = collections.deque()
         try:
             clear(store, claim)
             last: list[bytes] = []  # the audit entry's last part, once the rest is written
-            in_flight: collections.deque[Callable[[], Any]] = collections.deque()
             for batch in batches(with_audit(store, inv, command, last)):
                 if any(k.startswith(keys.audit()) for k, _ in batch):  # the parts in order: all before committed
                     while in_flight:
@@ -158,6 +158,11 @@ def copy_in(store: EtcdStore, inv: Inventory, command: str) -> dict[str, int]:
             while in_flight:
                 in_flight.popleft()()
         except (UserError, Failure) as e:
+            for answer in in_flight:  # none still to land after the clear
+                try:
+                    answer()
+                except (UserError, Failure):
+                    pass
             try:
                 clear(store, claim)
             except (UserError, Failure):  # etcd gone meanwhile, or the claim lost: the next copy clears them
