@@ -15,7 +15,7 @@ import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import Failure, UserError
 
@@ -287,12 +287,51 @@ class EtcdClient:
     def txn(self, compares: list[Any], ops: list[Any]) -> Any:
         return self._call(self.kv.Txn, self.rpc.TxnRequest(compare=compares, success=ops))
 
+    def txn_sent(self, compares: list[Any], ops: list[Any]) -> Callable[[], Any]:
+        """The transaction sent, its answer not waited for: what this returns waits for it (raising as txn())."""
+        if self.metadata is None and self.options.user is not None:
+            self.authenticate()
+        future = self.kv.Txn.future(self.rpc.TxnRequest(compare=compares, success=ops), timeout=self.timeout,
+                                    metadata=self.metadata)
+
+        def answer() -> Any:
+            try:
+                return future.result()
+            except self.grpc.RpcError as e:
+                raise self.trouble(e.code(), e.details() or "") from None
+        return answer
+
+    def lease(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds: its id."""
+        from aetcd.rpc import rpc_pb2_grpc
+        return int(self._call(rpc_pb2_grpc.LeaseStub(self.channel).LeaseGrant, self.rpc.LeaseGrantRequest(TTL=ttl)).ID)
+
+    def keep_alive(self, lease: int) -> int:
+        """The lease's TTL made whole again: the seconds it now has left (0 or less: it had expired)."""
+        from aetcd.rpc import rpc_pb2_grpc
+        stub = rpc_pb2_grpc.LeaseStub(self.channel)
+        try:
+            return int(next(stub.LeaseKeepAlive(iter([self.rpc.LeaseKeepAliveRequest(ID=lease)]),
+                                                timeout=self.timeout, metadata=self.metadata)).TTL)
+        except self.grpc.RpcError as e:
+            raise self.trouble(e.code(), e.details() or "") from None
+
+    def revoke(self, lease: int) -> None:
+        """The lease ended now, and the keys under it deleted."""
+        from aetcd.rpc import rpc_pb2_grpc
+        self._call(rpc_pb2_grpc.LeaseStub(self.channel).LeaseRevoke, self.rpc.LeaseRevokeRequest(ID=lease))
+
     # ------------------------------------------------------------ what a transaction is made of
 
     def mod_is(self, key: bytes, revision: int) -> Any:
         """True while `key` was last written at `revision` (0: while it does not exist)."""
         rpc = self.rpc
         return rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision)
+
+    def value_is(self, key: bytes, value: bytes) -> Any:
+        """True while `key` holds `value`."""
+        rpc = self.rpc
+        return rpc.Compare(key=key, target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL, value=value)
 
     def untouched_since(self, key: bytes, end: bytes, revision: int) -> Any:
         """True while no key in [key, end) was written after `revision` (a key created there since would be)."""
@@ -303,8 +342,9 @@ class EtcdClient:
     def put(self, key: bytes, value: bytes, lease: int = 0) -> Any:
         return self.rpc.RequestOp(request_put=self.rpc.PutRequest(key=key, value=value, lease=lease))
 
-    def delete(self, key: bytes) -> Any:
-        return self.rpc.RequestOp(request_delete_range=self.rpc.DeleteRangeRequest(key=key))
+    def delete(self, key: bytes, end: bytes | None = None) -> Any:
+        """`key` deleted, or every key in [key, end)."""
+        return self.rpc.RequestOp(request_delete_range=self.rpc.DeleteRangeRequest(key=key, range_end=end or b""))
 
     # ------------------------------------------------------------ what went wrong, as a person can fix it
 
@@ -327,12 +367,14 @@ class EtcdClient:
             return UserError(f"{where}: etcd asks for a user: give --etcd-user NAME and $ENFORCER_ETCD_PASSWORD")
         if "too many operations in txn request" in details:
             return UserError(f"{where}: this change needs more operations in one transaction than the etcd server "
-                             "allows: start etcd with a larger --max-txn-ops (docs/architecture.md)")
+                             "allows: start etcd with a larger --max-txn-ops, or change less at once (state copy "
+                             "--replace of an etcd state is one transaction: copy into a new prefix instead)")
         # etcd's own limit, or gRPC's past it (RESOURCE_EXHAUSTED too, but not the quota)
         if "request is too large" in details or "larger than max" in details:
             return TooLarge(f"{where}: one request is larger than the etcd server or this client takes "
                              f"({details}); nothing was changed: start etcd with a larger --max-request-bytes, or "
-                             "change less at once (state copy writes a whole state in one transaction)")
+                             "change less at once (state copy --replace of an etcd state is one transaction: copy "
+                             "into a new prefix instead)")
         if name == "RESOURCE_EXHAUSTED" or "space exceeded" in details:
             return Failure(f"{where}: etcd's space quota is reached ({details}); nothing was changed: compact and "
                            "defragment it, or raise --quota-backend-bytes")

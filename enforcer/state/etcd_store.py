@@ -5,6 +5,8 @@ Keys under PREFIX (docs/architecture.md, "The state in etcd"): meta/{format,prof
 {subscriptions,vnets,resources}/NAME (the row's JSON document, as state/rows.py encodes it), addresses/ADDRESS
 (its owner and what the table needs of it: the uniqueness of an address is one key), index/TABLE.COLUMN/VALUE/NAME
 and index/prefixed/NAME (what an operation asks by an indexed column), audit/ID (one key per change: its rows).
+meta/format makes the state exist: at a revision without it there is no row (a copy writes it last: etcd_copy.py,
+whose claim on a prefix without a state is meta/copying).
 Beside the state, gateways/NAME (what a gateway holds, under its lease: there while it lives) and
 gateways/NAME/seen (the same, without a lease: what it last said, kept until `enforcer gateway forget NAME`).
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -78,6 +81,11 @@ class Keys:
     def audit(self) -> bytes:
         return self._k("audit/")
 
+    def new_audit(self) -> bytes:
+        """A change's audit key, unique to it (a transaction told lost is looked for by it): TIME-PID-RANDOM, TIME
+        its writer's time.time_ns() just before the commit."""
+        return self.audit() + f"{time.time_ns():020d}-{os.getpid()}-{random.getrandbits(32):08x}".encode()
+
     def gateways(self) -> bytes:
         return self._k("gateways/")
 
@@ -105,6 +113,35 @@ def _other_layout(found: str) -> str:
         return (f"was written by an earlier port25-enforcer (key layout {found}, this one reads {FORMAT}): copy it "
                 "to SQLite with that version (enforcer state copy), then into etcd with this one")
     return f"was written by a later port25-enforcer (key layout {found}, this one reads {FORMAT}): upgrade"
+
+
+def audit_entry(command: str, rows: list[Any]) -> bytes:
+    """An audit key's value: when, who, which command, the rows it changed (kind, name, before, after)."""
+    entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "uid": os.getuid(), "command": command, "rows": rows}
+    return json.dumps(entry, separators=(",", ":")).encode()
+
+
+CLAIM = "copying"  # meta/copying: a copy under way into a prefix that holds no state yet (etcd_copy.py)
+
+
+def claimed_by(value: bytes) -> str:
+    """Who holds a copy's claim, as its value tells it."""
+    doc = _record(value)
+    return f"pid {doc.get('pid', '?')} on {doc.get('host', '?')} since {doc.get('at', '?')}"
+
+
+def claim_gone(value: bytes) -> bool:
+    """A copy's claim whose process ran on this host and is gone (killed: its lease outlives it a while)."""
+    doc = _record(value)
+    if doc.get("host") != socket.gethostname() or not isinstance(doc.get("pid"), int):
+        return False
+    try:
+        os.kill(doc["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def commit_time(audit_key: bytes | str) -> float | None:
@@ -203,8 +240,11 @@ class EtcdSource:
     (key -> mod_revision, 0 for absent; ranges listed; whether a whole table was) for the transaction's compares."""
 
     def __init__(self, client: EtcdClient, keys: Keys, revision: int, where: str,
-                 check: Callable[[str, Entity], None] | None = None):
+                 check: Callable[[str, Entity], None] | None = None, absent: bool = False):
         self.client, self.keys, self.revision, self.where_, self.check = client, keys, revision, where, check
+        # no state at this revision (no meta/format): no row, whatever keys a copy under way (or one interrupted)
+        # has written there so far: they are not a state until its last transaction (etcd_copy.py)
+        self.absent = absent
         self.seen: dict[bytes, int] = {}
         self.ranges: list[tuple[bytes, bytes]] = []
         self.whole = False
@@ -215,6 +255,9 @@ class EtcdSource:
         return self.client.range(key, end, revision=self.revision, **kw)
 
     def get(self, key: bytes) -> bytes | None:
+        if self.absent:
+            self.seen[key] = 0
+            return None
         kvs = self._range(key).kvs
         self.seen[key] = kvs[0].mod_revision if kvs else 0
         return bytes(kvs[0].value) if kvs else None
@@ -247,24 +290,30 @@ class EtcdSource:
     def _listed(self, under: bytes) -> list[str]:
         """The names of the keys under `under`, recorded as a range read (a key created there since fails it)."""
         self.ranges.append((under, _end(under)))
+        if self.absent:
+            return []
         return [self.keys.name_of(kv.key, under)
                 for kv in self.client.pages(under, _end(under), revision=self.revision, keys_only=True)]
 
     def names(self, table: str) -> Iterable[str]:
         self.whole = True
         under = self.keys.table(table)
+        if self.absent:
+            return []
         return [self.keys.name_of(kv.key, under) for kv in self._range(under, _end(under), keys_only=True).kvs]
 
     def rows(self, table: str) -> Iterable[Entity]:
         self.whole = True
         under = self.keys.table(table)
+        if self.absent:
+            return
         for kv in self.client.pages(under, _end(under), revision=self.revision):
             yield self._parse(table, self.keys.name_of(kv.key, under), kv.value, keep=False)
 
     def count(self, table: str) -> int:
         self.whole = True
         under = self.keys.table(table)
-        return int(self._range(under, _end(under), count_only=True).count)
+        return 0 if self.absent else int(self._range(under, _end(under), count_only=True).count)
 
     def where(self, table: str, column: str, value: str) -> Iterable[Entity]:
         if (table, column) not in INDEXED:
@@ -309,6 +358,36 @@ def _doc(row: Entity | None) -> str | None:
     return to_doc(row) if row is not None else None
 
 
+SETTINGS = ("profile", "internal_prefixes")
+
+
+def _setting(value: str | tuple[str, ...]) -> str:
+    """A setting as meta/ and the audit log hold it (JSON: a string, or a list)."""
+    return json.dumps(value if isinstance(value, str) else list(value))
+
+
+def setting_rows(old: Inventory, new: Inventory) -> list[list[str]]:
+    """The audit rows of the settings `new` holds other than `old`: (setting, name, before, after)."""
+    return [["setting", name, _setting(getattr(old, name)), _setting(getattr(new, name))]
+            for name in SETTINGS if getattr(old, name) != getattr(new, name)]
+
+
+def state_keys(keys: Keys, inv: Inventory) -> Iterator[tuple[bytes, bytes]]:
+    """Every key of the whole state `inv` in the store's layout, as changes would have left it (pure): each row's
+    document and its row_keys(), the settings, and meta/format last (what makes the state exist: a copy writes it
+    in its last transaction). Rows by table and name. The one place whole-state keys are made (etcd_copy.copy_in
+    writes these, and the benchmark's loader through it): a key the layout gains beside the rows is added here."""
+    for table in TABLES:
+        rows = getattr(inv, table)
+        for name in sorted(rows):  # as a change's audit rows are: the copy's audit entry is made of these
+            row = rows[name]
+            yield keys.row(table, name), to_doc(row).encode()
+            yield from row_keys(keys, table, row).items()
+    for name in SETTINGS:
+        yield keys.meta(name), _setting(getattr(inv, name)).encode()
+    yield keys.meta("format"), FORMAT.encode()
+
+
 def planned(keys: Keys, old: Inventory, new: Inventory, exists: bool) -> tuple[dict[bytes, bytes | None], list[Any]]:
     """What a change writes (key -> value, None to delete) and its audit rows (kind, name, before, after as JSON
     documents): the rows `new` changed over its source, each with its index and address keys. Deletes first and
@@ -329,13 +408,10 @@ def planned(keys: Keys, old: Inventory, new: Inventory, exists: bool) -> tuple[d
                 puts[key] = to_doc(after).encode()
                 puts.update(row_keys(keys, table, after))
             audit.append([table[:-1], name, _doc(before), _doc(after)])
-    for setting in ("profile", "internal_prefixes"):
-        b, a = getattr(old, setting), getattr(new, setting)
-        if b != a or (not exists and audit):
-            puts[keys.meta(setting)] = json.dumps(list(a) if isinstance(a, tuple) else a).encode()
-        if b != a:
-            audit.append(["setting", setting, json.dumps(b if isinstance(b, str) else list(b)),
-                          json.dumps(a if isinstance(a, str) else list(a))])
+    for setting in SETTINGS:
+        if getattr(old, setting) != getattr(new, setting) or (not exists and audit):
+            puts[keys.meta(setting)] = _setting(getattr(new, setting)).encode()
+    audit += setting_rows(old, new)
     return {**deletes, **puts}, audit
 
 
@@ -399,7 +475,7 @@ class EtcdStore:
         if profiles is not None:
             loaded = profiles(profile)
             check = lambda table, row: check_row(loaded, table, row)  # noqa: E731
-        source = EtcdSource(self.client, self.keys, revision, self.path, check)
+        source = EtcdSource(self.client, self.keys, revision, self.path, check, absent="format" not in meta)
         for name in ("profile", "internal_prefixes"):  # read by every operation: a concurrent edit is a conflict
             source.seen[self.keys.meta(name)] = int(meta[name][1]) if name in meta else 0
         return Inventory(profile, internal_prefixes=prefixes, source=source), meta
@@ -430,7 +506,10 @@ class EtcdStore:
     def address_rows_at(self, revision: int,
                         page: int | None = None) -> Iterator[tuple[str, str, int | None, str, str | None]]:
         """Every address key at `revision` as SQLite's address_rows() gives them (address, resource, prefix
-        length, judged, bound), read a page at a time (a million addresses do not fit one gRPC message)."""
+        length, judged, bound), read a page at a time (a million addresses do not fit one gRPC message); none
+        at a revision without a state (a copy's keys before its last transaction are none)."""
+        if "format" not in self._meta(revision)[1]:
+            return
         under = self.keys._k("addresses/")
         start = len(under)
         judged_texts: dict[bytes, str] = {}  # a few distinct ones among a million rows: each decoded once
@@ -481,7 +560,7 @@ class EtcdStore:
             try:
                 revision, meta = self._meta()
                 profile, prefixes = self._settings(meta)
-                source = EtcdSource(self.client, self.keys, revision, self.path)
+                source = EtcdSource(self.client, self.keys, revision, self.path, absent="format" not in meta)
                 tables: dict[str, Any] = {t: {r.name: r for r in source.rows(t)} for t in TABLES}
                 generation = int(meta["changed"][1]) if "changed" in meta else 0
                 return Inventory(profile, internal_prefixes=prefixes, **tables), generation
@@ -608,6 +687,27 @@ class EtcdStore:
 
     # ------------------------------------------------------------ changing
 
+    def leftover(self, revision: int = 0) -> list[bytes]:
+        """Up to two keys under the prefix that are not a state's, where none exists: what a copy under way has
+        written, or one interrupted (its claim, meta/copying, aside; the gateways' records are not the state)."""
+        root, gateways = self.keys.everything(), self.keys.gateways()
+        found = []
+        for start, end in ((root, gateways), (_end(gateways), _end(root))):
+            reply = self.client.range(start, end, revision=revision, keys_only=True, limit=2)
+            found += [bytes(kv.key) for kv in reply.kvs if bytes(kv.key) != self.keys.meta(CLAIM)]
+        return found[:2]
+
+    def _no_copy_here(self, revision: int) -> None:
+        """A change into a prefix that holds no state: refused while a copy is under way there, or the leftover of
+        an interrupted one (its keys would be taken for the new state's)."""
+        claim = self.client.range(self.keys.meta(CLAIM), revision=revision).kvs
+        if claim and not claim_gone(claim[0].value):
+            raise UserError(f"{self.path}: a state copy into it is under way ({claimed_by(claim[0].value)}); wait "
+                            "until it is done")
+        if claim or self.leftover(revision):
+            raise UserError(f"{self.path}: holds the leftover of an interrupted state copy (no state yet): run "
+                            f"that copy again, or delete it (etcdctl del --prefix /{self.url.prefix}/)")
+
     def change(self, command: str, operation: Callable[[Inventory], tuple[Inventory, T]],
                profiles: Callable[[str], Profile] | None = None) -> T:
         """Run `operation` on a snapshot and write what it changed in one transaction that holds only if nothing
@@ -648,6 +748,8 @@ class EtcdStore:
             if source.get(key) is not None:  # that transaction did commit, at its audit key's revision
                 self.committed = source.seen[key]
                 return (result,)
+        if "format" not in meta:
+            self._no_copy_here(source.revision)
         new, result = operation(old)
         if new.source is not old.source:
             new = over(old, new)
@@ -664,10 +766,11 @@ class EtcdStore:
         else:
             compares = [client.mod_is(key, revision) for key, revision in sorted(source.seen.items())]
             compares += [client.untouched_since(start, end, source.revision) for start, end in source.ranges]
-        audit_key = self.keys.audit() + f"{time.time_ns():020d}-{os.getpid()}-{random.getrandbits(32):08x}".encode()
-        entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "uid": os.getuid(), "command": command, "rows": rows}
+        if "format" not in meta:  # the first change: no copy may have begun here since (etcd_copy.py)
+            compares.append(client.mod_is(self.keys.meta(CLAIM), 0))
+        audit_key = self.keys.new_audit()
         ops = [client.delete(k) if v is None else client.put(k, v) for k, v in sorted(writes.items())]
-        ops += [client.put(audit_key, json.dumps(entry, separators=(",", ":")).encode()),
+        ops += [client.put(audit_key, audit_entry(command, rows)),
                 client.put(changed, audit_key), client.put(self.keys.meta("format"), FORMAT.encode())]
         try:
             reply = client.txn(compares, ops)
