@@ -36,6 +36,7 @@ PREFIX_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 # address rows is ~40 MB, hence the larger limit (a page past it is asked for again in halves).
 PAGE = 250_000
 MAX_MESSAGE = 256 << 20
+READS_PER_TXN = 100  # single-key reads in one transaction (EtcdClient.ranges): etcd's default --max-txn-ops is 128
 
 
 def is_etcd(location: str) -> bool:
@@ -242,6 +243,16 @@ class EtcdClient:
         if newest_first:
             request.sort_target, request.sort_order = rpc.RangeRequest.CREATE, rpc.RangeRequest.DESCEND
         return self._call(self.kv.Range, request)
+
+    def ranges(self, keys: list[bytes], *, revision: int) -> list[Any]:
+        """Each of `keys` read at `revision`, their range answers in order: READS_PER_TXN in one read-only
+        transaction, not a round trip each (gRPC's Python side costs ~1 ms a call: 1,500 rows one by one, ~1.5 s)."""
+        out: list[Any] = []
+        for at in range(0, len(keys), READS_PER_TXN):
+            ops = [self.rpc.RequestOp(request_range=self.rpc.RangeRequest(key=k, revision=revision))
+                   for k in keys[at:at + READS_PER_TXN]]
+            out += [r.response_range for r in self.txn([], ops).responses]
+        return out
 
     def pages(self, key: bytes, end: bytes, *, revision: int, keys_only: bool = False,
               page: int | None = None) -> Iterator[Any]:

@@ -324,8 +324,23 @@ class EtcdSource:
             if key not in self.bulk:
                 self.bulk[key] = [row for row in self.rows(table) if getattr(row, column) == value]
             return self.bulk[key]
+        self._read_ahead(table, names)
         rows = (self.row(table, name) for name in names)
         return [row for row in rows if row is not None]
+
+    def _read_ahead(self, table: str, names: list[str]) -> None:
+        """The rows of `names` not read yet, asked for at once (recorded as get() records them)."""
+        rows = self.cache[table]
+        wanted = [name for name in dict.fromkeys(names) if name not in rows]
+        if self.absent or len(wanted) < 2:
+            return
+        keys = [self.keys.row(table, name) for name in wanted]
+        for name, key, reply in zip(wanted, keys, self.client.ranges(keys, revision=self.revision), strict=True):
+            self.seen[key] = reply.kvs[0].mod_revision if reply.kvs else 0
+            if reply.kvs:
+                self._parse(table, name, reply.kvs[0].value)
+            else:
+                rows[name] = None
 
     def owner(self, address: str) -> str | None:
         value = self.get(self.keys.address(address))
@@ -338,7 +353,9 @@ class EtcdSource:
                             "damaged") from None
 
     def prefixed(self) -> Iterable[Entity]:
-        rows = (self.row("resources", name) for name in self._listed(self.keys.prefixed()))
+        names = self._listed(self.keys.prefixed())
+        self._read_ahead("resources", names)
+        rows = (self.row("resources", name) for name in names)
         return [row for row in rows if row is not None]
 
     def _resources(self, subscription: str | None) -> Iterable[Resource]:

@@ -98,3 +98,18 @@ def test_pages_read_a_range_whole_in_order_halving_a_page_past_the_message_limit
         assert keys == sorted(written)
     finally:
         client.close()
+
+
+def test_many_single_keys_read_at_a_revision_in_order_absent_ones_empty(etcd):
+    from enforcer.state.etcd_client import READS_PER_TXN, EtcdClient, EtcdOptions, parse_url
+
+    client = EtcdClient(parse_url(etcd.url("m")), EtcdOptions())
+    try:
+        names = [f"/m/k{i}".encode() for i in range(READS_PER_TXN * 2 + 7)]  # three transactions
+        revision = client.txn([], [client.put(k, b"old") for k in names[::2]]).header.revision
+        client.txn([], [client.put(k, b"new") for k in names])
+        answers = client.ranges(names, revision=revision)
+        assert [[bytes(kv.value) for kv in a.kvs] for a in answers] == \
+            [[b"old"] if i % 2 == 0 else [] for i in range(len(names))]
+    finally:
+        client.close()
