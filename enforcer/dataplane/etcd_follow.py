@@ -247,30 +247,10 @@ class EtcdFollower:
         after = pending[relists[-1]:] if relists else pending
 
         def read() -> tuple[Patch, RuleSpec | None, int]:
-            changes: list[Changed] = []
-            if relists:
-                head = after[0].revision
-                caught = self.store.changed_between(self.applied, head, PATCH_LIMIT)
-                if caught is None:
-                    return Patch(full=True), None, 0
-                audited = {(c.kind, c.name) for c in caught}
-                if not self.store.written_between(self.applied, head) <= audited:  # a write past the audit log
-                    return Patch(full=True), None, 0
-                changes += caught
-            for item in after:
-                if item.unaudited:
-                    return Patch(full=True), None, 0
-                changes += item.changes
-            if len(changes) > PATCH_LIMIT:
-                return Patch(full=True), None, 0
             try:
-                inv = self.store.snapshot_at(target, lambda _: keeper.profile)
-                _, generation = self.store.head_at(target)
-            except Compacted:
-                return Patch(full=True), None, 0
-            patch = keeper.patch(inv, changes)
-            spec = spec_of(inv, keeper.profile) if patch.rules and not patch.full else None
-            return patch, spec, generation
+                return self._patch_at(keeper, spec_of, target, after, bool(relists))
+            except Compacted:  # compacted while we read (a row the patch asked for lazily, at `target`): the
+                return Patch(full=True), None, 0  # table compiled whole at the head (the patch reads before it writes)
 
         patch, spec, generation = self._reading(read)
         if relists:
@@ -282,6 +262,32 @@ class EtcdFollower:
             self.generation, self.applied = generation, max(self.applied, target)
             self.counts["patches"] += 1
         return patch, spec
+
+    def _patch_at(self, keeper: Keeper, spec_of: SpecOf, target: int, after: list[Item],
+                  relisted: bool) -> tuple[Patch, RuleSpec | None, int]:
+        """patch()'s reading: the changes of `after` (after a relist, the audit entries since the table's revision
+        first), patched into the table in the snapshot at `target`; Patch(full=True) when they do not suffice."""
+        changes: list[Changed] = []
+        if relisted:
+            head = after[0].revision
+            caught = self.store.changed_between(self.applied, head, PATCH_LIMIT)
+            if caught is None:
+                return Patch(full=True), None, 0
+            audited = {(c.kind, c.name) for c in caught}
+            if not self.store.written_between(self.applied, head) <= audited:  # a write past the audit log
+                return Patch(full=True), None, 0
+            changes += caught
+        for item in after:
+            if item.unaudited:
+                return Patch(full=True), None, 0
+            changes += item.changes
+        if len(changes) > PATCH_LIMIT:
+            return Patch(full=True), None, 0
+        inv = self.store.snapshot_at(target, lambda _: keeper.profile)
+        _, generation = self.store.head_at(target)
+        patch = keeper.patch(inv, changes)
+        spec = spec_of(inv, keeper.profile) if patch.rules and not patch.full else None
+        return patch, spec, generation
 
     def handed_over(self, generation: int, whole: bool) -> None:
         now, now_mono = time.time(), time.monotonic()
