@@ -7,8 +7,8 @@ where it cannot run). From the repository root, as root:
 For each size N: the example lab and N more VMs (benchmarks/states.py, built once per size; --states DIR keeps
 them). The baseline first: a lab in namespaces (only the VMs the benchmark probes: devtest-vm, ea-vm, shop-web)
 over a copy of that SQLite state, its daemon started. Then one etcd (Debian's, in a namespace of its own, see
-etcd_flags()) loaded with the same state by benchmarks.etcd_roles.load (the store's key layout, in batches: see
-there why not `enforcer state copy`), and three more labs, each with its gateway in a namespace of its own and
+etcd_flags()) loaded with the same state by benchmarks.etcd_roles.load (what `enforcer state copy` does, in
+process), and three more labs, each with its gateway in a namespace of its own and
 linked to etcd's (198.19.253.0/24), each running `enforcer run --state etcd://... --gateway-name gwI`. Every
 change is made by a child in etcd's namespace through the CLI's entry point (`enforcer diagnose`, `vm restart`,
 `exemption revoke`: EtcdStore.change, or Store.change for the baseline).
@@ -423,7 +423,7 @@ def one_size(n: int, state: Path, args: argparse.Namespace, small: Path, log_dir
         r["load"] = op.do(do="load", sqlite=str(base_lab.state), url=etcd.local, timeout=3600)
         r["size_loaded"] = etcd.size()
         print(f"  {n:,}: SQLite daemon READY in {r['start_sqlite']:.2f} s; etcd loaded with {r['load']['rows']:,} "
-              f"rows ({r['load']['keys']:,} keys, {r['load']['txns']:,} transactions) in {r['load']['seconds']:.1f} s",
+              f"rows ({r['load']['keys']:,} keys, as `state copy` writes them) in {r['load']['seconds']:.1f} s",
               flush=True)
         r["verdict_sqlite"] = commit_to_verdict(op, str(base_lab.state), [base], args.rounds)
         print(f"  {n:,}: SQLite commit to verdict {ms(r['verdict_sqlite']['syn'])}", flush=True)
@@ -514,7 +514,7 @@ def report(results: list[dict[str, Any]], rounds: int) -> None:
               f" not (longest gap {st['ea-vm']['longest_gap'] * 1000:.0f} ms); shop-web (blocked) "
               f"{st['shop-web']['accepted']} accepted, {st['shop-web']['refused']} not")
         ld, sz, dz = r["load"], r["size_loaded"], r["size_defragmented"]
-        print(f"5. etcd: loaded {ld['keys']:,} keys ({mb(ld['bytes'])} of keys and values) in {ld['seconds']:.0f} s; "
+        print(f"5. etcd: loaded {ld['keys']:,} keys in {ld['seconds']:.0f} s (SQLite read {ld['read_s']:.0f} s); "
               f"after the load: du {mb(sz['du'])}, db {mb(sz['db'])} ({mb(sz['db_in_use'])} in use), RSS "
               f"{mb(sz['rss'])}; after the run: db {mb(r['size_changed']['db'])}; compacted and defragmented "
               f"({r['defrag_s']:.1f} s): du "
@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, help="measured changes per size (default 20; --quick 3)")
     ap.add_argument("--own-rounds", type=int, help="own-work runs of each command (default 5; --quick 1)")
     ap.add_argument("--try-copy", action="store_true", help="also `enforcer state copy` of each size's state "
-                    "into etcd, as a person runs it (the benchmark loads etcd its own way)")
+                    "into another prefix of etcd as a person runs it: a whole process, timed")
     ap.add_argument("--own-status", action="store_true", help="also `status` in part 3 (it reads every resource "
                     "on etcd)")
     args = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """The children of the etcd fleet benchmark (benchmarks/etcd_fleet.py), each in a network namespace, spoken to in
 JSON lines (benchmarks/child.py): `python -m benchmarks.etcd_roles ROLE`.
 
-    operator   in the etcd namespace: loads a state into etcd (the benchmark's own loader, see load()), makes a
+    operator   in the etcd namespace: loads a state into etcd (as `enforcer state copy` does, see load()), makes a
                change through the CLI's entry point and says when it returned, times a command's own work
                (benchmarks.control.own_ms), compacts etcd.
     prober     in a lab VM's namespace: TCP connections to the internet host's port 25 through its gateway, each a
@@ -20,72 +20,34 @@ import select
 import socket
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any
 
 # ---------------------------------------------------------------- operator
 
-BATCH_OPS = 2_000          # puts per transaction: within the benchmark etcd's --max-txn-ops (10,000)
-BATCH_BYTES = 1 << 20      # and within its --max-request-bytes (1.5 MiB, etcd's default)
-
-
-def loaded_keys(sqlite: str, prefix: str) -> tuple[Iterator[tuple[bytes, bytes]], int]:
-    """Every key the etcd store would hold for the SQLite state at `sqlite`, encoded by the store's own layout
-    (Keys, to_doc, row_keys, count_keys: what EtcdStore.change writes for a row and its group), the meta keys last
-    but meta/changed; and the number of rows."""
+def load(sqlite: str, url: str) -> dict[str, Any]:
+    """The SQLite state at `sqlite` copied into the empty prefix of `url` as `enforcer state copy` does it
+    (enforcer.state.etcd_copy: in batches, meta/format last), timed: the read of the SQLite state apart."""
     from enforcer.core.rows import TABLES
-    from enforcer.state.etcd_store import FORMAT, Keys, count_keys, row_keys
-    from enforcer.state.rows import to_doc
+    from enforcer.state.etcd_client import parse_url
+    from enforcer.state.etcd_copy import copy_in
+    from enforcer.state.etcd_store import EtcdStore, _end
     from enforcer.state.store import Store
 
-    store = Store(sqlite)
+    started = time.perf_counter()
+    source = Store(sqlite)
     try:
-        inv, _ = store.read()
+        inv, _ = source.read()
+    finally:
+        source.close()
+    read = time.perf_counter() - started
+    store = EtcdStore(parse_url(url))
+    try:
+        copy_in(store, inv, f"benchmark load of {sqlite}")
+        root = store.keys.everything()
+        keys = int(store.client.range(root, _end(root), count_only=True).count)
     finally:
         store.close()
-    keys = Keys(prefix)
-
-    def kvs() -> Iterator[tuple[bytes, bytes]]:
-        for table in TABLES:
-            for row in getattr(inv, table).values():
-                yield keys.row(table, row.name), to_doc(row).encode()
-                yield from row_keys(keys, table, row).items()
-        yield from count_keys(keys, inv).items()
-        yield keys.meta("profile"), json.dumps(inv.profile).encode()
-        yield keys.meta("internal_prefixes"), json.dumps(list(inv.internal_prefixes)).encode()
-        yield keys.meta("format"), FORMAT.encode()
-    return kvs(), sum(len(getattr(inv, t)) for t in TABLES)
-
-
-def load(sqlite: str, url: str) -> dict[str, Any]:
-    """The SQLite state at `sqlite` written into the empty prefix of `url` in transactions of BATCH_OPS keys (a
-    benchmark's loader: `enforcer state copy` writes a state in one transaction, which etcd's request limits refuse
-    past a few thousand rows), then one audit entry and meta/changed, as a change writes them, so that the state's
-    generation is that last transaction's revision."""
-    from enforcer.state.etcd_client import parse_url
-    from enforcer.state.etcd_store import EtcdStore
-
-    store = EtcdStore(parse_url(url))
-    client = store.client
-    started = time.perf_counter()
-    kvs, rows = loaded_keys(sqlite, store.keys.root.strip("/"))
-    read = time.perf_counter() - started
-    ops: list[Any] = []
-    size = keys = txns = total = 0
-    for key, value in kvs:
-        ops.append(client.put(key, value))
-        size += len(key) + len(value)
-        keys += 1
-        total += len(key) + len(value)
-        if len(ops) >= BATCH_OPS or size >= BATCH_BYTES:
-            client.txn([], ops)
-            ops, size, txns = [], 0, txns + 1
-    audit_key = store.keys.audit() + f"{time.time_ns():020d}-benchmark-load".encode()
-    entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "uid": 0, "command": f"benchmark load of {sqlite}",
-             "rows": []}
-    ops += [client.put(audit_key, json.dumps(entry).encode()), client.put(store.keys.meta("changed"), audit_key)]
-    client.txn([], ops)
-    store.close()
-    return {"rows": rows, "keys": keys + 2, "bytes": total, "txns": txns + 1, "read_s": read,
+    return {"rows": sum(len(getattr(inv, t)) for t in TABLES), "keys": keys, "read_s": read,
             "seconds": time.perf_counter() - started}
 
 

@@ -18,6 +18,7 @@ from ..core.verdicts import Judged, judged_alike
 from ..dataplane.control import ask
 from ..errors import UserError
 from ..state.backend import copy_rows
+from ..state.etcd_copy import copy_in
 from ..state.etcd_store import EtcdStore
 from ..state.settings import DEFAULT_SOCKET
 from .complete import resource_names
@@ -152,7 +153,9 @@ def state_check(c: Context) -> None:
 @pass_ctx
 def state_copy(c: Context, source: str, target: str, replace: bool) -> None:
     """Copy a whole state (rows and settings) to another: an SQLite file or etcd://HOST:PORT/PREFIX, either way.
-    The target's audit log records the copy, one row per row written."""
+    The target's audit log records the copy, one row per row written. Into an etcd prefix holding no state it is
+    written in batches, and exists only once complete (interrupted: run it again); --replace of an etcd state is
+    one transaction."""
     if source == target:
         raise UserError(f"state copy: {source} is both FROM and TO; name two states")
     origin = c.open(source)
@@ -164,7 +167,10 @@ def state_copy(c: Context, source: str, target: str, replace: bool) -> None:
         origin.close()
     destination = c.open(target)
     try:
-        counts = destination.change(c.command, copy_rows(inv, replace, target))
+        if isinstance(destination, EtcdStore) and not destination.exists:  # in batches: nothing exists till done
+            counts = copy_in(destination, inv, c.command)
+        else:  # one change: a state replaced is replaced at once (etcd: in one transaction)
+            counts = destination.change(c.command, copy_rows(inv, replace, target))
         c.changed(target, destination)
     finally:
         destination.close()

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from ..core.inventory import Inventory, pull
+from ..core.inventory import Inventory, Resource, pull
 from ..core.lifecycle import pending_restart
 from ..core.policy import assess_pulled, verdict_for, verdict_word
 from ..core.profile import Profile
@@ -33,7 +33,11 @@ def subscription_doc(inv: Inventory, profile: Profile, name: str) -> dict[str, A
 
 
 def resource_doc(inv: Inventory, profile: Profile, name: str) -> dict[str, Any]:
-    r = inv.resources[name]
+    return doc_of_resource(inv, profile, inv.resources[name])
+
+
+def doc_of_resource(inv: Inventory, profile: Profile, r: Resource) -> dict[str, Any]:
+    """A resource's document, from its row in hand (a listing's: not read again by name)."""
     v = verdict_for(inv, profile, r)
     return {**asdict(r), "port25": v.word, "code": v.code, "reason": v.reason}
 

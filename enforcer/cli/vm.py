@@ -12,7 +12,7 @@ from ..core.profile import Profile
 from .complete import resource_names, subscription_names, vnet_names
 from .context import Context, json_option, pass_ctx
 from .output import echo_lines, emit_json, show_fields, show_table
-from .views import one_doc, resource_doc
+from .views import doc_of_resource, one_doc, resource_doc
 from .wait import wait_option
 
 
@@ -70,8 +70,7 @@ def vm_list(c: Context, subscription: str | None, as_json: bool) -> None:
     inv, profile = c.read()
     if subscription:
         inv.subscription(subscription)
-    docs = [resource_doc(inv, profile, n) for n, r in inv.resources.items()
-            if subscription in (None, r.subscription)]
+    docs = [doc_of_resource(inv, profile, r) for r in inv.resources.values() if subscription in (None, r.subscription)]
     if as_json:
         return emit_json(docs)
     show_table("Resources (why: enforcer vm show NAME)", ["name", "subscription", "kind", "state", "addresses",

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("enforcer")
 PROGRESS_EVERY = 1.0   # seconds between progress requests on the watch: each answer says we are current
 CURRENT_FOR = 3.0      # a watch silent this long (no event, no progress answer) is taken as lost
-BACKOFF = (0.2, 5.0)   # seconds between attempts to reach etcd again: doubling from the first to the second
+BACKOFF = (0.2, 2.0)   # seconds between attempts to reach etcd again: doubling from the first to the second
+# (at most 2 s: a healed gateway is back within 2 s; a try every 2 s per gateway is nothing to etcd)
 LEASE_TTL = 10         # seconds the gateway key outlives this daemon
 KEEPALIVE_EVERY = 3.0  # seconds between the lease's keepalives
 STILL_LOST_EVERY = 30.0  # seconds between log lines while etcd stays unreachable
@@ -246,30 +247,10 @@ class EtcdFollower:
         after = pending[relists[-1]:] if relists else pending
 
         def read() -> tuple[Patch, RuleSpec | None, int]:
-            changes: list[Changed] = []
-            if relists:
-                head = after[0].revision
-                caught = self.store.changed_between(self.applied, head, PATCH_LIMIT)
-                if caught is None:
-                    return Patch(full=True), None, 0
-                audited = {(c.kind, c.name) for c in caught}
-                if not self.store.written_between(self.applied, head) <= audited:  # a write past the audit log
-                    return Patch(full=True), None, 0
-                changes += caught
-            for item in after:
-                if item.unaudited:
-                    return Patch(full=True), None, 0
-                changes += item.changes
-            if len(changes) > PATCH_LIMIT:
-                return Patch(full=True), None, 0
             try:
-                inv = self.store.snapshot_at(target, lambda _: keeper.profile)
-                _, generation = self.store.head_at(target)
-            except Compacted:
-                return Patch(full=True), None, 0
-            patch = keeper.patch(inv, changes)
-            spec = spec_of(inv, keeper.profile) if patch.rules and not patch.full else None
-            return patch, spec, generation
+                return self._patch_at(keeper, spec_of, target, after, bool(relists))
+            except Compacted:  # compacted while we read (a row the patch asked for lazily, at `target`): the
+                return Patch(full=True), None, 0  # table compiled whole at the head (the patch reads before it writes)
 
         patch, spec, generation = self._reading(read)
         if relists:
@@ -281,6 +262,32 @@ class EtcdFollower:
             self.generation, self.applied = generation, max(self.applied, target)
             self.counts["patches"] += 1
         return patch, spec
+
+    def _patch_at(self, keeper: Keeper, spec_of: SpecOf, target: int, after: list[Item],
+                  relisted: bool) -> tuple[Patch, RuleSpec | None, int]:
+        """patch()'s reading: the changes of `after` (after a relist, the audit entries since the table's revision
+        first), patched into the table in the snapshot at `target`; Patch(full=True) when they do not suffice."""
+        changes: list[Changed] = []
+        if relisted:
+            head = after[0].revision
+            caught = self.store.changed_between(self.applied, head, PATCH_LIMIT)
+            if caught is None:
+                return Patch(full=True), None, 0
+            audited = {(c.kind, c.name) for c in caught}
+            if not self.store.written_between(self.applied, head) <= audited:  # a write past the audit log
+                return Patch(full=True), None, 0
+            changes += caught
+        for item in after:
+            if item.unaudited:
+                return Patch(full=True), None, 0
+            changes += item.changes
+        if len(changes) > PATCH_LIMIT:
+            return Patch(full=True), None, 0
+        inv = self.store.snapshot_at(target, lambda _: keeper.profile)
+        _, generation = self.store.head_at(target)
+        patch = keeper.patch(inv, changes)
+        spec = spec_of(inv, keeper.profile) if patch.rules and not patch.full else None
+        return patch, spec, generation
 
     def handed_over(self, generation: int, whole: bool) -> None:
         now, now_mono = time.time(), time.monotonic()

@@ -13,8 +13,9 @@ import os
 import re
 import socket
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import Failure, UserError
 
@@ -31,9 +32,11 @@ KEEPALIVE = [("grpc.keepalive_time_ms", 6000), ("grpc.keepalive_timeout_ms", 300
 PREFIX_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 # A whole range (a table, an index, the address rows) is read a page at a time: one answer past gRPC's limit fails.
 # Pages are large, because etcd 3.4 counts every key left in the range for each page it answers (1M address rows in
-# pages of 10,000: ~19 s, most of it counting); a page of 100,000 rows is ~10 to 30 MB, hence the larger limit.
-PAGE = 100_000
+# pages of 10,000: ~19 s, most of it counting; of 100,000: etcd's CPU 3 times that of 250,000); a page of 250,000
+# address rows is ~40 MB, hence the larger limit (a page past it is asked for again in halves).
+PAGE = 250_000
 MAX_MESSAGE = 256 << 20
+READS_PER_TXN = 100  # single-key reads in one transaction (EtcdClient.ranges): etcd's default --max-txn-ops is 128
 
 
 def is_etcd(location: str) -> bool:
@@ -132,6 +135,10 @@ def _target(url: EtcdUrl, first: int = 0) -> str:
 
 class Compacted(Exception):
     """A read at a revision etcd has compacted away: the reader starts again from the current one."""
+
+
+class TooLarge(UserError):
+    """A request or an answer past etcd's or gRPC's size limit."""
 
 
 class Unanswered(Failure):
@@ -237,16 +244,41 @@ class EtcdClient:
             request.sort_target, request.sort_order = rpc.RangeRequest.CREATE, rpc.RangeRequest.DESCEND
         return self._call(self.kv.Range, request)
 
+    def ranges(self, keys: list[bytes], *, revision: int) -> list[Any]:
+        """Each of `keys` read at `revision`, their range answers in order: READS_PER_TXN in one read-only
+        transaction, not a round trip each (gRPC's Python side costs ~1 ms a call: 1,500 rows one by one, ~1.5 s)."""
+        out: list[Any] = []
+        for at in range(0, len(keys), READS_PER_TXN):
+            ops = [self.rpc.RequestOp(request_range=self.rpc.RangeRequest(key=k, revision=revision))
+                   for k in keys[at:at + READS_PER_TXN]]
+            out += [r.response_range for r in self.txn([], ops).responses]
+        return out
+
     def pages(self, key: bytes, end: bytes, *, revision: int, keys_only: bool = False,
               page: int | None = None) -> Iterator[Any]:
         """Every key in [key, end) at `revision` (which must be given: the pages are one snapshot), a page at a
-        time (PAGE keys by default)."""
-        while True:
-            reply = self.range(key, end, revision=revision, keys_only=keys_only, limit=page or PAGE)
-            yield from reply.kvs
-            if not reply.more or not reply.kvs:
-                return
-            key = bytes(reply.kvs[-1].key) + b"\0"
+        time (PAGE keys by default). The next page is asked for (in a thread) while the caller reads this one:
+        etcd serves it meanwhile. A page past gRPC's message limit is asked for again in halves."""
+        size = page or PAGE
+        with ThreadPoolExecutor(1, thread_name_prefix="etcd-page") as ahead:
+            def ask(start: bytes) -> Future[Any]:
+                return ahead.submit(self.range, start, end, revision=revision, keys_only=keys_only, limit=size)
+            asked = ask(key)
+            while True:
+                try:
+                    reply = asked.result()
+                except TooLarge:
+                    if size == 1:
+                        raise
+                    size //= 2
+                    asked = ask(key)
+                    continue
+                if reply.more and reply.kvs:
+                    key = bytes(reply.kvs[-1].key) + b"\0"
+                    asked = ask(key)
+                yield from reply.kvs
+                if not reply.more or not reply.kvs:
+                    return
 
     def range_from(self, key: bytes, end: bytes, *, revision: int, min_create_revision: int = 0,
                    min_mod_revision: int = 0, keys_only: bool = False, oldest_first: bool = False,
@@ -266,12 +298,51 @@ class EtcdClient:
     def txn(self, compares: list[Any], ops: list[Any]) -> Any:
         return self._call(self.kv.Txn, self.rpc.TxnRequest(compare=compares, success=ops))
 
+    def txn_sent(self, compares: list[Any], ops: list[Any]) -> Callable[[], Any]:
+        """The transaction sent, its answer not waited for: what this returns waits for it (raising as txn())."""
+        if self.metadata is None and self.options.user is not None:
+            self.authenticate()
+        future = self.kv.Txn.future(self.rpc.TxnRequest(compare=compares, success=ops), timeout=self.timeout,
+                                    metadata=self.metadata)
+
+        def answer() -> Any:
+            try:
+                return future.result()
+            except self.grpc.RpcError as e:
+                raise self.trouble(e.code(), e.details() or "") from None
+        return answer
+
+    def lease(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds: its id."""
+        from aetcd.rpc import rpc_pb2_grpc
+        return int(self._call(rpc_pb2_grpc.LeaseStub(self.channel).LeaseGrant, self.rpc.LeaseGrantRequest(TTL=ttl)).ID)
+
+    def keep_alive(self, lease: int) -> int:
+        """The lease's TTL made whole again: the seconds it now has left (0 or less: it had expired)."""
+        from aetcd.rpc import rpc_pb2_grpc
+        stub = rpc_pb2_grpc.LeaseStub(self.channel)
+        try:
+            return int(next(stub.LeaseKeepAlive(iter([self.rpc.LeaseKeepAliveRequest(ID=lease)]),
+                                                timeout=self.timeout, metadata=self.metadata)).TTL)
+        except self.grpc.RpcError as e:
+            raise self.trouble(e.code(), e.details() or "") from None
+
+    def revoke(self, lease: int) -> None:
+        """The lease ended now, and the keys under it deleted."""
+        from aetcd.rpc import rpc_pb2_grpc
+        self._call(rpc_pb2_grpc.LeaseStub(self.channel).LeaseRevoke, self.rpc.LeaseRevokeRequest(ID=lease))
+
     # ------------------------------------------------------------ what a transaction is made of
 
     def mod_is(self, key: bytes, revision: int) -> Any:
         """True while `key` was last written at `revision` (0: while it does not exist)."""
         rpc = self.rpc
         return rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision)
+
+    def value_is(self, key: bytes, value: bytes) -> Any:
+        """True while `key` holds `value`."""
+        rpc = self.rpc
+        return rpc.Compare(key=key, target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL, value=value)
 
     def untouched_since(self, key: bytes, end: bytes, revision: int) -> Any:
         """True while no key in [key, end) was written after `revision` (a key created there since would be)."""
@@ -282,8 +353,9 @@ class EtcdClient:
     def put(self, key: bytes, value: bytes, lease: int = 0) -> Any:
         return self.rpc.RequestOp(request_put=self.rpc.PutRequest(key=key, value=value, lease=lease))
 
-    def delete(self, key: bytes) -> Any:
-        return self.rpc.RequestOp(request_delete_range=self.rpc.DeleteRangeRequest(key=key))
+    def delete(self, key: bytes, end: bytes | None = None) -> Any:
+        """`key` deleted, or every key in [key, end)."""
+        return self.rpc.RequestOp(request_delete_range=self.rpc.DeleteRangeRequest(key=key, range_end=end or b""))
 
     # ------------------------------------------------------------ what went wrong, as a person can fix it
 
@@ -306,18 +378,22 @@ class EtcdClient:
             return UserError(f"{where}: etcd asks for a user: give --etcd-user NAME and $ENFORCER_ETCD_PASSWORD")
         if "too many operations in txn request" in details:
             return UserError(f"{where}: this change needs more operations in one transaction than the etcd server "
-                             "allows: start etcd with a larger --max-txn-ops (docs/architecture.md)")
+                             "allows: start etcd with a larger --max-txn-ops, or change less at once (state copy "
+                             "--replace of an etcd state is one transaction: copy into a new prefix instead)")
         # etcd's own limit, or gRPC's past it (RESOURCE_EXHAUSTED too, but not the quota)
         if "request is too large" in details or "larger than max" in details:
-            return UserError(f"{where}: one request is larger than the etcd server or this client takes "
+            return TooLarge(f"{where}: one request is larger than the etcd server or this client takes "
                              f"({details}); nothing was changed: start etcd with a larger --max-request-bytes, or "
-                             "change less at once (state copy writes a whole state in one transaction)")
+                             "change less at once (state copy --replace of an etcd state is one transaction: copy "
+                             "into a new prefix instead)")
         if name == "RESOURCE_EXHAUSTED" or "space exceeded" in details:
             return Failure(f"{where}: etcd's space quota is reached ({details}); nothing was changed: compact and "
                            "defragment it, or raise --quota-backend-bytes")
         if name == "UNAVAILABLE":
             return self._unavailable(where, details)
-        if name == "DEADLINE_EXCEEDED":
+        # our deadline passed here, or at the member first (it answers UNKNOWN "context deadline exceeded"; a
+        # transaction so told may still commit: its outcome is unknown, as for no answer at all)
+        if name == "DEADLINE_EXCEEDED" or "context deadline exceeded" in details:
             return Unanswered(f"{where}: etcd did not answer within {self.timeout:.0f} s")
         return Failure(f"{where}: etcd: {name}: {details}")
 

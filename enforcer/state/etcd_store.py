@@ -7,6 +7,8 @@ Keys under PREFIX (docs/architecture.md, "The state in etcd"): meta/{format,prof
 and index/prefixed/NAME (what an operation asks by an indexed column), counts/SUB/GROUP (how many resources a
 group of alike ones holds, and its first names: SQLite's resource_counts; GROUP is the JSON array of the group's
 other values, state first) and index/group/SUB/GROUP/NAME (the names in it), audit/ID (one key per change: its rows).
+meta/format makes the state exist: at a revision without it there is no row (a copy writes it last: etcd_copy.py,
+whose claim on a prefix without a state is meta/copying).
 Beside the state, gateways/NAME (what a gateway holds, under its lease: there while it lives) and
 gateways/NAME/seen (the same, without a lease: what it last said, kept until `enforcer gateway forget NAME`).
 
@@ -23,6 +25,7 @@ import heapq
 import json
 import os
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -41,7 +44,7 @@ from .source import over
 from .store import Changed, _audited
 
 T = TypeVar("T")
-FORMAT = "1"       # the key layout's version, in meta/format
+FORMAT = "2"       # the key layout's version, in meta/format (1: address values in JSON)
 ATTEMPTS = 50      # a change rerun this often on conflicts gives up (one line, exit 1)
 MAX_COMPARES = 96  # past this many, one compare of meta/changed stands for them (etcd's default limit is 128)
 ROW_BY_ROW = 2_000  # rows an index lists that are read one by one; past it, the whole table a page at a time
@@ -93,6 +96,11 @@ class Keys:
     def audit(self) -> bytes:
         return self._k("audit/")
 
+    def new_audit(self) -> bytes:
+        """A change's audit key, unique to it (a transaction told lost is looked for by it): TIME-PID-RANDOM, TIME
+        its writer's time.time_ns() just before the commit."""
+        return self.audit() + f"{time.time_ns():020d}-{os.getpid()}-{random.getrandbits(32):08x}".encode()
+
     def gateways(self) -> bytes:
         return self._k("gateways/")
 
@@ -112,6 +120,43 @@ class Keys:
 
 
 SEEN = "/seen"
+
+
+def _other_layout(found: str) -> str:
+    """What to do with a state another version wrote."""
+    if found.isdigit() and int(found) < int(FORMAT):
+        return (f"was written by an earlier port25-enforcer (key layout {found}, this one reads {FORMAT}): copy it "
+                "to SQLite with that version (enforcer state copy), then into etcd with this one")
+    return f"was written by a later port25-enforcer (key layout {found}, this one reads {FORMAT}): upgrade"
+
+
+def audit_entry(command: str, rows: list[Any]) -> bytes:
+    """An audit key's value: when, who, which command, the rows it changed (kind, name, before, after)."""
+    entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "uid": os.getuid(), "command": command, "rows": rows}
+    return json.dumps(entry, separators=(",", ":")).encode()
+
+
+CLAIM = "copying"  # meta/copying: a copy under way into a prefix that holds no state yet (etcd_copy.py)
+
+
+def claimed_by(value: bytes) -> str:
+    """Who holds a copy's claim, as its value tells it."""
+    doc = _record(value)
+    return f"pid {doc.get('pid', '?')} on {doc.get('host', '?')} since {doc.get('at', '?')}"
+
+
+def claim_gone(value: bytes) -> bool:
+    """A copy's claim whose process ran on this host and is gone (killed: its lease outlives it a while)."""
+    doc = _record(value)
+    if doc.get("host") != socket.gethostname() or not isinstance(doc.get("pid"), int):
+        return False
+    try:
+        os.kill(doc["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def commit_time(audit_key: bytes | str) -> float | None:
@@ -185,11 +230,25 @@ def row_keys(keys: Keys, table: str, row: Entity) -> dict[bytes, bytes]:
             json.dumps([row.vnet, row.interface, row.mac])
         for a in row.addresses:
             prefix_len = int(a.partition("/")[2]) if "/" in a else None
-            out[keys.address(a)] = json.dumps([row.name, prefix_len, judged, bound]).encode()
+            out[keys.address(a)] = address_value(row.name, prefix_len, judged, bound)
         if any("/" in a for a in row.addresses):
             out[keys.prefixed() + row.name.encode()] = b""
         out[keys.group(row.subscription, group_of(row)) + row.name.encode()] = b""
     return out
+
+
+def address_value(name: str, prefix_len: int | None, judged: str, bound: str | None) -> bytes:
+    """An address key's value: NAME NUL PREFIX-LENGTH NUL BINDING NUL JUDGED (an absent one empty). Not JSON: a
+    gateway's start splits a million of them (json.loads of the nested form was 3 s of it); names, numbers and JSON
+    text hold no NUL. `judged` last: the bytes the table groups alike resources by."""
+    return b"\0".join((name.encode(), b"" if prefix_len is None else str(prefix_len).encode(),
+                        (bound or "").encode(), judged.encode()))
+
+
+def parse_address_value(value: bytes) -> tuple[str, int | None, str, str | None]:
+    """(resource, prefix length, judged, binding) of an address key's value; raises ValueError for another form."""
+    name, prefix_len, bound, judged = value.split(b"\0", 3)
+    return name.decode(), int(prefix_len) if prefix_len else None, judged.decode(), bound.decode() or None
 
 
 # A group of resources alike (schema.GROUPED_BY: what SQLite's resource_counts counts), under its subscription: the
@@ -300,8 +359,11 @@ class EtcdSource:
     (key -> mod_revision, 0 for absent; ranges listed; whether a whole table was) for the transaction's compares."""
 
     def __init__(self, client: EtcdClient, keys: Keys, revision: int, where: str,
-                 check: Callable[[str, Entity], None] | None = None):
+                 check: Callable[[str, Entity], None] | None = None, absent: bool = False):
         self.client, self.keys, self.revision, self.where_, self.check = client, keys, revision, where, check
+        # no state at this revision (no meta/format): no row, whatever keys a copy under way (or one interrupted)
+        # has written there so far: they are not a state until its last transaction (etcd_copy.py)
+        self.absent = absent
         self.seen: dict[bytes, int] = {}
         self.ranges: list[tuple[bytes, bytes]] = []
         self.whole = False
@@ -313,6 +375,9 @@ class EtcdSource:
         return self.client.range(key, end, revision=self.revision, **kw)
 
     def get(self, key: bytes) -> bytes | None:
+        if self.absent:
+            self.seen[key] = 0
+            return None
         kvs = self._range(key).kvs
         self.seen[key] = kvs[0].mod_revision if kvs else 0
         return bytes(kvs[0].value) if kvs else None
@@ -345,28 +410,34 @@ class EtcdSource:
     def _listed(self, under: bytes) -> list[str]:
         """The names of the keys under `under`, recorded as a range read (a key created there since fails it)."""
         self.ranges.append((under, _end(under)))
+        if self.absent:
+            return []
         return [self.keys.name_of(kv.key, under)
                 for kv in self.client.pages(under, _end(under), revision=self.revision, keys_only=True)]
 
     def names(self, table: str) -> Iterable[str]:
         self.whole = True
         under = self.keys.table(table)
+        if self.absent:
+            return []
         return [self.keys.name_of(kv.key, under) for kv in self._range(under, _end(under), keys_only=True).kvs]
 
     def rows(self, table: str) -> Iterable[Entity]:
         self.whole = True
         under = self.keys.table(table)
+        if self.absent:
+            return
         for kv in self.client.pages(under, _end(under), revision=self.revision):
             yield self._parse(table, self.keys.name_of(kv.key, under), kv.value, keep=False)
 
     def count(self, table: str) -> int:
         self.whole = True
-        if table == "resources":  # the count keys' sum, as SQLite's resource_counts: etcd counts a range key by key
-            under = self.keys.counts()
+        if table == "resources" and not self.absent:  # the count keys' sum, as SQLite's resource_counts: etcd
+            under = self.keys.counts()                    # counts a range key by key
             return sum(count_of(kv.value, bytes(kv.key))[0] for kv in self.client.pages(under, _end(under),
                                                                                         revision=self.revision))
         under = self.keys.table(table)
-        return int(self._range(under, _end(under), count_only=True).count)
+        return 0 if self.absent else int(self._range(under, _end(under), count_only=True).count)
 
     def where(self, table: str, column: str, value: str) -> Iterable[Entity]:
         if (table, column) not in INDEXED:
@@ -377,21 +448,38 @@ class EtcdSource:
             if key not in self.bulk:
                 self.bulk[key] = [row for row in self.rows(table) if getattr(row, column) == value]
             return self.bulk[key]
+        self._read_ahead(table, names)
         rows = (self.row(table, name) for name in names)
         return [row for row in rows if row is not None]
+
+    def _read_ahead(self, table: str, names: list[str]) -> None:
+        """The rows of `names` not read yet, asked for at once (recorded as get() records them)."""
+        rows = self.cache[table]
+        wanted = [name for name in dict.fromkeys(names) if name not in rows]
+        if self.absent or len(wanted) < 2:
+            return
+        keys = [self.keys.row(table, name) for name in wanted]
+        for name, key, reply in zip(wanted, keys, self.client.ranges(keys, revision=self.revision), strict=True):
+            self.seen[key] = reply.kvs[0].mod_revision if reply.kvs else 0
+            if reply.kvs:
+                self._parse(table, name, reply.kvs[0].value)
+            else:
+                rows[name] = None
 
     def owner(self, address: str) -> str | None:
         value = self.get(self.keys.address(address))
         if value is None:
             return None
         try:
-            return str(json.loads(value)[0])
-        except (ValueError, TypeError, IndexError) as e:
+            return parse_address_value(value)[0]
+        except ValueError as e:
             raise UserError(f"{self.where_}: the address row of {address} does not parse ({e}); the state is "
                             "damaged") from None
 
     def prefixed(self) -> Iterable[Entity]:
-        rows = (self.row("resources", name) for name in self._listed(self.keys.prefixed()))
+        names = self._listed(self.keys.prefixed())
+        self._read_ahead("resources", names)
+        rows = (self.row("resources", name) for name in names)
         return [row for row in rows if row is not None]
 
     def _running_groups(self, subscription: str | None) -> list[Running]:
@@ -402,7 +490,7 @@ class EtcdSource:
             start = self.keys.counts(subscription) + (b"" if subscription is None else RUNNING_GROUPS)
             self.ranges.append((start, _end(start)))
             under, found = self.keys.counts(), []
-            for kv in self.client.pages(start, _end(start), revision=self.revision):
+            for kv in () if self.absent else self._range(start, _end(start)).kvs:  # a key a group: one answer
                 key = bytes(kv.key)
                 sub, _, group = self.keys.name_of(key, under).partition("/")
                 if group.encode().startswith(RUNNING_GROUPS):
@@ -445,7 +533,7 @@ class EtcdSource:
     def first(self, subscription: str, group: str, limit: int | None) -> list[str]:
         """The first `limit` names (None: all) of a group's name range at this snapshot, not recorded (see
         running_names)."""
-        if limit == 0:  # etcd's 0: no limit
+        if limit == 0 or self.absent:  # etcd's 0: no limit
             return []
         under = self.keys.group(subscription, group)
         kvs = self.client.pages(under, _end(under), revision=self.revision, keys_only=True) if limit is None else \
@@ -455,6 +543,38 @@ class EtcdSource:
 
 def _doc(row: Entity | None) -> str | None:
     return to_doc(row) if row is not None else None
+
+
+SETTINGS = ("profile", "internal_prefixes")
+
+
+def _setting(value: str | tuple[str, ...]) -> str:
+    """A setting as meta/ and the audit log hold it (JSON: a string, or a list)."""
+    return json.dumps(value if isinstance(value, str) else list(value))
+
+
+def setting_rows(old: Inventory, new: Inventory) -> list[list[str]]:
+    """The audit rows of the settings `new` holds other than `old`: (setting, name, before, after)."""
+    return [["setting", name, _setting(getattr(old, name)), _setting(getattr(new, name))]
+            for name in SETTINGS if getattr(old, name) != getattr(new, name)]
+
+
+def state_keys(keys: Keys, inv: Inventory) -> Iterator[tuple[bytes, bytes]]:
+    """Every key of the whole state `inv` in the store's layout, as changes would have left it (pure): each row's
+    document and its row_keys(), the count keys, the settings, and meta/format last (what makes the state exist: a
+    copy writes it in its last transaction). Rows by table and name. The one place whole-state keys are made
+    (etcd_copy.copy_in writes these, and the benchmark's loader through it): a key the layout gains beside the rows
+    is added here."""
+    for table in TABLES:
+        rows = getattr(inv, table)
+        for name in sorted(rows):  # as a change's audit rows are: the copy's audit entry is made of these
+            row = rows[name]
+            yield keys.row(table, name), to_doc(row).encode()
+            yield from row_keys(keys, table, row).items()
+    yield from count_keys(keys, inv).items()
+    for name in SETTINGS:
+        yield keys.meta(name), _setting(getattr(inv, name)).encode()
+    yield keys.meta("format"), FORMAT.encode()
 
 
 def planned(keys: Keys, old: Inventory, new: Inventory, exists: bool, read: Callable[[bytes], bytes | None],
@@ -487,13 +607,10 @@ def planned(keys: Keys, old: Inventory, new: Inventory, exists: bool, read: Call
                     if group is not None:
                         names.setdefault(group, []).append(name)
     puts.update(counted(keys, leaving, joining, read, first))
-    for setting in ("profile", "internal_prefixes"):
-        b, a = getattr(old, setting), getattr(new, setting)
-        if b != a or (not exists and audit):
-            puts[keys.meta(setting)] = json.dumps(list(a) if isinstance(a, tuple) else a).encode()
-        if b != a:
-            audit.append(["setting", setting, json.dumps(b if isinstance(b, str) else list(b)),
-                          json.dumps(a if isinstance(a, str) else list(a))])
+    for setting in SETTINGS:
+        if getattr(old, setting) != getattr(new, setting) or (not exists and audit):
+            puts[keys.meta(setting)] = _setting(getattr(new, setting)).encode()
+    audit += setting_rows(old, new)
     return {**deletes, **puts}, audit
 
 
@@ -537,8 +654,7 @@ class EtcdStore:
         except (ValueError, TypeError) as e:
             raise UserError(f"{self.path}: a setting does not parse ({e}); the state is damaged") from None
         if "format" in meta and meta["format"][0].decode() != FORMAT:
-            raise UserError(f"{self.path}: was written by another port25-enforcer (key layout "
-                            f"{meta['format'][0].decode()}, this one knows {FORMAT}); upgrade port25-enforcer")
+            raise UserError(f"{self.path}: {_other_layout(meta['format'][0].decode())}")
         return profile, prefixes
 
     @property
@@ -558,7 +674,7 @@ class EtcdStore:
         if profiles is not None:
             loaded = profiles(profile)
             check = lambda table, row: check_row(loaded, table, row)  # noqa: E731
-        source = EtcdSource(self.client, self.keys, revision, self.path, check)
+        source = EtcdSource(self.client, self.keys, revision, self.path, check, absent="format" not in meta)
         for name in ("profile", "internal_prefixes"):  # read by every operation: a concurrent edit is a conflict
             source.seen[self.keys.meta(name)] = int(meta[name][1]) if name in meta else 0
         return Inventory(profile, internal_prefixes=prefixes, source=source), meta
@@ -589,16 +705,24 @@ class EtcdStore:
     def address_rows_at(self, revision: int,
                         page: int | None = None) -> Iterator[tuple[str, str, int | None, str, str | None]]:
         """Every address key at `revision` as SQLite's address_rows() gives them (address, resource, prefix
-        length, judged, bound), read a page at a time (a million addresses do not fit one gRPC message)."""
+        length, judged, bound), read a page at a time (a million addresses do not fit one gRPC message); none
+        at a revision without a state (a copy's keys before its last transaction are none)."""
+        if "format" not in self._meta(revision)[1]:
+            return
         under = self.keys._k("addresses/")
+        start = len(under)
+        judged_texts: dict[bytes, str] = {}  # a few distinct ones among a million rows: each decoded once
         for kv in self.client.pages(under, _end(under), revision=revision, page=page):
-            address = self.keys.name_of(kv.key, under)
-            try:
-                name, plen, judged, bound = json.loads(kv.value)
-            except (ValueError, TypeError) as e:
-                raise UserError(f"{self.path}: the address row of {address} does not parse ({e}); the state "
-                                "is damaged") from None
-            yield address, name, plen, judged, bound
+            try:  # parse_address_value, inline: this loop is most of a gateway's start
+                name, plen, bound, judged = kv.value.split(b"\0", 3)
+                plen_ = int(plen) if plen else None
+            except ValueError as e:
+                raise UserError(f"{self.path}: the address row of {self.keys.name_of(kv.key, under)} does not "
+                                f"parse ({e}); the state is damaged") from None
+            text = judged_texts.get(judged)
+            if text is None:
+                text = judged_texts[judged] = judged.decode()
+            yield kv.key[start:].decode(), name.decode(), plen_, text, bound.decode() if bound else None
 
     def changed_between(self, after: int, revision: int, limit: int) -> list[Changed] | None:
         """What the audit log says changed after revision `after` up to `revision` (read at it), oldest first, as
@@ -635,7 +759,7 @@ class EtcdStore:
             try:
                 revision, meta = self._meta()
                 profile, prefixes = self._settings(meta)
-                source = EtcdSource(self.client, self.keys, revision, self.path)
+                source = EtcdSource(self.client, self.keys, revision, self.path, absent="format" not in meta)
                 tables: dict[str, Any] = {t: {r.name: r for r in source.rows(t)} for t in TABLES}
                 generation = int(meta["changed"][1]) if "changed" in meta else 0
                 return Inventory(profile, internal_prefixes=prefixes, **tables), generation
@@ -766,6 +890,27 @@ class EtcdStore:
 
     # ------------------------------------------------------------ changing
 
+    def leftover(self, revision: int = 0) -> list[bytes]:
+        """Up to two keys under the prefix that are not a state's, where none exists: what a copy under way has
+        written, or one interrupted (its claim, meta/copying, aside; the gateways' records are not the state)."""
+        root, gateways = self.keys.everything(), self.keys.gateways()
+        found = []
+        for start, end in ((root, gateways), (_end(gateways), _end(root))):
+            reply = self.client.range(start, end, revision=revision, keys_only=True, limit=2)
+            found += [bytes(kv.key) for kv in reply.kvs if bytes(kv.key) != self.keys.meta(CLAIM)]
+        return found[:2]
+
+    def _no_copy_here(self, revision: int) -> None:
+        """A change into a prefix that holds no state: refused while a copy is under way there, or the leftover of
+        an interrupted one (its keys would be taken for the new state's)."""
+        claim = self.client.range(self.keys.meta(CLAIM), revision=revision).kvs
+        if claim and not claim_gone(claim[0].value):
+            raise UserError(f"{self.path}: a state copy into it is under way ({claimed_by(claim[0].value)}); wait "
+                            "until it is done")
+        if claim or self.leftover(revision):
+            raise UserError(f"{self.path}: holds the leftover of an interrupted state copy (no state yet): run "
+                            f"that copy again, or delete it (etcdctl del --prefix /{self.url.prefix}/)")
+
     def change(self, command: str, operation: Callable[[Inventory], tuple[Inventory, T]],
                profiles: Callable[[str], Profile] | None = None) -> T:
         """Run `operation` on a snapshot and write what it changed in one transaction that holds only if nothing
@@ -806,6 +951,8 @@ class EtcdStore:
             if source.get(key) is not None:  # that transaction did commit, at its audit key's revision
                 self.committed = source.seen[key]
                 return (result,)
+        if "format" not in meta:
+            self._no_copy_here(source.revision)
         new, result = operation(old)
         if new.source is not old.source:
             new = over(old, new)
@@ -822,10 +969,11 @@ class EtcdStore:
         else:
             compares = [client.mod_is(key, revision) for key, revision in sorted(source.seen.items())]
             compares += [client.untouched_since(start, end, source.revision) for start, end in source.ranges]
-        audit_key = self.keys.audit() + f"{time.time_ns():020d}-{os.getpid()}-{random.getrandbits(32):08x}".encode()
-        entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "uid": os.getuid(), "command": command, "rows": rows}
+        if "format" not in meta:  # the first change: no copy may have begun here since (etcd_copy.py)
+            compares.append(client.mod_is(self.keys.meta(CLAIM), 0))
+        audit_key = self.keys.new_audit()
         ops = [client.delete(k) if v is None else client.put(k, v) for k, v in sorted(writes.items())]
-        ops += [client.put(audit_key, json.dumps(entry, separators=(",", ":")).encode()),
+        ops += [client.put(audit_key, audit_entry(command, rows)),
                 client.put(changed, audit_key), client.put(self.keys.meta("format"), FORMAT.encode())]
         try:
             reply = client.txn(compares, ops)

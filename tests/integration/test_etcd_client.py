@@ -75,3 +75,41 @@ def test_reads_at_a_revision_range_compares_and_leases(etcd):
                 assert time.monotonic() < deadline, "the lease did not expire"
                 await asyncio.sleep(0.2)
     asyncio.run(lease())
+
+
+def test_pages_read_a_range_whole_in_order_halving_a_page_past_the_message_limit(etcd):
+    from enforcer.state.etcd_client import EtcdClient, EtcdOptions, TooLarge, parse_url
+
+    client = EtcdClient(parse_url(etcd.url("p")), EtcdOptions())
+    try:
+        written = {f"/p/k{i:03d}".encode(): bytes([65 + i % 26]) * 200 for i in range(50)}
+        revision = client.txn([], [client.put(k, v) for k, v in written.items()]).header.revision
+        client.txn([], [client.put(b"/p/k999", b"after")])  # not in the snapshot the pages read
+        assert {bytes(kv.key): bytes(kv.value) for kv in client.pages(b"/p/", b"/p0", revision=revision,
+                                                                        page=7)} == written
+        # an answer of 50 such keys (~12 KB) is past a 4 KB limit: asked again in halves until a page fits
+        client.channel_options = [o for o in client.channel_options if o[0] != "grpc.max_receive_message_length"]
+        client.channel_options.append(("grpc.max_receive_message_length", 4096))
+        client.channel.close()
+        client._connect()
+        with pytest.raises(TooLarge):
+            client.range(b"/p/", b"/p0", revision=revision, limit=50)
+        keys = [bytes(kv.key) for kv in client.pages(b"/p/", b"/p0", revision=revision, page=50)]
+        assert keys == sorted(written)
+    finally:
+        client.close()
+
+
+def test_many_single_keys_read_at_a_revision_in_order_absent_ones_empty(etcd):
+    from enforcer.state.etcd_client import READS_PER_TXN, EtcdClient, EtcdOptions, parse_url
+
+    client = EtcdClient(parse_url(etcd.url("m")), EtcdOptions())
+    try:
+        names = [f"/m/k{i}".encode() for i in range(READS_PER_TXN * 2 + 7)]  # three transactions
+        revision = client.txn([], [client.put(k, b"old") for k in names[::2]]).header.revision
+        client.txn([], [client.put(k, b"new") for k in names])
+        answers = client.ranges(names, revision=revision)
+        assert [[bytes(kv.value) for kv in a.kvs] for a in answers] == \
+            [[b"old"] if i % 2 == 0 else [] for i in range(len(names))]
+    finally:
+        client.close()

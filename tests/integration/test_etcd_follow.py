@@ -228,3 +228,42 @@ def test_a_wrong_etcd_state_is_one_line_and_touches_no_rule(fleet, state, env, c
     assert p.returncode == code, err
     assert len(err.strip().splitlines()) == 1 and said in err, err
     assert lab.project_rules() == ""
+
+
+def test_a_patch_whose_snapshot_is_compacted_while_it_reads_becomes_a_whole_compile(tmp_path, capsys):
+    """The follower patches a change in a snapshot read lazily at its revision; a compaction past that revision
+    in the middle (before the patch reads the changed rows: a benchmark's daemon died of it, Compacted raised from
+    the loop) makes it a whole compile at the head, with the change in it."""
+    from enforcer.dataplane.etcd_follow import EtcdFollower
+    from enforcer.state.settings import Settings
+    from support.cli import Cli
+    from support.etcd import running_etcd
+
+    need_etcd()
+    with running_etcd(tmp_path / "etcd") as etcd:
+        url = etcd.url("f")
+        cli = Cli(url, capsys)  # type: ignore[arg-type]
+        cli("subscription", "add", "one", "--type", "ea")  # its running VMs may send: a stopped one may not
+        cli("vm", "add", "vm-1", "--subscription", "one", "--address", "198.18.2.1")
+        vm_1 = bytes([198, 18, 2, 1])
+        follower = EtcdFollower(Settings(state=url, gateway_name="t"))
+        try:
+            follower.check()
+            keeper, _ = follower.compile(lambda inv, profile: None)
+            assert keeper.verdict(keeper.view(), vm_1).allow
+            cli("vm", "stop", "vm-1")
+            assert wait_for(lambda: follower.newest() > keeper.generation, 10)  # the watch queued the change
+            etcd.ctl("put", "/elsewhere", "x")  # a revision past the change's, outside the state
+            head = follower.store.head()[0]
+            patch_now = keeper.patch
+
+            def compacted_first(inv, changes):
+                etcd.ctl("compaction", str(head))
+                return patch_now(inv, changes)
+            keeper.patch = compacted_first  # type: ignore[method-assign]
+            patch, _ = follower.patch(keeper, lambda inv, profile: None)
+            assert patch.full  # the daemon compiles the table whole, as it does for any full patch
+            keeper, _ = follower.compile(lambda inv, profile: None)
+            assert keeper.verdict(keeper.view(), vm_1) == (False, "one", "not-running")
+        finally:
+            follower.close()

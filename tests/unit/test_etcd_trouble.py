@@ -5,7 +5,7 @@ import grpc
 import pytest
 
 from enforcer.errors import Failure, UserError
-from enforcer.state.etcd_client import EtcdClient, EtcdOptions, parse_url
+from enforcer.state.etcd_client import EtcdClient, EtcdOptions, Unanswered, parse_url
 
 
 @pytest.fixture
@@ -25,3 +25,11 @@ def test_a_message_past_the_size_limit_is_not_the_quota(client):
 def test_the_quota_is_the_quota(client):
     said = client.trouble(grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
     assert isinstance(said, Failure) and "space quota" in str(said)
+
+
+@pytest.mark.parametrize("code, details", [(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
+                                           (grpc.StatusCode.UNKNOWN, "context deadline exceeded")])
+def test_a_deadline_passed_here_or_at_the_member_is_an_unknown_outcome(client, code, details):
+    """The member answers UNKNOWN "context deadline exceeded" when the call's deadline passes there first (seen
+    under load): the transaction may still commit, so it is tried again as if unanswered, never told failed."""
+    assert isinstance(client.trouble(code, details), Unanswered)
