@@ -806,12 +806,13 @@ class EtcdStore:
         for table in TABLES:
             for row in getattr(inv, table).values():
                 expected.update(row_keys(self.keys, table, row))
-        held: dict[bytes, bytes] = {}
-        for under in (self.keys._k("addresses/"), self.keys._k("index/")):
-            held.update({bytes(kv.key): bytes(kv.value) for kv in self.client.range(under, _end(under)).kvs})
+        revision = self.head()[0]
+
+        def keys_under(under: bytes) -> dict[bytes, bytes]:  # in pages: at 1M VMs index/ holds 2M keys
+            return {bytes(kv.key): bytes(kv.value) for kv in self.client.pages(under, _end(under), revision=revision)}
+        held = {**keys_under(self.keys._k("addresses/")), **keys_under(self.keys._k("index/"))}
         wrong = sorted(set(held) ^ {k for k in expected} | {k for k in held if held[k] != expected.get(k)})
-        under = self.keys.counts()
-        counts = {bytes(kv.key): bytes(kv.value) for kv in self.client.range(under, _end(under)).kvs}
+        counts = keys_under(self.keys.counts())
         groups = {self.keys.count(*group): sorted(names) for group, names in members_of(inv).items()}
         wrong += sorted(k for k in set(counts) | set(groups) if not count_holds(counts.get(k), groups.get(k, [])))
         if wrong:
