@@ -30,7 +30,8 @@ def load(sqlite: str, url: str) -> dict[str, Any]:
     from enforcer.core.rows import TABLES
     from enforcer.state.etcd_client import parse_url
     from enforcer.state.etcd_copy import copy_in
-    from enforcer.state.etcd_store import EtcdStore, _end
+    from enforcer.state.etcd_layout import end_of
+    from enforcer.state.etcd_store import EtcdStore
     from enforcer.state.store import Store
 
     started = time.perf_counter()
@@ -44,7 +45,7 @@ def load(sqlite: str, url: str) -> dict[str, Any]:
     try:
         copy_in(store, inv, f"benchmark load of {sqlite}")
         root = store.keys.everything()
-        keys = int(store.client.range(root, _end(root), count_only=True).count)
+        keys = int(store.client.range(root, end_of(root), count_only=True).count)
     finally:
         store.close()
     return {"rows": sum(len(getattr(inv, t)) for t in TABLES), "keys": keys, "read_s": read,

@@ -12,7 +12,7 @@ from ..core.inventory import Inventory, Resource, pull
 from ..core.lifecycle import pending_restart
 from ..core.policy import assess_pulled, verdict_for, verdict_word
 from ..core.profile import Profile
-from ..state.etcd_store import Gateway
+from ..state.etcd_gateways import Gateway
 from .output import show_table
 
 

@@ -23,7 +23,7 @@ import click
 
 from ..errors import Failure, UserError
 from ..state.etcd_client import is_etcd
-from ..state.etcd_store import Gateway, behind, gateways_of
+from ..state.etcd_gateways import Gateway, behind, gateways_of
 from .context import Context
 
 DEFAULT_WAIT = 30.0  # seconds, for a bare --wait

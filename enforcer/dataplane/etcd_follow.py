@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .. import __version__
 from ..errors import Failure, UserError
 from ..state.etcd_client import Compacted, EtcdClient, EtcdOptions, parse_url
-from ..state.etcd_store import EtcdStore, _end, commit_time
+from ..state.etcd_gateways import commit_time
+from ..state.etcd_layout import end_of
+from ..state.etcd_store import EtcdStore
 from ..state.profiles import load_profile
 from ..state.store import Changed, _audited
 from .follow import SpecOf
@@ -323,7 +325,7 @@ class EtcdFollower:
     def _requests(self, start: int, done: threading.Event) -> Iterator[Any]:
         rpc = self._client().rpc
         yield rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
-            key=self.root, range_end=_end(self.root), start_revision=start, progress_notify=True))
+            key=self.root, range_end=end_of(self.root), start_revision=start, progress_notify=True))
         while not done.wait(PROGRESS_EVERY):
             yield rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
 

@@ -7,7 +7,7 @@ last transaction (docs/architecture.md, "The state in etcd", "A copy into etcd")
        claim absent), a claim whose copy was killed expires with its lease (at once if its process on this host is
        gone), and the next copy takes the prefix over;
     2. delete what an interrupted copy left there (the gateways' records aside), in batches;
-    3. every key of the state (etcd_store.state_keys) but meta/format, and the audit entry's parts but the last,
+    3. every key of the state (etcd_layout.state_keys) but meta/format, and the audit entry's parts but the last,
        in batches of BATCH_OPS keys and BATCH_BYTES bytes, IN_FLIGHT transactions at a time, each holding only
        while the claim is ours;
     4. the last transaction: the audit entry's last part, meta/changed naming it, meta/format, the claim deleted;
@@ -28,7 +28,8 @@ from ..core.inventory import Inventory
 from ..core.rows import TABLES
 from ..errors import Failure, UserError
 from .etcd_client import Unanswered
-from .etcd_store import CLAIM, FORMAT, EtcdStore, _end, audit_entry, claim_gone, claimed_by, setting_rows, state_keys
+from .etcd_layout import CLAIM, FORMAT, audit_entry, claim_gone, claimed_by, end_of, setting_rows, state_keys
+from .etcd_store import EtcdStore
 
 BATCH_OPS = 100          # operations in one transaction of a copy: etcd's default --max-txn-ops is 128
 BATCH_BYTES = 512 << 10  # and bytes of keys and values: its default --max-request-bytes is 1.5 MiB
@@ -126,7 +127,7 @@ def clear(store: EtcdStore, claim: Claim) -> int:
     client, keys = store.client, store.keys
     root, gateways, held = keys.everything(), keys.gateways(), claim.key
     deleted = 0
-    for start, end in ((root, gateways), (_end(gateways), held), (held + b"\0", _end(root))):
+    for start, end in ((root, gateways), (end_of(gateways), held), (held + b"\0", end_of(root))):
         while True:
             found = client.range(start, end, keys_only=True, limit=DELETE_PAGE).kvs
             if not found:

@@ -1,16 +1,6 @@
-"""The state in etcd v3: the same rows as the SQLite store, one key each under a prefix, and a change as one etcd
-transaction that holds only if nothing the operation read has changed since (optimistic concurrency).
-
-Keys under PREFIX (docs/architecture.md, "The state in etcd"): meta/{format,profile,internal_prefixes,changed},
-{subscriptions,vnets,resources}/NAME (the row's JSON document, as state/rows.py encodes it), addresses/ADDRESS
-(its owner and what the table needs of it: the uniqueness of an address is one key), index/TABLE.COLUMN/VALUE/NAME
-and index/prefixed/NAME (what an operation asks by an indexed column), counts/SUB/GROUP (how many resources a
-group of alike ones holds, and its first names: SQLite's resource_counts; GROUP is the JSON array of the group's
-other values, state first) and index/group/SUB/GROUP/NAME (the names in it), audit/ID (one key per change: its rows).
-meta/format makes the state exist: at a revision without it there is no row (a copy writes it last: etcd_copy.py,
-whose claim on a prefix without a state is meta/copying).
-Beside the state, gateways/NAME (what a gateway holds, under its lease: there while it lives) and
-gateways/NAME/seen (the same, without a lease: what it last said, kept until `enforcer gateway forget NAME`).
+"""The state in etcd v3: the same rows as the SQLite store, one key each under a prefix (etcd_layout.py), and a
+change as one etcd transaction that holds only if nothing the operation read has changed since (optimistic
+concurrency).
 
 Every read of a change is at one revision R (etcd's MVCC: a consistent snapshot, as SQLite's transaction is). The
 source records each key it read with its mod_revision (0: absent) and each index range it listed; the
@@ -21,334 +11,36 @@ compares meta/changed instead, which every change writes: it then holds only if 
 
 from __future__ import annotations
 
-import heapq
 import json
-import os
 import random
-import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Generator, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Generator, Iterable, Iterator, TypeVar
 
-from ..core.inventory import Inventory, Resource
+from ..core.inventory import Inventory
 from ..core.profile import Profile
 from ..core.rows import COUNTED_BY, INDEXED, TABLES, Counts
 from ..core.validate import check_row, validate
-from ..core.verdicts import Judged, pulled_of, pulled_text
 from ..errors import Failure, UserError
 from .etcd_client import Compacted, EtcdClient, EtcdOptions, EtcdUrl, Unanswered
-from .rows import Entity, from_doc, to_doc
-from .schema import GROUPED_BY
+from .rows import Entity, from_doc
 from .source import over
 from .store import Changed, _audited
+from .etcd_gateways import Gateway, gateways_of
+from .etcd_layout import (CLAIM, FORMAT, RUNNING_GROUPS, Keys, audit_entry, claim_gone, claimed_by, count_holds,
+                          count_of, group_values, members_of, other_layout, parse_address_value, planned, end_of,
+                          row_keys)
 
 T = TypeVar("T")
-FORMAT = "2"       # the key layout's version, in meta/format (1: address values in JSON)
+
+
 ATTEMPTS = 50      # a change rerun this often on conflicts gives up (one line, exit 1)
+
+
 MAX_COMPARES = 96  # past this many, one compare of meta/changed stands for them (etcd's default limit is 128)
+
+
 ROW_BY_ROW = 2_000  # rows an index lists that are read one by one; past it, the whole table a page at a time
-
-
-def _end(prefix: bytes) -> bytes:
-    """The end of the range of keys that begin with `prefix` (which ends in '/')."""
-    return prefix[:-1] + bytes([prefix[-1] + 1])
-
-
-class Keys:
-    """The key layout under one prefix (pure)."""
-
-    def __init__(self, prefix: str):
-        self.root = f"/{prefix}/"
-
-    def _k(self, text: str) -> bytes:
-        return (self.root + text).encode()
-
-    def meta(self, name: str) -> bytes:
-        return self._k(f"meta/{name}")
-
-    def row(self, table: str, name: str) -> bytes:
-        return self._k(f"{table}/{name}")
-
-    def table(self, table: str) -> bytes:
-        return self._k(f"{table}/")
-
-    def address(self, address: str) -> bytes:
-        return self._k(f"addresses/{address}")
-
-    def index(self, table: str, column: str, value: str) -> bytes:
-        return self._k(f"index/{table}.{column}/{value}/")
-
-    def prefixed(self) -> bytes:
-        return self._k("index/prefixed/")
-
-    def counts(self, subscription: str | None = None) -> bytes:
-        """counts/ (every group), or counts/SUB/ (one subscription's groups: one range)."""
-        return self._k("counts/" if subscription is None else f"counts/{subscription}/")
-
-    def count(self, subscription: str, group: str) -> bytes:
-        return self.counts(subscription) + group.encode()
-
-    def group(self, subscription: str, group: str) -> bytes:
-        """The range of the names in a group (a group's JSON is an array: no group's key is a prefix of another's)."""
-        return self._k(f"index/group/{subscription}/{group}/")
-
-    def audit(self) -> bytes:
-        return self._k("audit/")
-
-    def new_audit(self) -> bytes:
-        """A change's audit key, unique to it (a transaction told lost is looked for by it): TIME-PID-RANDOM, TIME
-        its writer's time.time_ns() just before the commit."""
-        return self.audit() + f"{time.time_ns():020d}-{os.getpid()}-{random.getrandbits(32):08x}".encode()
-
-    def gateways(self) -> bytes:
-        return self._k("gateways/")
-
-    def gateway(self, name: str) -> bytes:
-        """What a gateway holds, under its lease."""
-        return self._k(f"gateways/{name}")
-
-    def gateway_seen(self, name: str) -> bytes:
-        """The same without a lease: outlives the gateway (names hold no '/', so no gateway is called NAME/seen)."""
-        return self._k(f"gateways/{name}{SEEN}")
-
-    def everything(self) -> bytes:
-        return self.root.encode()
-
-    def name_of(self, key: bytes, under: bytes) -> str:
-        return key[len(under):].decode()
-
-
-SEEN = "/seen"
-
-
-def _other_layout(found: str) -> str:
-    """What to do with a state another version wrote."""
-    if found.isdigit() and int(found) < int(FORMAT):
-        return (f"was written by an earlier port25-enforcer (key layout {found}, this one reads {FORMAT}): copy it "
-                "to SQLite with that version (enforcer state copy), then into etcd with this one")
-    return f"was written by a later port25-enforcer (key layout {found}, this one reads {FORMAT}): upgrade"
-
-
-def audit_entry(command: str, rows: list[Any]) -> bytes:
-    """An audit key's value: when, who, which command, the rows it changed (kind, name, before, after)."""
-    entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "uid": os.getuid(), "command": command, "rows": rows}
-    return json.dumps(entry, separators=(",", ":")).encode()
-
-
-CLAIM = "copying"  # meta/copying: a copy under way into a prefix that holds no state yet (etcd_copy.py)
-
-
-def claimed_by(value: bytes) -> str:
-    """Who holds a copy's claim, as its value tells it."""
-    doc = _record(value)
-    return f"pid {doc.get('pid', '?')} on {doc.get('host', '?')} since {doc.get('at', '?')}"
-
-
-def claim_gone(value: bytes) -> bool:
-    """A copy's claim whose process ran on this host and is gone (killed: its lease outlives it a while)."""
-    doc = _record(value)
-    if doc.get("host") != socket.gethostname() or not isinstance(doc.get("pid"), int):
-        return False
-    try:
-        os.kill(doc["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
-
-
-def commit_time(audit_key: bytes | str) -> float | None:
-    """The wall-clock time (Unix seconds, the committing CLI's clock) a change's audit key was made at, just before
-    its transaction: the key begins with time.time_ns(). None for a key not of that form."""
-    name = (audit_key.decode(errors="replace") if isinstance(audit_key, bytes) else audit_key).rpartition("/")[2]
-    digits = name.partition("-")[0]
-    return int(digits) / 1e9 if len(digits) == 20 and digits.isdigit() else None
-
-
-@dataclass(frozen=True)
-class Gateway:
-    """One gateway as its records under gateways/ tell it (pure)."""
-    name: str
-    alive: bool             # its leased key is there: it kept its lease alive within the TTL
-    revision: int           # the state's generation its table holds (the revision of the change it last applied)
-    applied_revision: int   # the etcd revision its table is current to
-    at: str                 # when it last wrote its record, its own clock (ISO 8601)
-    seen: float | None      # the same in Unix seconds (None from a record that does not say)
-    pid: int | None
-    version: str
-
-    def lag(self, generation: int) -> int:
-        """Revisions between the state's generation and what this gateway holds (0: it has the last change)."""
-        return max(0, generation - self.revision)
-
-
-def _record(value: bytes | None) -> dict[str, Any]:
-    try:
-        doc = json.loads(value) if value else {}
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def gateways_of(keys: Mapping[str, bytes]) -> list[Gateway]:
-    """The gateways from the keys under gateways/ (named relative to it: NAME leased, NAME/seen not), by name. A
-    gateway is alive while its leased key is there; a gateway writes both records in one transaction, so either
-    tells its figures (the leased one alone: a gateway of an earlier version)."""
-    out = []
-    for name in sorted({k.removesuffix(SEEN) for k in keys if "/" not in k.removesuffix(SEEN)}):
-        doc = _record(keys.get(name)) or _record(keys.get(name + SEEN))
-        out.append(Gateway(name, name in keys, _number(doc, "revision") or 0, _number(doc, "applied_revision") or 0,
-                           str(doc.get("at", "?")), _number(doc, "at_unix", float), _number(doc, "pid"),
-                           str(doc.get("version", "?"))))
-    return out
-
-
-def _number(doc: dict[str, Any], key: str, kind: type = int) -> Any:
-    """A record's number, None for one missing or not a number (a record another program wrote)."""
-    value = doc.get(key)
-    return kind(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def behind(gateways: Iterable[Gateway], generation: int) -> list[str]:
-    """The live gateways whose table does not hold generation `generation` yet, by name (what --wait waits for)."""
-    return sorted(g.name for g in gateways if g.alive and g.revision < generation)
-
-
-def row_keys(keys: Keys, table: str, row: Entity) -> dict[bytes, bytes]:
-    """What a row puts beside its document: its index keys, and for a resource its address keys (the address row
-    as SQLite's addresses table holds it: owner, prefix length, the Judged key, the binding)."""
-    out: dict[bytes, bytes] = {}
-    for t, column in sorted(INDEXED):
-        value = getattr(row, column) if t == table else None
-        if value is not None:
-            out[keys.index(t, column, value) + row.name.encode()] = b""
-    if isinstance(row, Resource):
-        judged = Judged.of(row).encode()
-        bound = None if (row.vnet, row.interface, row.mac) == (None, None, None) else \
-            json.dumps([row.vnet, row.interface, row.mac])
-        for a in row.addresses:
-            prefix_len = int(a.partition("/")[2]) if "/" in a else None
-            out[keys.address(a)] = address_value(row.name, prefix_len, judged, bound)
-        if any("/" in a for a in row.addresses):
-            out[keys.prefixed() + row.name.encode()] = b""
-        out[keys.group(row.subscription, group_of(row)) + row.name.encode()] = b""
-    return out
-
-
-def address_value(name: str, prefix_len: int | None, judged: str, bound: str | None) -> bytes:
-    """An address key's value: NAME NUL PREFIX-LENGTH NUL BINDING NUL JUDGED (an absent one empty). Not JSON: a
-    gateway's start splits a million of them (json.loads of the nested form was 3 s of it); names, numbers and JSON
-    text hold no NUL. `judged` last: the bytes the table groups alike resources by."""
-    return b"\0".join((name.encode(), b"" if prefix_len is None else str(prefix_len).encode(),
-                        (bound or "").encode(), judged.encode()))
-
-
-def parse_address_value(value: bytes) -> tuple[str, int | None, str, str | None]:
-    """(resource, prefix length, judged, binding) of an address key's value; raises ValueError for another form."""
-    name, prefix_len, bound, judged = value.split(b"\0", 3)
-    return name.decode(), int(prefix_len) if prefix_len else None, judged.decode(), bound.decode() or None
-
-
-# A group of resources alike (schema.GROUPED_BY: what SQLite's resource_counts counts), under its subscription: the
-# JSON array of its other values, pulled as pulled_text (as SQLite's column holds it). The state comes first, so
-# that a subscription's running groups are one small range: counts/SUB/["running",...
-IN_GROUP = tuple(c for c in GROUPED_BY if c != "subscription")
-RUNNING_GROUPS = b'["running",'
-
-
-def group_of(r: Resource) -> str:
-    """The JSON of r's group (its values but the subscription), as its count key and its group's names hold it."""
-    text = {"state": str(r.state), "pulled": pulled_text(r.pulled)}
-    return json.dumps([text[c] if c in text else getattr(r, c) for c in IN_GROUP], separators=(",", ":"))
-
-
-def group_values(subscription: str, group: str) -> dict[str, Any]:
-    """A group's values by column (COUNTED_BY and state; pulled decoded), from its key's JSON. Raises ValueError,
-    TypeError or KeyError for one this version did not write."""
-    values = dict(zip(IN_GROUP, json.loads(group), strict=True))
-    return {**values, "subscription": subscription, "pulled": pulled_of(values["pulled"])}
-
-
-# The names a count key keeps of its group, the first by name (its head): a listing of up to as many as it holds
-# reads no range. A change keeps it at HEAD names at most and HEAD_LOW at least (or all of the group's): a name out
-# of the head leaves the rest of it the group's first names still, so it is read again only once it falls short.
-HEAD, HEAD_LOW = 50, 25
-
-Group = tuple[str, str]  # (subscription, the JSON of the group's other values)
-
-
-def count_value(n: int, head: Iterable[str]) -> bytes:
-    """A count key's value: how many resources the group holds, and the first HEAD of their names."""
-    return json.dumps([n, list(head)], separators=(",", ":")).encode()
-
-
-def count_of(value: bytes | None, key: bytes) -> tuple[int, list[str]]:
-    """(count, head) of a count key's value; (0, []) for a key absent."""
-    if value is None:
-        return 0, []
-    try:
-        n, head = json.loads(value)
-        if isinstance(n, int) and isinstance(head, list) and all(isinstance(name, str) for name in head):
-            return n, head
-    except (ValueError, TypeError):
-        pass
-    raise UserError(f"the count key {key.decode(errors='replace')} holds {value[:40]!r}, not [count, [names]]; the "
-                    "state is damaged")
-
-
-def count_keys(keys: Keys, inv: Inventory) -> dict[bytes, bytes]:
-    """The count keys of a whole state: how many resources each group holds, and its first names (what a whole
-    state's writer puts beside row_keys(); a change keeps them in planned())."""
-    return {keys.count(s, g): count_value(len(names), heapq.nsmallest(HEAD, names))
-            for (s, g), names in sorted(members_of(inv).items())}
-
-
-def members_of(inv: Inventory) -> dict[Group, list[str]]:
-    """The names of each group's resources."""
-    members: dict[Group, list[str]] = {}
-    for r in inv.resources.values():
-        members.setdefault((r.subscription, group_of(r)), []).append(r.name)
-    return members
-
-
-def _grouped(row: Entity | None) -> Group | None:
-    return (row.subscription, group_of(row)) if isinstance(row, Resource) else None
-
-
-def counted(keys: Keys, leaving: Mapping[Group, list[str]], joining: Mapping[Group, list[str]],
-            read: Callable[[bytes], bytes | None],
-            first: Callable[[str, str, int], list[str]]) -> dict[bytes, bytes | None]:
-    """The count keys a change writes (None: a group counted down to 0 goes) for the groups whose names it changes:
-    the names leaving each and joining it; each key as `read` gives it now (a key read is a key compared). A group
-    whose names change is written even when its count does not (one out, another in): its count key's compare is
-    what guards a listing of its names (EtcdSource.running_names). When the head would fall below HEAD_LOW names of
-    a group that holds more, it is read again: `first` (subscription, group, limit), the group's first names now."""
-    out: dict[bytes, bytes | None] = {}
-    for group in sorted(set(leaving) | set(joining)):
-        key = keys.count(*group)
-        n, head = count_of(read(key), key)
-        gone, came = set(leaving.get(group, ())), joining.get(group, [])
-        kept, rest = [name for name in head if name not in gone], n - len(gone)  # still the first of the rest
-        if len(kept) < min(rest, HEAD_LOW):
-            kept = [name for name in first(*group, HEAD + len(gone)) if name not in gone]
-        if kept and len(kept) < rest:  # past the head's last name the names are not known: one joining there stays out
-            came = [name for name in came if name < kept[-1]]
-        n = rest + len(joining.get(group, []))
-        out[key] = count_value(n, sorted(kept + came)[:HEAD]) if n > 0 else None
-    return out
-
-
-def count_holds(value: bytes | None, names: list[str]) -> bool:
-    """Whether a count key's value (None: absent) is right for a group of these names (sorted; [] for none)."""
-    if value is None:
-        return not names
-    try:
-        n, head = count_of(value, b"")
-    except UserError:
-        return False
-    return n == len(names) and min(n, HEAD_LOW) <= len(head) <= HEAD and head == names[:len(head)]
 
 
 Running = tuple[dict[str, Any], str, int, list[str]]  # a group of running resources: values, JSON, count, head
@@ -409,35 +101,35 @@ class EtcdSource:
 
     def _listed(self, under: bytes) -> list[str]:
         """The names of the keys under `under`, recorded as a range read (a key created there since fails it)."""
-        self.ranges.append((under, _end(under)))
+        self.ranges.append((under, end_of(under)))
         if self.absent:
             return []
         return [self.keys.name_of(kv.key, under)
-                for kv in self.client.pages(under, _end(under), revision=self.revision, keys_only=True)]
+                for kv in self.client.pages(under, end_of(under), revision=self.revision, keys_only=True)]
 
     def names(self, table: str) -> Iterable[str]:
         self.whole = True
         under = self.keys.table(table)
         if self.absent:
             return []
-        return [self.keys.name_of(kv.key, under) for kv in self._range(under, _end(under), keys_only=True).kvs]
+        return [self.keys.name_of(kv.key, under) for kv in self._range(under, end_of(under), keys_only=True).kvs]
 
     def rows(self, table: str) -> Iterable[Entity]:
         self.whole = True
         under = self.keys.table(table)
         if self.absent:
             return
-        for kv in self.client.pages(under, _end(under), revision=self.revision):
+        for kv in self.client.pages(under, end_of(under), revision=self.revision):
             yield self._parse(table, self.keys.name_of(kv.key, under), kv.value, keep=False)
 
     def count(self, table: str) -> int:
         self.whole = True
         if table == "resources" and not self.absent:  # the count keys' sum, as SQLite's resource_counts: etcd
             under = self.keys.counts()                    # counts a range key by key
-            return sum(count_of(kv.value, bytes(kv.key))[0] for kv in self.client.pages(under, _end(under),
+            return sum(count_of(kv.value, bytes(kv.key))[0] for kv in self.client.pages(under, end_of(under),
                                                                                         revision=self.revision))
         under = self.keys.table(table)
-        return 0 if self.absent else int(self._range(under, _end(under), count_only=True).count)
+        return 0 if self.absent else int(self._range(under, end_of(under), count_only=True).count)
 
     def where(self, table: str, column: str, value: str) -> Iterable[Entity]:
         if (table, column) not in INDEXED:
@@ -488,9 +180,9 @@ class EtcdSource:
         key read (a group counted up, down, or away since fails it). Kept for the snapshot."""
         if subscription not in self.groups:
             start = self.keys.counts(subscription) + (b"" if subscription is None else RUNNING_GROUPS)
-            self.ranges.append((start, _end(start)))
+            self.ranges.append((start, end_of(start)))
             under, found = self.keys.counts(), []
-            for kv in () if self.absent else self._range(start, _end(start)).kvs:  # a key a group: one answer
+            for kv in () if self.absent else self._range(start, end_of(start)).kvs:  # a key a group: one answer
                 key = bytes(kv.key)
                 sub, _, group = self.keys.name_of(key, under).partition("/")
                 if group.encode().startswith(RUNNING_GROUPS):
@@ -536,82 +228,9 @@ class EtcdSource:
         if limit == 0 or self.absent:  # etcd's 0: no limit
             return []
         under = self.keys.group(subscription, group)
-        kvs = self.client.pages(under, _end(under), revision=self.revision, keys_only=True) if limit is None else \
-            self._range(under, _end(under), keys_only=True, limit=limit).kvs
+        kvs = self.client.pages(under, end_of(under), revision=self.revision, keys_only=True) if limit is None else \
+            self._range(under, end_of(under), keys_only=True, limit=limit).kvs
         return [self.keys.name_of(kv.key, under) for kv in kvs]
-
-
-def _doc(row: Entity | None) -> str | None:
-    return to_doc(row) if row is not None else None
-
-
-SETTINGS = ("profile", "internal_prefixes")
-
-
-def _setting(value: str | tuple[str, ...]) -> str:
-    """A setting as meta/ and the audit log hold it (JSON: a string, or a list)."""
-    return json.dumps(value if isinstance(value, str) else list(value))
-
-
-def setting_rows(old: Inventory, new: Inventory) -> list[list[str]]:
-    """The audit rows of the settings `new` holds other than `old`: (setting, name, before, after)."""
-    return [["setting", name, _setting(getattr(old, name)), _setting(getattr(new, name))]
-            for name in SETTINGS if getattr(old, name) != getattr(new, name)]
-
-
-def state_keys(keys: Keys, inv: Inventory) -> Iterator[tuple[bytes, bytes]]:
-    """Every key of the whole state `inv` in the store's layout, as changes would have left it (pure): each row's
-    document and its row_keys(), the count keys, the settings, and meta/format last (what makes the state exist: a
-    copy writes it in its last transaction). Rows by table and name. The one place whole-state keys are made
-    (etcd_copy.copy_in writes these, and the benchmark's loader through it): a key the layout gains beside the rows
-    is added here."""
-    for table in TABLES:
-        rows = getattr(inv, table)
-        for name in sorted(rows):  # as a change's audit rows are: the copy's audit entry is made of these
-            row = rows[name]
-            yield keys.row(table, name), to_doc(row).encode()
-            yield from row_keys(keys, table, row).items()
-    yield from count_keys(keys, inv).items()
-    for name in SETTINGS:
-        yield keys.meta(name), _setting(getattr(inv, name)).encode()
-    yield keys.meta("format"), FORMAT.encode()
-
-
-def planned(keys: Keys, old: Inventory, new: Inventory, exists: bool, read: Callable[[bytes], bytes | None],
-            first: Callable[[str, str, int], list[str]]) -> tuple[dict[bytes, bytes | None], list[Any]]:
-    """What a change writes (key -> value, None to delete) and its audit rows (kind, name, before, after as JSON
-    documents): the rows `new` changed over its source, each with its index and address keys, and the count keys
-    of the groups they leave or join (counted(), with `read` and `first`). Deletes first and puts over them: etcd
-    refuses a key twice in one transaction, and an address may pass between two resources."""
-    deletes: dict[bytes, bytes | None] = {}
-    puts: dict[bytes, bytes | None] = {}
-    audit: list[Any] = []
-    leaving: dict[Group, list[str]] = {}
-    joining: dict[Group, list[str]] = {}
-    for table in TABLES:
-        for name, after in sorted(new.changes.tables[table].items()):
-            before = new.source.row(table, name)
-            if before == after:
-                continue
-            key = keys.row(table, name)
-            if before is not None:
-                deletes[key] = None
-                deletes.update(dict.fromkeys(row_keys(keys, table, before)))
-            if after is not None:
-                puts[key] = to_doc(after).encode()
-                puts.update(row_keys(keys, table, after))
-            audit.append([table[:-1], name, _doc(before), _doc(after)])
-            left, joined = (_grouped(row) for row in (before, after))
-            if left != joined:  # the names of both groups change (a row rewritten in its group changes neither)
-                for group, names in ((left, leaving), (joined, joining)):
-                    if group is not None:
-                        names.setdefault(group, []).append(name)
-    puts.update(counted(keys, leaving, joining, read, first))
-    for setting in SETTINGS:
-        if getattr(old, setting) != getattr(new, setting) or (not exists and audit):
-            puts[keys.meta(setting)] = _setting(getattr(new, setting)).encode()
-    audit += setting_rows(old, new)
-    return {**deletes, **puts}, audit
 
 
 class EtcdStore:
@@ -643,7 +262,7 @@ class EtcdStore:
     def _meta(self, revision: int = 0) -> tuple[int, dict[str, Any]]:
         """(revision, {name: (value, mod_revision)}) of meta/, read at `revision` (0: now)."""
         under = self.keys.meta("")
-        reply = self.client.range(under, _end(under), revision=revision)
+        reply = self.client.range(under, end_of(under), revision=revision)
         meta = {self.keys.name_of(kv.key, under): (bytes(kv.value), kv.mod_revision) for kv in reply.kvs}
         return revision or int(reply.header.revision), meta
 
@@ -654,7 +273,7 @@ class EtcdStore:
         except (ValueError, TypeError) as e:
             raise UserError(f"{self.path}: a setting does not parse ({e}); the state is damaged") from None
         if "format" in meta and meta["format"][0].decode() != FORMAT:
-            raise UserError(f"{self.path}: {_other_layout(meta['format'][0].decode())}")
+            raise UserError(f"{self.path}: {other_layout(meta['format'][0].decode())}")
         return profile, prefixes
 
     @property
@@ -712,7 +331,7 @@ class EtcdStore:
         under = self.keys._k("addresses/")
         start = len(under)
         judged_texts: dict[bytes, str] = {}  # a few distinct ones among a million rows: each decoded once
-        for kv in self.client.pages(under, _end(under), revision=revision, page=page):
+        for kv in self.client.pages(under, end_of(under), revision=revision, page=page):
             try:  # parse_address_value, inline: this loop is most of a gateway's start
                 name, plen, bound, judged = kv.value.split(b"\0", 3)
                 plen_ = int(plen) if plen else None
@@ -729,7 +348,7 @@ class EtcdStore:
         SQLite's changed_since() gives it; None when more than `limit` rows did. The audit keys outlive a
         compaction (they are never deleted), so that a follower that missed the events catches up from them."""
         under = self.keys.audit()
-        reply = self.client.range_from(under, _end(under), revision=revision, min_create_revision=after + 1,
+        reply = self.client.range_from(under, end_of(under), revision=revision, min_create_revision=after + 1,
                                        oldest_first=True, limit=limit + 1)
         out: list[Changed] = []
         for kv in reply.kvs:
@@ -748,7 +367,7 @@ class EtcdStore:
         out: set[tuple[str, str]] = set()
         for table in TABLES:
             under = self.keys.table(table)
-            reply = self.client.range_from(under, _end(under), revision=revision, min_mod_revision=after + 1,
+            reply = self.client.range_from(under, end_of(under), revision=revision, min_mod_revision=after + 1,
                                            keys_only=True)
             out |= {(table[:-1], self.keys.name_of(kv.key, under)) for kv in reply.kvs}
         return out
@@ -770,7 +389,7 @@ class EtcdStore:
         if table not in TABLES:
             raise ValueError(f"no names table {table!r}")
         under = self.keys.table(table)
-        reply = self.client.range(under + prefix.encode(), _end(under + prefix.encode()) if prefix else _end(under),
+        reply = self.client.range(under + prefix.encode(), end_of(under + prefix.encode()) if prefix else end_of(under),
                                   keys_only=True, limit=limit)
         return [self.keys.name_of(kv.key, under) for kv in reply.kvs]
 
@@ -778,7 +397,7 @@ class EtcdStore:
         """The newest `limit` audit rows, oldest first, as SQLite's store gives them; `id` is the revision of the
         change that wrote the row (the rows of one change share it)."""
         under = self.keys.audit()
-        reply = self.client.range(under, _end(under), limit=limit, newest_first=True)
+        reply = self.client.range(under, end_of(under), limit=limit, newest_first=True)
         out: list[dict[str, Any]] = []
         for kv in reply.kvs:
             try:
@@ -809,7 +428,7 @@ class EtcdStore:
         revision = self.head()[0]
 
         def keys_under(under: bytes) -> dict[bytes, bytes]:  # in pages: at 1M VMs index/ holds 2M keys
-            return {bytes(kv.key): bytes(kv.value) for kv in self.client.pages(under, _end(under), revision=revision)}
+            return {bytes(kv.key): bytes(kv.value) for kv in self.client.pages(under, end_of(under), revision=revision)}
         held = {**keys_under(self.keys._k("addresses/")), **keys_under(self.keys._k("index/"))}
         wrong = sorted(set(held) ^ {k for k in expected} | {k for k in held if held[k] != expected.get(k)})
         counts = keys_under(self.keys.counts())
@@ -819,7 +438,7 @@ class EtcdStore:
             raise UserError(f"{self.path}: {len(wrong)} address, index or count keys do not match the resources "
                             f"(first: {wrong[0].decode()}); the state is damaged")
         under = self.keys.audit()
-        audit = int(self.client.range(under, _end(under), count_only=True).count)
+        audit = int(self.client.range(under, end_of(under), count_only=True).count)
         addresses = sum(1 for k in held if k.startswith(self.keys._k("addresses/")))
         return {"subscriptions": len(inv.subscriptions), "vnets": len(inv.vnets), "resources": len(inv.resources),
                 "addresses": addresses, "audit entries": audit}
@@ -829,7 +448,7 @@ class EtcdStore:
     def gateway_keys(self) -> tuple[int, dict[str, bytes]]:
         """(the current revision, every key under gateways/ named relative to it, with its value)."""
         under = self.keys.gateways()
-        reply = self.client.range(under, _end(under))
+        reply = self.client.range(under, end_of(under))
         return int(reply.header.revision), {self.keys.name_of(kv.key, under): bytes(kv.value) for kv in reply.kvs}
 
     def fleet(self) -> tuple[int, list[Gateway]]:
@@ -864,7 +483,7 @@ class EtcdStore:
 
         def requests() -> Iterator[Any]:
             yield client.rpc.WatchRequest(create_request=client.rpc.WatchCreateRequest(
-                key=under, range_end=_end(under), start_revision=start))
+                key=under, range_end=end_of(under), start_revision=start))
             done.wait()  # the stream stays open until we are done with it
 
         timeout = until - time.monotonic()
@@ -896,7 +515,7 @@ class EtcdStore:
         written, or one interrupted (its claim, meta/copying, aside; the gateways' records are not the state)."""
         root, gateways = self.keys.everything(), self.keys.gateways()
         found = []
-        for start, end in ((root, gateways), (_end(gateways), _end(root))):
+        for start, end in ((root, gateways), (end_of(gateways), end_of(root))):
             reply = self.client.range(start, end, revision=revision, keys_only=True, limit=2)
             found += [bytes(kv.key) for kv in reply.kvs if bytes(kv.key) != self.keys.meta(CLAIM)]
         return found[:2]

@@ -17,7 +17,8 @@ import pytest
 
 from enforcer.state.etcd_client import EtcdOptions, parse_url
 from enforcer.state.etcd_copy import BATCH_OPS
-from enforcer.state.etcd_store import EtcdStore, _end
+from enforcer.state.etcd_layout import end_of
+from enforcer.state.etcd_store import EtcdStore
 from support.cli import Cli
 from support.etcd import running_cluster
 from support.states import lab_state
@@ -47,7 +48,7 @@ def keys_under(url: str, under: str = "") -> int:
     store = EtcdStore(parse_url(url), EtcdOptions())
     try:
         root = store.keys.everything() + under.encode()
-        return int(store.client.range(root, _end(root), count_only=True).count)
+        return int(store.client.range(root, end_of(root), count_only=True).count)
     finally:
         store.close()
 

@@ -18,7 +18,8 @@ from enforcer.core.inventory import Inventory, State
 from enforcer.core.rows import COUNTED_BY
 from enforcer.errors import UserError
 from enforcer.state.etcd_client import parse_url
-from enforcer.state.etcd_store import HEAD, HEAD_LOW, EtcdSource, EtcdStore, count_keys, group_of
+from enforcer.state.etcd_layout import HEAD, HEAD_LOW, count_keys, group_of
+from enforcer.state.etcd_store import EtcdSource, EtcdStore
 from enforcer.state.profiles import load_profile
 from enforcer.state.store import Store
 from support.cli import Cli
@@ -172,8 +173,8 @@ def test_counts_and_names_agree_with_sqlite_after_a_seeded_sequence(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """With count keys that hold their group's first 25 to 50 names (most listings read no range), and 1 to 3
     (many do, and many changes that take a name out of a head read the group's first names again)."""
-    monkeypatch.setattr("enforcer.state.etcd_store.HEAD", head[0])
-    monkeypatch.setattr("enforcer.state.etcd_store.HEAD_LOW", head[1])
+    monkeypatch.setattr("enforcer.state.etcd_layout.HEAD", head[0])
+    monkeypatch.setattr("enforcer.state.etcd_layout.HEAD_LOW", head[1])
     sqlite = Store(tmp_path / "state.db", create=True)
     try:
         for backend in (sqlite, store):
@@ -239,8 +240,8 @@ def test_a_change_racing_one_in_a_group_it_counted_or_listed_runs_again(store: E
     counted away (its last resource stopped), a group counted from nothing, the names of a listed group changed but
     not its count: each time its transaction fails and it runs again on what the other wrote. And two adds to one
     group: neither count is lost. A count key holds its group's first name only: the listings read the range."""
-    monkeypatch.setattr("enforcer.state.etcd_store.HEAD", 1)
-    monkeypatch.setattr("enforcer.state.etcd_store.HEAD_LOW", 1)
+    monkeypatch.setattr("enforcer.state.etcd_layout.HEAD", 1)
+    monkeypatch.setattr("enforcer.state.etcd_layout.HEAD_LOW", 1)
     store.change("setup", _setup)
     for name, address, subnet in (("vm1", "198.18.1.10", "a"), ("vmb", "198.18.1.200", "b"),
                                   ("vmx", "198.19.0.1", None)):
@@ -283,8 +284,8 @@ def test_a_change_racing_one_in_a_group_it_counted_or_listed_runs_again(store: E
 def test_a_count_keys_head_stays_its_groups_first_names(store: EtcdStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """A head of 2 or 3 names: a name out of it leaves it shorter, a name past its last one stays out of it (a name
     between may be in the group), and once it is short of 2 it is read again."""
-    monkeypatch.setattr("enforcer.state.etcd_store.HEAD", 3)
-    monkeypatch.setattr("enforcer.state.etcd_store.HEAD_LOW", 2)
+    monkeypatch.setattr("enforcer.state.etcd_layout.HEAD", 3)
+    monkeypatch.setattr("enforcer.state.etcd_layout.HEAD_LOW", 2)
     store.change("setup", _setup)
     for i in range(1, 6):
         store.change("add", _add(f"a{i}", f"198.18.1.{10 + i}"))

@@ -7,8 +7,8 @@ import pytest
 
 from enforcer.core.inventory import Inventory, Pulled, Resource, State
 from enforcer.errors import UserError
-from enforcer.state.etcd_store import (RUNNING_GROUPS, Keys, count_holds, count_keys, counted, group_of, group_values,
-                                       row_keys)
+from enforcer.state.etcd_layout import (RUNNING_GROUPS, Keys, count_holds, count_keys, counted, group_of, group_values,
+                                        row_keys)
 
 KEYS = Keys("p")
 PULLED = Pulled("devtest", True, created="2024-01-02")
@@ -33,8 +33,8 @@ def test_a_group_is_its_values_but_the_subscription_state_first_and_reads_back()
 
 
 def test_a_whole_states_counts_and_a_changes_new_counts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("enforcer.state.etcd_store.HEAD", 3)  # a count key keeps its group's first 2 or 3 names
-    monkeypatch.setattr("enforcer.state.etcd_store.HEAD_LOW", 2)
+    monkeypatch.setattr("enforcer.state.etcd_layout.HEAD", 3)  # a count key keeps its group's first 2 or 3 names
+    monkeypatch.setattr("enforcer.state.etcd_layout.HEAD_LOW", 2)
     inv = Inventory(resources={r.name: r for r in (vm("a1"), vm("a3"), vm("a4"), vm("a2"), vm("b1", subnet="b"),
                                                    vm("s1", State.STOPPED), vm("s2", State.STOPPED))})
     held = count_keys(KEYS, inv)
@@ -68,8 +68,8 @@ def test_a_whole_states_counts_and_a_changes_new_counts(monkeypatch: pytest.Monk
 
 
 def test_a_count_key_holds_when_its_head_is_the_first_of_its_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("enforcer.state.etcd_store.HEAD", 3)
-    monkeypatch.setattr("enforcer.state.etcd_store.HEAD_LOW", 2)
+    monkeypatch.setattr("enforcer.state.etcd_layout.HEAD", 3)
+    monkeypatch.setattr("enforcer.state.etcd_layout.HEAD_LOW", 2)
     names = ["a", "b", "c", "d"]
     assert count_holds(b'[4,["a","b","c"]]', names) and count_holds(b'[4,["a","b"]]', names)
     assert count_holds(None, []) and count_holds(b'[1,["a"]]', ["a"])

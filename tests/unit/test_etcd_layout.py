@@ -1,5 +1,5 @@
 """The etcd key layout's pure parts: an address key's value (format 2), what a state of another layout says; the
-keys of a whole state (etcd_store.state_keys): those a change making the same state writes, meta/format last; and a
+keys of a whole state (etcd_layout.state_keys): those a change making the same state writes, meta/format last; and a
 copy's batches within etcd's default limits."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from enforcer.state.backend import copy_rows
 from enforcer.state.documents import read_document
 from enforcer.state.etcd_client import parse_url
 from enforcer.state.etcd_copy import BATCH_BYTES, BATCH_OPS, OP_BYTES, batches
-from enforcer.state.etcd_store import (FORMAT, EtcdStore, Keys, address_value, parse_address_value, planned,
-                                       row_keys, state_keys)
+from enforcer.state.etcd_layout import FORMAT, Keys, address_value, parse_address_value, planned, row_keys, state_keys
+from enforcer.state.etcd_store import EtcdStore
 from enforcer.state.profiles import load_profile
 from support.paths import LAB
 from support.states import TODAY

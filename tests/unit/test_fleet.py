@@ -12,7 +12,8 @@ import pytest
 from enforcer.cli.main import main
 from enforcer.cli.wait import DEFAULT_WAIT, Seconds
 from enforcer.dataplane.etcd_follow import DELAY_BUCKETS, Delays
-from enforcer.state.etcd_store import Gateway, Keys, behind, commit_time, gateways_of
+from enforcer.state.etcd_gateways import Gateway, behind, commit_time, gateways_of
+from enforcer.state.etcd_layout import Keys
 from support.paths import LAB
 
 
