@@ -21,13 +21,14 @@ import collections
 import json
 import os
 import socket
+import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
 
 from ..core.inventory import Inventory
 from ..core.rows import TABLES
 from ..errors import Failure, UserError
-from .etcd_client import Unanswered
+from .etcd_client import TIMEOUT, Unanswered
 from .etcd_layout import CLAIM, FORMAT, audit_entry, claim_gone, claimed_by, end_of, setting_rows, state_keys
 from .etcd_store import EtcdStore
 
@@ -65,7 +66,9 @@ class Claim:
         self.value = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                  "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "id": os.urandom(8).hex()}).encode()
         self.lease = 0
-        self.kept = 0.0
+        self.lost: str | None = None  # why the lease could not be kept alive (the keeper thread says)
+        self.done = threading.Event()
+        self.keeper: threading.Thread | None = None
 
     def take(self) -> None:
         """Hold the prefix, or one line why not: a state is there, or another copy holds it for longer than its
@@ -76,7 +79,9 @@ class Claim:
             lease = client.lease(CLAIM_TTL)
             if client.txn([client.mod_is(keys.meta("format"), 0), client.mod_is(self.key, 0)],
                           [client.put(self.key, self.value, lease)]).succeeded:
-                self.lease, self.kept = lease, time.monotonic()
+                self.lease = lease
+                self.keeper = threading.Thread(target=self._keep, name="copy-claim", daemon=True)
+                self.keeper.start()
                 return
             client.revoke(lease)
             _, meta = self.store._meta()
@@ -93,15 +98,13 @@ class Claim:
             time.sleep(0.5)
 
     def sent(self, ops: list[Any], compares: list[Any] | None = None) -> Callable[[], Any]:
-        """`ops` sent, to be written if the claim is still ours (and `compares` hold), the lease kept alive on the
-        way: what this returns waits for the answer. A claim lost (another copy took the prefix over after our
+        """`ops` sent, to be written if the claim is still ours (and `compares` hold; its lease is kept alive by
+        _keep): what this returns waits for the answer. A claim lost (another copy took the prefix over after our
         lease expired) is one line, exit 1."""
         client = self.client
-        if time.monotonic() - self.kept > CLAIM_TTL / 3:
-            if client.keep_alive(self.lease) <= 0:
-                raise Failure(f"state copy: {self.store.path}: this copy's claim expired (etcd did not answer for "
-                              f"{CLAIM_TTL} s?); nothing exists there yet: run the copy again")
-            self.kept = time.monotonic()
+        if self.lost is not None:
+            raise Failure(f"state copy: {self.store.path}: this copy's claim expired ({self.lost}); nothing exists "
+                          "there yet: run the copy again")
         answer = client.txn_sent([client.value_is(self.key, self.value), *(compares or [])], ops)
 
         def held() -> Any:
@@ -115,7 +118,26 @@ class Claim:
     def txn(self, ops: list[Any], compares: list[Any] | None = None) -> Any:
         return self.sent(ops, compares)()
 
+    def _keep(self) -> None:
+        """The claim's lease kept alive every CLAIM_TTL / 3 seconds, in a thread: whatever the copy is doing
+        meanwhile (a million rows' count keys made at once, a slow batch), until released. A keepalive etcd does not
+        answer is tried again at the next turn; the lease found expired ends it (the copy then stops, one line)."""
+        last = time.monotonic()
+        while not self.done.wait(CLAIM_TTL / 3):
+            try:
+                if self.client.keep_alive(self.lease) <= 0:
+                    self.lost = f"etcd last renewed it {time.monotonic() - last:.0f} s before"
+                    return
+                last = time.monotonic()
+            except (UserError, Failure) as e:
+                if time.monotonic() - last > CLAIM_TTL:
+                    self.lost = f"etcd did not renew it for {CLAIM_TTL} s: {e}"
+                    return
+
     def release(self) -> None:
+        self.done.set()
+        if self.keeper is not None:
+            self.keeper.join(TIMEOUT)
         if self.lease:
             self.client.revoke(self.lease)  # the claim key with it, if still there
             self.lease = 0

@@ -179,3 +179,22 @@ def test_two_copies_into_one_prefix_never_interleave(tmp_path, etcd, big, capsys
     there = Cli(url, capsys)  # type: ignore[arg-type]
     assert what_a_reader_sees(there, ("vm",)) == what_a_reader_sees(Cli(big, capsys), ("vm",))
     assert "ok (" in there("state", "check")
+
+
+def test_a_copy_keeps_its_claim_while_it_pauses_longer_than_the_claims_lease(etcd, big, capsys, monkeypatch):
+    """The claim's lease is kept alive by a thread of its own, whatever the copy does meanwhile: a 1M copy lost it
+    when its lease was renewed only between two batches (the count keys of a million rows made at once)."""
+    import enforcer.state.etcd_copy as etcd_copy
+
+    monkeypatch.setattr(etcd_copy, "CLAIM_TTL", 2)
+    whole = etcd_copy.state_keys
+
+    def pausing(keys, inv):  # type: ignore[no-untyped-def]
+        for n, kv in enumerate(whole(keys, inv)):
+            if n == BATCH_OPS * 3:
+                time.sleep(5)  # past the lease's 2 s: only a kept-alive lease still holds the claim
+            yield kv
+    monkeypatch.setattr(etcd_copy, "state_keys", pausing)
+    url = url_in(etcd)
+    Cli(big, capsys)("state", "copy", str(big), url)
+    assert Cli(url, capsys).json("status")["exists"]  # type: ignore[arg-type]
