@@ -449,33 +449,28 @@ class EtcdFollower:
         """/PREFIX/gateways/NAME = {revision, applied_revision, at, ...} under a lease kept alive; revoked on a
         clean stop (the key goes at once), expired LEASE_TTL seconds after a crash. Written again after each new
         table and every SEEN_EVERY seconds (with NAME/seen, which stays: when the gateway was last seen)."""
-        import grpc
-        from aetcd.rpc import rpc_pb2_grpc
         lease = 0
         backoff = BACKOFF[0]
         published_at = 0.0
         while not self.stopping.is_set():
             client = self._client()
-            rpc, stub = client.rpc, rpc_pb2_grpc.LeaseStub(client.channel)
             try:
                 if lease == 0:
-                    lease = int(client._call(stub.LeaseGrant, rpc.LeaseGrantRequest(TTL=LEASE_TTL)).ID)
+                    lease = client.lease(LEASE_TTL)
                     self.publish_wanted.set()
                 if self.publish_wanted.is_set() or time.monotonic() - published_at >= SEEN_EVERY:
                     self.publish_wanted.clear()
                     self._publish(client, lease)
                     published_at = time.monotonic()
-                answer = next(stub.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease)]), timeout=5,
-                                                  metadata=client.metadata))
-                if answer.TTL <= 0:  # expired while we could not reach etcd: a new lease, the key again
-                    lease = 0
+                if client.keep_alive(lease, timeout=5) <= 0:
+                    lease = 0  # expired while we could not reach etcd: a new lease, the key again
                     continue
                 if self.lease_error is not None:
                     log.info("etcd: publishing %s again", self.gateway_key.decode())
                 self.lease_error, backoff = None, BACKOFF[0]
                 self.publish_wanted.wait(KEEPALIVE_EVERY)
-            except (grpc.RpcError, UserError, Failure, StopIteration) as e:
-                why = str(client.trouble(e.code(), e.details() or "")) if isinstance(e, grpc.RpcError) else str(e)
+            except (UserError, Failure) as e:
+                why = str(e)
                 if why != self.lease_error:
                     log.warning("etcd: cannot publish %s: %s", self.gateway_key.decode(), why)
                 self.lease_error = why or "no answer"
@@ -483,9 +478,6 @@ class EtcdFollower:
                 backoff = min(backoff * 2, BACKOFF[1])
         if lease:
             try:
-                client = self._client()
-                from aetcd.rpc import rpc_pb2_grpc as stubs
-                stubs.LeaseStub(client.channel).LeaseRevoke(client.rpc.LeaseRevokeRequest(ID=lease), timeout=2,
-                                                             metadata=client.metadata)
-            except grpc.RpcError:
+                self._client().revoke(lease, timeout=2)
+            except (UserError, Failure):
                 pass  # it expires by itself

@@ -230,12 +230,12 @@ class EtcdClient:
 
     # ------------------------------------------------------------ calls
 
-    def _call(self, method: Any, request: Any, authenticated: bool = True) -> Any:
+    def _call(self, method: Any, request: Any, authenticated: bool = True, timeout: float | None = None) -> Any:
         if authenticated and self.metadata is None and self.options.user is not None:
             self.authenticate()
         try:
-            timeout = self.timeout if self.deadline is None else \
-                max(0.1, min(self.timeout, self.deadline - time.monotonic()))
+            timeout = min(timeout or self.timeout, self.timeout)
+            timeout = timeout if self.deadline is None else max(0.1, min(timeout, self.deadline - time.monotonic()))
             return method(request, timeout=timeout, metadata=self.metadata)
         except self.grpc.RpcError as e:
             raise self.trouble(e.code(), e.details() or "") from None
@@ -324,20 +324,23 @@ class EtcdClient:
         from aetcd.rpc import rpc_pb2_grpc
         return int(self._call(rpc_pb2_grpc.LeaseStub(self.channel).LeaseGrant, self.rpc.LeaseGrantRequest(TTL=ttl)).ID)
 
-    def keep_alive(self, lease: int) -> int:
+    def keep_alive(self, lease: int, timeout: float | None = None) -> int:
         """The lease's TTL made whole again: the seconds it now has left (0 or less: it had expired)."""
         from aetcd.rpc import rpc_pb2_grpc
         stub = rpc_pb2_grpc.LeaseStub(self.channel)
         try:
             return int(next(stub.LeaseKeepAlive(iter([self.rpc.LeaseKeepAliveRequest(ID=lease)]),
-                                                timeout=self.timeout, metadata=self.metadata)).TTL)
+                                                timeout=timeout or self.timeout, metadata=self.metadata)).TTL)
         except self.grpc.RpcError as e:
             raise self.trouble(e.code(), e.details() or "") from None
+        except StopIteration:  # the stream ended with no answer
+            raise Unanswered(f"{self.url}: etcd ended the lease's keepalive without an answer") from None
 
-    def revoke(self, lease: int) -> None:
+    def revoke(self, lease: int, timeout: float | None = None) -> None:
         """The lease ended now, and the keys under it deleted."""
         from aetcd.rpc import rpc_pb2_grpc
-        self._call(rpc_pb2_grpc.LeaseStub(self.channel).LeaseRevoke, self.rpc.LeaseRevokeRequest(ID=lease))
+        self._call(rpc_pb2_grpc.LeaseStub(self.channel).LeaseRevoke, self.rpc.LeaseRevokeRequest(ID=lease),
+                   timeout=timeout)
 
     # ------------------------------------------------------------ what a transaction is made of
 
